@@ -1,0 +1,91 @@
+/**
+ * The one place that loads the native addon. Everything above it imports the typed
+ * `NativeBinding` from here; when the addon cannot be loaded (not Linux, no compiler at
+ * install time, a binary for another platform) `binding` is null and `loadError` says
+ * what to do, so importing node-ksm never throws.
+ */
+import path from 'node:path';
+import { KsmError } from './errors';
+
+export interface RegionInfo {
+  freed: boolean;
+  /** Made by alloc() (freeing it unmaps the mapping), or a view of one (arena buffers). */
+  owner: boolean;
+  length: number;
+  /** Page-rounded bytes this region owns. */
+  extent: number;
+  mappingOffset: number;
+  address?: bigint;
+  mappingAddress?: bigint;
+  mappingLength?: number;
+}
+
+export interface PageStates {
+  pages: number;
+  present: number;
+  swapped: number;
+  /** Present pages mapped only here (pagemap bit 56). */
+  exclusive: number;
+  /** KSM pages, from /proc/kpageflags; null when frame numbers are hidden (not root). */
+  ksm: number | null;
+  /** Pages merged into the shared zero page (use_zero_pages); null when unknown. */
+  zero: number | null;
+  /** Distinct physical frames among the present pages; null when unknown. */
+  frames: number | null;
+  address: bigint;
+}
+
+export interface NativeBinding {
+  readonly pageSize: number;
+  readonly advice: { readonly MERGEABLE: number; readonly UNMERGEABLE: number; readonly DONTNEED: number };
+  alloc(size: number, mergeable: boolean): ArrayBuffer;
+  view(buffer: ArrayBuffer, offset: number, length: number): ArrayBuffer;
+  free(buffer: ArrayBuffer): boolean;
+  madvise(buffer: ArrayBuffer, offset: number, length: number, advice: number): void;
+  markMergeable(view: ArrayBufferView | ArrayBuffer, on: boolean): { offset: number; length: number };
+  info(buffer: ArrayBuffer): RegionInfo | null;
+  addressOf(view: ArrayBufferView | ArrayBuffer): bigint;
+  pageStates(view: ArrayBufferView | ArrayBuffer, offset: number, length: number): PageStates;
+  setProcessMerging(on: boolean): void;
+  processMerging(): boolean;
+  flock(fd: number, op: 0 | 1 | 2): boolean;
+  counters(): { mappings: number; mappedBytes: number; regions: number };
+  setErrorClass(ctor: new (message: string) => Error): void;
+}
+
+/** The package root: lib/ and dist/ both sit one level below it. */
+export const packageRoot = path.join(__dirname, '..');
+
+function load(): { binding: NativeBinding | null; loadError: string | null } {
+  if (process.env.NODE_KSM_FORCE_PLATFORM ? process.env.NODE_KSM_FORCE_PLATFORM !== 'linux' : process.platform !== 'linux') {
+    return { binding: null, loadError: `KSM is a Linux feature; this is ${process.env.NODE_KSM_FORCE_PLATFORM ?? process.platform}` };
+  }
+  try {
+    // NODE_KSM_BINARY selects another build of the same sources (the sanitizer build).
+    const explicit = process.env.NODE_KSM_BINARY;
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const native = explicit ? require(path.resolve(explicit)) : require('node-gyp-build')(packageRoot);
+    if (native.unsupported) return { binding: null, loadError: 'node-ksm was built without KSM support for this platform' };
+    native.setErrorClass(KsmError);
+    return { binding: native as NativeBinding, loadError: null };
+  } catch (err) {
+    const reason = err instanceof Error ? err.message.split('\n')[0] : String(err);
+    return {
+      binding: null,
+      loadError:
+        `The node-ksm native addon could not be loaded (${reason}). ` +
+        `No prebuilt binary matches ${process.platform}-${process.arch} and none was built from source: ` +
+        `install a C++ compiler, make and python3 (Debian/Ubuntu: apt-get install build-essential python3), then run "npm rebuild node-ksm".`,
+    };
+  }
+}
+
+const loaded = load();
+export const binding: NativeBinding | null = loaded.binding;
+export const loadError: string | null = loaded.loadError;
+
+/** The binding, or a KsmError ERR_KSM_UNSUPPORTED that says why there is none. */
+export function native(): NativeBinding {
+  if (binding === null) throw new KsmError(loadError ?? 'node-ksm is not supported here', 'ERR_KSM_UNSUPPORTED');
+  return binding;
+}

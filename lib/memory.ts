@@ -1,0 +1,150 @@
+/**
+ * Mergeable memory: page-aligned private anonymous mappings handed out as Buffers,
+ * madvise on any ArrayBuffer, and process-wide merging (prctl).
+ */
+import { constants as bufferConstants } from 'node:buffer';
+import { markAsUntransferable } from 'node:worker_threads';
+import { binding, native } from './binding';
+import { KsmError, invalidArgType, validateBoolean, validateInteger } from './errors';
+
+/** The system's page size (`sysconf(_SC_PAGESIZE)`); 0 where KSM is unsupported. */
+export const pageSize: number = binding?.pageSize ?? 0;
+
+/** The largest `size` that `alloc` accepts: the largest Buffer this Node can make. */
+export const maxAllocSize: number = bufferConstants.MAX_LENGTH;
+
+export interface AllocOptions {
+  /** Mark the mapping `MADV_MERGEABLE` (default true). */
+  mergeable?: boolean;
+}
+
+export type BinaryLike = ArrayBufferView | ArrayBuffer;
+
+function isBinary(value: unknown): value is BinaryLike {
+  return ArrayBuffer.isView(value) || value instanceof ArrayBuffer;
+}
+
+/** The ArrayBuffer behind a view (or the ArrayBuffer itself). */
+export function arrayBufferOf(value: unknown, name = 'buffer'): ArrayBuffer {
+  if (value instanceof ArrayBuffer) return value;
+  if (ArrayBuffer.isView(value) && value.buffer instanceof ArrayBuffer) return value.buffer;
+  throw invalidArgType(name, 'an instance of Buffer, TypedArray, DataView or ArrayBuffer', value);
+}
+
+/** Turns an `EINVAL` from madvise/prctl into the reason a person can act on. */
+function unsupportedIfEinval(err: unknown, what: string): unknown {
+  if (err instanceof KsmError && err.code === 'EINVAL') {
+    return new KsmError(`${what}: this kernel does not support it (${err.message})`, 'ERR_KSM_UNSUPPORTED', {
+      errno: err.errno,
+      syscall: err.syscall,
+      cause: err,
+    });
+  }
+  return err;
+}
+
+/**
+ * A zero-filled Buffer of `size` bytes at the start of its own private anonymous
+ * mapping (page aligned, rounded up to whole pages), `MADV_MERGEABLE` unless
+ * `mergeable: false`, and `MADV_NOHUGEPAGE`. Freed by `free()` or by the GC.
+ */
+export function alloc(size: number, options: AllocOptions = {}): Buffer {
+  validateInteger(size, 'size', 0, maxAllocSize);
+  if (options === null || typeof options !== 'object') throw invalidArgType('options', 'of type object', options);
+  const mergeable = options.mergeable === undefined ? true : validateBoolean(options.mergeable, 'options.mergeable');
+  let ab: ArrayBuffer;
+  try {
+    ab = native().alloc(size, mergeable);
+  } catch (err) {
+    throw unsupportedIfEinval(err, 'MADV_MERGEABLE');
+  }
+  // Moving the memory to another thread would let it outlive free(); forbid it.
+  markAsUntransferable(ab);
+  return Buffer.from(ab, 0, size);
+}
+
+/** `alloc` + a copy of a string (in `encoding`, default utf8), ArrayBuffer or view. */
+export function from(data: string | BinaryLike, encoding?: BufferEncoding, options?: AllocOptions): Buffer {
+  if (typeof data === 'string') {
+    if (encoding !== undefined && !Buffer.isEncoding(encoding)) {
+      throw invalidArgType('encoding', 'a valid Buffer encoding', encoding);
+    }
+    const buf = alloc(Buffer.byteLength(data, encoding), options);
+    buf.write(data, 0, encoding);
+    return buf;
+  }
+  if (!isBinary(data)) throw invalidArgType('data', 'a string, Buffer, TypedArray, DataView or ArrayBuffer', data);
+  const bytes =
+    data instanceof ArrayBuffer ? new Uint8Array(data) : new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+  const buf = alloc(bytes.byteLength, options);
+  buf.set(bytes);
+  return buf;
+}
+
+/**
+ * Unmaps a buffer from `alloc` now and detaches its ArrayBuffer, so every view of it
+ * reads as length 0. Returns true if this call freed it, false if it was already freed.
+ * A buffer that node-ksm did not allocate gets `ERR_KSM_NOT_OWNED`.
+ */
+export function free(buf: BinaryLike): boolean {
+  return native().free(arrayBufferOf(buf));
+}
+
+/** True if node-ksm allocated this buffer (freed or not). */
+export function isKsmBuffer(buf: unknown): boolean {
+  if (binding === null || !isBinary(buf)) return false;
+  const ab = buf instanceof ArrayBuffer ? buf : buf.buffer;
+  return ab instanceof ArrayBuffer && binding.info(ab) !== null;
+}
+
+/**
+ * `MADV_MERGEABLE` (on) or `MADV_UNMERGEABLE` (off) over the whole allocation behind
+ * `buf`. Turning it off unmerges: every merged page gets its own copy again.
+ */
+export function setMergeable(buf: BinaryLike, on: boolean): void {
+  const ab = arrayBufferOf(buf);
+  validateBoolean(on, 'on');
+  const b = native();
+  const info = b.info(ab);
+  if (info === null) throw new KsmError('This buffer was not allocated by node-ksm', 'ERR_KSM_NOT_OWNED');
+  if (info.freed) throw new KsmError('This buffer has already been freed', 'ERR_KSM_FREED');
+  try {
+    b.madvise(ab, 0, info.extent, on ? b.advice.MERGEABLE : b.advice.UNMERGEABLE);
+  } catch (err) {
+    throw unsupportedIfEinval(err, on ? 'MADV_MERGEABLE' : 'MADV_UNMERGEABLE');
+  }
+}
+
+/**
+ * Marks the page-aligned interior of any ArrayBuffer or view mergeable (or, with
+ * `on = false`, unmergeable) and says which bytes it covered: `{ offset, length }`
+ * relative to the view; `length` is 0 when the view holds no whole page.
+ */
+export function markMergeable(view: BinaryLike, on = true): { offset: number; length: number } {
+  if (!isBinary(view)) throw invalidArgType('view', 'an instance of Buffer, TypedArray, DataView or ArrayBuffer', view);
+  validateBoolean(on, 'on');
+  try {
+    return native().markMergeable(view, on);
+  } catch (err) {
+    throw unsupportedIfEinval(err, 'MADV_MERGEABLE');
+  }
+}
+
+/** `prctl(PR_SET_MEMORY_MERGE)`: make all of this process's anonymous memory mergeable (Linux 6.4+). */
+export function setProcessMerging(on: boolean): void {
+  validateBoolean(on, 'on');
+  try {
+    native().setProcessMerging(on);
+  } catch (err) {
+    throw unsupportedIfEinval(err, 'PR_SET_MEMORY_MERGE');
+  }
+}
+
+/** `prctl(PR_GET_MEMORY_MERGE)`: whether process-wide merging is on. */
+export function processMerging(): boolean {
+  try {
+    return native().processMerging();
+  } catch (err) {
+    throw unsupportedIfEinval(err, 'PR_GET_MEMORY_MERGE');
+  }
+}

@@ -1,0 +1,23 @@
+// Per-environment state. Kept in napi instance data, never in statics, so the addon
+// loads in worker threads and every environment keeps its own counters.
+#pragma once
+#include <napi.h>
+
+#include <cstddef>
+#include <cstdint>
+
+namespace ksm {
+
+struct Instance {
+  // The KsmError class from lib/errors.ts, so native errors are real KsmErrors.
+  Napi::FunctionReference errorClass;
+  size_t pageSize = 0;
+  // Live counts, for leak tests and diagnostics (`native.counters()`).
+  int64_t mappings = 0;     // mmap'd ranges not yet unmapped
+  int64_t mappedBytes = 0;  // their total length
+  int64_t regions = 0;      // ArrayBuffers over those ranges not yet finalized
+
+  static Instance* Get(Napi::Env env) { return env.GetInstanceData<Instance>(); }
+};
+
+}  // namespace ksm

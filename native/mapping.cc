@@ -1,0 +1,476 @@
+// mmap/munmap/madvise/prctl for JS. Arguments are validated in lib/ and checked again
+// here: nothing a caller passes may make this code touch memory it does not own.
+#include "mapping.h"
+
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
+#include <string>
+
+#include "errors.h"
+
+#ifndef PR_SET_MEMORY_MERGE
+#define PR_SET_MEMORY_MERGE 67
+#define PR_GET_MEMORY_MERGE 68
+#endif
+
+namespace ksm {
+
+namespace {
+
+// Tags ArrayBuffers made here, so that a pointer wrapped onto an ArrayBuffer by some
+// other addon is never mistaken for a Region.
+const napi_type_tag kRegionTag = {0x9f1c0e6a2b7d4c11ULL, 0x8a3e5d2f60b94c07ULL};
+
+enum Advice : int32_t {
+  kMergeable = 1,
+  kUnmergeable = 2,
+  kDontNeed = 3,
+};
+
+size_t RoundUp(size_t n, size_t page) { return (n + page - 1) / page * page; }
+
+// Largest size we accept: lib/ clamps further to buffer.constants.MAX_LENGTH.
+constexpr double kMaxSize = 9007199254740991.0;  // 2^53 - 1
+
+size_t ToSize(Napi::Env env, const Napi::Value& v, const char* name) {
+  if (!v.IsNumber()) {
+    ThrowTypeError(env, std::string("The \"") + name + "\" argument must be of type number");
+  }
+  double d = v.As<Napi::Number>().DoubleValue();
+  if (!(d >= 0) || d > kMaxSize || std::floor(d) != d) {
+    ThrowRangeError(env, std::string("The value of \"") + name +
+                             "\" is out of range. It must be an integer >= 0 and <= 2^53 - 1");
+  }
+  return static_cast<size_t>(d);
+}
+
+void Unmap(Mapping* m) {
+  if (m->unmapped) return;
+  munmap(m->base, m->length);
+  m->unmapped = true;
+  if (m->inst != nullptr) {
+    m->inst->mappings--;
+    m->inst->mappedBytes -= static_cast<int64_t>(m->length);
+  }
+}
+
+void DropHold(napi_env env, Region* r) {
+  if (--r->holds > 0) return;
+  if (r->weak != nullptr) napi_delete_reference(env, r->weak);
+  r->magic = 0;
+  delete r;
+}
+
+void Forget(Mapping* m, Region* r) {
+  auto it = std::find(m->regions.begin(), m->regions.end(), r);
+  if (it != m->regions.end()) m->regions.erase(it);
+}
+
+// Drops one store count; the last one unmaps (if free() did not) and deletes.
+void ReleaseStore(napi_env env, Mapping* m) {
+  if (--m->stores > 0) return;
+  if (!m->unmapped) {
+    int64_t len = static_cast<int64_t>(m->length);
+    Unmap(m);
+    int64_t ignored;
+    napi_adjust_external_memory(env, -len, &ignored);
+  }
+  delete m;
+}
+
+bool IsFreed(napi_env env, napi_value ab, const Region* r) {
+  bool detached = false;
+  napi_is_detached_arraybuffer(env, ab, &detached);
+  return detached || r->detached || r->mapping == nullptr || r->mapping->unmapped;
+}
+
+// The backing store of a region's ArrayBuffer was released (the ArrayBuffer was
+// collected, detached, or the environment is going away). Owns: one hold on the
+// Region and one store count on its Mapping.
+void StoreFinalize(napi_env env, void* /*data*/, void* hint) {
+  Region* r = static_cast<Region*>(hint);
+  Mapping* m = r->mapping;
+  r->storeLive = false;
+  Forget(m, r);
+  r->mapping = nullptr;  // the Region may outlive the Mapping (a detached ArrayBuffer)
+  ReleaseStore(env, m);
+  DropHold(env, r);
+}
+
+// The ArrayBuffer object itself was collected: the wrap's hold goes.
+void WrapFinalize(napi_env env, void* data, void* /*hint*/) {
+  Region* r = static_cast<Region*>(data);
+  Instance* inst = Instance::Get(Napi::Env(env));
+  if (inst != nullptr) inst->regions--;
+  DropHold(env, r);
+}
+
+// Makes an external ArrayBuffer over [offset, offset+length) of m, owned as described
+// on Region. On failure nothing is left registered.
+Napi::ArrayBuffer MakeRegion(Napi::Env env, Mapping* m, size_t offset, size_t length,
+                             size_t extent, bool owner) {
+  Region* r = new Region();
+  r->mapping = m;
+  r->offset = offset;
+  r->length = length;
+  r->extent = extent;
+  r->owner = owner;
+
+  napi_value ab;
+  napi_status status =
+      napi_create_external_arraybuffer(env, m->base + offset, length, StoreFinalize, r, &ab);
+  if (status != napi_ok) {
+    delete r;
+    if (status == napi_no_external_buffers_allowed) {
+      throw CodeError(env, "ERR_KSM_UNSUPPORTED",
+                      "This runtime does not allow external ArrayBuffers (V8 sandbox)");
+    }
+    throw Napi::Error::New(env, "napi_create_external_arraybuffer failed");
+  }
+  // From here on the backing store owns one hold and one store count.
+  m->stores++;
+  m->regions.push_back(r);
+  NAPI_THROW_IF_FAILED(env, napi_type_tag_object(env, ab, &kRegionTag), Napi::ArrayBuffer());
+  NAPI_THROW_IF_FAILED(env, napi_wrap(env, ab, r, WrapFinalize, nullptr, nullptr),
+                       Napi::ArrayBuffer());
+  Instance::Get(env)->regions++;
+  NAPI_THROW_IF_FAILED(env, napi_create_reference(env, ab, 0, &r->weak), Napi::ArrayBuffer());
+  return Napi::ArrayBuffer(env, ab);
+}
+
+Napi::ArrayBuffer ArrayBufferArg(const Napi::CallbackInfo& info, size_t i, const char* name) {
+  Napi::Env env = info.Env();
+  if (info.Length() <= i || !info[i].IsArrayBuffer()) {
+    ThrowTypeError(env, std::string("The \"") + name + "\" argument must be an ArrayBuffer");
+  }
+  return info[i].As<Napi::ArrayBuffer>();
+}
+
+// Region of an ArrayBuffer that must be ours and still attached.
+Region* LiveRegion(Napi::Env env, napi_value ab) {
+  Region* r = FindRegion(env, ab);
+  if (r == nullptr) {
+    throw CodeError(env, "ERR_KSM_NOT_OWNED",
+                    "This buffer was not allocated by node-ksm");
+  }
+  if (IsFreed(env, ab, r)) {
+    throw CodeError(env, "ERR_KSM_FREED", "This buffer has already been freed");
+  }
+  return r;
+}
+
+// Detaches the ArrayBuffer of r, if it is still reachable and attached.
+void DetachRegion(napi_env env, Region* r) {
+  r->detached = true;
+  if (r->weak == nullptr) return;
+  napi_value ab = nullptr;
+  if (napi_get_reference_value(env, r->weak, &ab) != napi_ok || ab == nullptr) return;
+  bool detached = false;
+  napi_is_detached_arraybuffer(env, ab, &detached);
+  if (!detached) napi_detach_arraybuffer(env, ab);
+}
+
+// alloc(size, mergeable): ArrayBuffer of `size` bytes at the start of a fresh private
+// anonymous mapping of whole pages. The mapping belongs to the returned ArrayBuffer.
+Napi::Value Alloc(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Instance* inst = Instance::Get(env);
+  size_t size = ToSize(env, info[0], "size");
+  bool mergeable = info.Length() > 1 && info[1].ToBoolean().Value();
+  size_t page = inst->pageSize;
+  if (size > SIZE_MAX - page) ThrowRangeError(env, "The value of \"size\" is out of range");
+  size_t length = std::max(RoundUp(size, page), page);
+
+  void* base = mmap(nullptr, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (base == MAP_FAILED) throw ErrnoError(env, errno, "mmap");
+#ifdef MADV_NOHUGEPAGE
+  // A THP would have to be split before KSM can merge its pages; keep base pages.
+  madvise(base, length, MADV_NOHUGEPAGE);
+#endif
+  if (mergeable && madvise(base, length, MADV_MERGEABLE) != 0) {
+    int err = errno;
+    munmap(base, length);
+    throw ErrnoError(env, err, "madvise");
+  }
+
+  Mapping* m = new Mapping();
+  m->base = static_cast<uint8_t*>(base);
+  m->length = length;
+  m->inst = inst;
+  inst->mappings++;
+  inst->mappedBytes += static_cast<int64_t>(length);
+  Napi::ArrayBuffer ab;
+  try {
+    ab = MakeRegion(env, m, 0, size, length, true);
+  } catch (...) {
+    if (m->stores == 0) {
+      Unmap(m);
+      delete m;
+    }
+    throw;
+  }
+  int64_t ignored;
+  napi_adjust_external_memory(env, static_cast<int64_t>(length), &ignored);
+  return ab;
+}
+
+// view(arrayBuffer, offset, length): another ArrayBuffer over a page-aligned part of the
+// same mapping, which keeps the mapping alive and can be detached on its own (the arena
+// hands these out).
+Napi::Value View(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::ArrayBuffer ab = ArrayBufferArg(info, 0, "arrayBuffer");
+  size_t offset = ToSize(env, info[1], "offset");
+  size_t length = ToSize(env, info[2], "length");
+  Region* r = LiveRegion(env, ab);
+  size_t page = Instance::Get(env)->pageSize;
+  if (offset % page != 0) ThrowRangeError(env, "The value of \"offset\" must be page aligned");
+  if (offset > r->extent || length > r->extent - offset) {
+    ThrowRangeError(env, "The range is outside the buffer's mapping");
+  }
+  size_t extent = std::max(RoundUp(length, page), page);
+  if (extent > r->extent - offset) extent = r->extent - offset;
+  if (extent == 0) ThrowRangeError(env, "The range is outside the buffer's mapping");
+  return MakeRegion(env, r->mapping, r->offset + offset, length, extent, false);
+}
+
+// free(arrayBuffer): true if this call freed it, false if it was already freed.
+// An owner region unmaps its mapping now and detaches every ArrayBuffer into it; a view
+// region is only detached (its pages stay with the owner).
+Napi::Value Free(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::ArrayBuffer ab = ArrayBufferArg(info, 0, "buffer");
+  Region* r = FindRegion(env, ab);
+  if (r == nullptr) {
+    throw CodeError(env, "ERR_KSM_NOT_OWNED", "This buffer was not allocated by node-ksm");
+  }
+  if (IsFreed(env, ab, r)) return Napi::Boolean::New(env, false);
+  Mapping* m = r->mapping;
+  if (!r->owner) {
+    DetachRegion(env, r);
+    return Napi::Boolean::New(env, true);
+  }
+  // Node runs external finalizers from a later tick, but hold the mapping (and iterate a
+  // copy) so that a runtime that runs them during detach cannot pull it from under us.
+  m->stores++;
+  std::vector<Region*> regions = m->regions;
+  for (Region* other : regions) DetachRegion(env, other);
+  int64_t len = static_cast<int64_t>(m->length);
+  Unmap(m);
+  int64_t ignored;
+  napi_adjust_external_memory(env, -len, &ignored);
+  ReleaseStore(env, m);
+  return Napi::Boolean::New(env, true);
+}
+
+// madvise(arrayBuffer, offset, length, advice) over whole pages of a region we own.
+Napi::Value Madvise(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::ArrayBuffer ab = ArrayBufferArg(info, 0, "buffer");
+  size_t offset = ToSize(env, info[1], "offset");
+  size_t length = ToSize(env, info[2], "length");
+  if (!info[3].IsNumber()) ThrowTypeError(env, "The \"advice\" argument must be of type number");
+  int32_t advice = info[3].As<Napi::Number>().Int32Value();
+  Region* r = LiveRegion(env, ab);
+  size_t page = Instance::Get(env)->pageSize;
+  if (offset % page != 0) ThrowRangeError(env, "The value of \"offset\" must be page aligned");
+  if (offset > r->extent || length > r->extent - offset) {
+    ThrowRangeError(env, "The range is outside the buffer's mapping");
+  }
+  size_t len = std::min(RoundUp(length, page), r->extent - offset);
+  if (len == 0) return env.Undefined();
+  int adv;
+  switch (advice) {
+    case kMergeable: adv = MADV_MERGEABLE; break;
+    case kUnmergeable: adv = MADV_UNMERGEABLE; break;
+    case kDontNeed: adv = MADV_DONTNEED; break;
+    default: ThrowRangeError(env, "The value of \"advice\" is out of range");
+  }
+  if (madvise(r->data() + offset, len, adv) != 0) throw ErrnoError(env, errno, "madvise");
+  return env.Undefined();
+}
+
+// Pointer and length of the bytes of any ArrayBuffer or view. Who owns them: V8 or this
+// addon; the caller only borrows them for the duration of one synchronous call.
+bool ViewBytes(Napi::Env env, const Napi::Value& v, uint8_t** data, size_t* length) {
+  if (v.IsTypedArray()) {
+    Napi::TypedArray ta = v.As<Napi::TypedArray>();
+    Napi::ArrayBuffer ab = ta.ArrayBuffer();
+    *data = static_cast<uint8_t*>(ab.Data()) + ta.ByteOffset();
+    *length = ta.ByteLength();
+    return true;
+  }
+  if (v.IsDataView()) {
+    Napi::DataView dv = v.As<Napi::DataView>();
+    *data = static_cast<uint8_t*>(dv.ArrayBuffer().Data()) + dv.ByteOffset();
+    *length = dv.ByteLength();
+    return true;
+  }
+  if (v.IsArrayBuffer()) {
+    Napi::ArrayBuffer ab = v.As<Napi::ArrayBuffer>();
+    *data = static_cast<uint8_t*>(ab.Data());
+    *length = ab.ByteLength();
+    return true;
+  }
+  (void)env;
+  return false;
+}
+
+// markMergeable(view, on): madvise the whole pages inside the view's bytes.
+Napi::Value MarkMergeable(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  uint8_t* data = nullptr;
+  size_t length = 0;
+  if (info.Length() < 1 || !ViewBytes(env, info[0], &data, &length)) {
+    ThrowTypeError(env, "The \"view\" argument must be an ArrayBuffer, TypedArray or DataView");
+  }
+  bool on = info.Length() < 2 || info[1].ToBoolean().Value();
+  size_t page = Instance::Get(env)->pageSize;
+  uintptr_t start = reinterpret_cast<uintptr_t>(data);
+  uintptr_t end = start + length;
+  uintptr_t first = (start + page - 1) / page * page;
+  uintptr_t last = end / page * page;
+  Napi::Object result = Napi::Object::New(env);
+  size_t covered = (data != nullptr && last > first) ? last - first : 0;
+  if (covered > 0 &&
+      madvise(reinterpret_cast<void*>(first), covered, on ? MADV_MERGEABLE : MADV_UNMERGEABLE) !=
+          0) {
+    throw ErrnoError(env, errno, "madvise");
+  }
+  result.Set("offset", Napi::Number::New(env, covered > 0 ? static_cast<double>(first - start) : 0));
+  result.Set("length", Napi::Number::New(env, static_cast<double>(covered)));
+  return result;
+}
+
+// info(arrayBuffer): what the addon knows of an ArrayBuffer, or null if it is not ours.
+Napi::Value Info(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::ArrayBuffer ab = ArrayBufferArg(info, 0, "buffer");
+  Region* r = FindRegion(env, ab);
+  if (r == nullptr) return env.Null();
+  Napi::Object o = Napi::Object::New(env);
+  bool freed = IsFreed(env, ab, r);
+  o.Set("freed", Napi::Boolean::New(env, freed));
+  o.Set("owner", Napi::Boolean::New(env, r->owner));
+  o.Set("length", Napi::Number::New(env, static_cast<double>(r->length)));
+  o.Set("extent", Napi::Number::New(env, static_cast<double>(r->extent)));
+  o.Set("mappingOffset", Napi::Number::New(env, static_cast<double>(r->offset)));
+  if (!freed) {
+    o.Set("address", Napi::BigInt::New(env, static_cast<uint64_t>(
+                                                reinterpret_cast<uintptr_t>(r->data()))));
+    o.Set("mappingAddress", Napi::BigInt::New(env, static_cast<uint64_t>(
+                                                       reinterpret_cast<uintptr_t>(r->mapping->base))));
+    o.Set("mappingLength", Napi::Number::New(env, static_cast<double>(r->mapping->length)));
+  }
+  return o;
+}
+
+// addressOf(view): the address of a view's first byte, for matching /proc/self/maps.
+Napi::Value AddressOf(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  uint8_t* data = nullptr;
+  size_t length = 0;
+  if (info.Length() < 1 || !ViewBytes(env, info[0], &data, &length)) {
+    ThrowTypeError(env, "The \"view\" argument must be an ArrayBuffer, TypedArray or DataView");
+  }
+  return Napi::BigInt::New(env, static_cast<uint64_t>(reinterpret_cast<uintptr_t>(data)));
+}
+
+Napi::Value SetProcessMerging(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsBoolean()) {
+    ThrowTypeError(env, "The \"on\" argument must be of type boolean");
+  }
+  bool on = info[0].As<Napi::Boolean>().Value();
+  if (prctl(PR_SET_MEMORY_MERGE, on ? 1 : 0, 0, 0, 0) != 0) throw ErrnoError(env, errno, "prctl");
+  return env.Undefined();
+}
+
+Napi::Value ProcessMerging(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int r = prctl(PR_GET_MEMORY_MERGE, 0, 0, 0, 0);
+  if (r < 0) throw ErrnoError(env, errno, "prctl");
+  return Napi::Boolean::New(env, r != 0);
+}
+
+// flock(fd, op): non-blocking advisory lock; op 1 shared, 2 exclusive, 0 unlock.
+// Returns false when another process holds a conflicting lock. Used for the machine-wide
+// boost state, because a flock goes away with its process even after SIGKILL.
+Napi::Value Flock(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 2 || !info[0].IsNumber() || !info[1].IsNumber()) {
+    ThrowTypeError(env, "The \"fd\" and \"op\" arguments must be of type number");
+  }
+  int fd = info[0].As<Napi::Number>().Int32Value();
+  int op = info[1].As<Napi::Number>().Int32Value();
+  int how;
+  switch (op) {
+    case 0: how = LOCK_UN; break;
+    case 1: how = LOCK_SH | LOCK_NB; break;
+    case 2: how = LOCK_EX | LOCK_NB; break;
+    default: ThrowRangeError(env, "The value of \"op\" is out of range");
+  }
+  if (flock(fd, how) == 0) return Napi::Boolean::New(env, true);
+  if (errno == EWOULDBLOCK) return Napi::Boolean::New(env, false);
+  throw ErrnoError(env, errno, "flock");
+}
+
+Napi::Value Counters(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Instance* inst = Instance::Get(env);
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("mappings", Napi::Number::New(env, static_cast<double>(inst->mappings)));
+  o.Set("mappedBytes", Napi::Number::New(env, static_cast<double>(inst->mappedBytes)));
+  o.Set("regions", Napi::Number::New(env, static_cast<double>(inst->regions)));
+  return o;
+}
+
+Napi::Value SetErrorClass(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsFunction()) {
+    ThrowTypeError(env, "The \"errorClass\" argument must be of type function");
+  }
+  Instance::Get(env)->errorClass = Napi::Persistent(info[0].As<Napi::Function>());
+  return env.Undefined();
+}
+
+}  // namespace
+
+Region* FindRegion(Napi::Env env, napi_value ab) {
+  bool tagged = false;
+  if (napi_check_object_type_tag(env, ab, &kRegionTag, &tagged) != napi_ok || !tagged) {
+    return nullptr;
+  }
+  void* data = nullptr;
+  if (napi_unwrap(env, ab, &data) != napi_ok || data == nullptr) return nullptr;
+  Region* r = static_cast<Region*>(data);
+  return r->magic == Region::kMagic ? r : nullptr;
+}
+
+void InitMapping(Napi::Env env, Napi::Object exports) {
+  exports.Set("alloc", Napi::Function::New(env, Alloc, "alloc"));
+  exports.Set("view", Napi::Function::New(env, View, "view"));
+  exports.Set("free", Napi::Function::New(env, Free, "free"));
+  exports.Set("madvise", Napi::Function::New(env, Madvise, "madvise"));
+  exports.Set("markMergeable", Napi::Function::New(env, MarkMergeable, "markMergeable"));
+  exports.Set("info", Napi::Function::New(env, Info, "info"));
+  exports.Set("addressOf", Napi::Function::New(env, AddressOf, "addressOf"));
+  exports.Set("setProcessMerging", Napi::Function::New(env, SetProcessMerging, "setProcessMerging"));
+  exports.Set("processMerging", Napi::Function::New(env, ProcessMerging, "processMerging"));
+  exports.Set("flock", Napi::Function::New(env, Flock, "flock"));
+  exports.Set("counters", Napi::Function::New(env, Counters, "counters"));
+  exports.Set("setErrorClass", Napi::Function::New(env, SetErrorClass, "setErrorClass"));
+  Napi::Object advice = Napi::Object::New(env);
+  advice.Set("MERGEABLE", Napi::Number::New(env, kMergeable));
+  advice.Set("UNMERGEABLE", Napi::Number::New(env, kUnmergeable));
+  advice.Set("DONTNEED", Napi::Number::New(env, kDontNeed));
+  exports.Set("advice", advice);
+}
+
+}  // namespace ksm

@@ -1,0 +1,207 @@
+// Page states of an address range from /proc/self/pagemap and, when readable (root),
+// /proc/kpageflags: the exact per-range count of KSM pages where smaps can only describe
+// a whole VMA (and the kernel joins neighbouring buffers into one VMA).
+#include "pagemap.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "errors.h"
+#include "instance.h"
+#include "mapping.h"
+
+namespace ksm {
+
+namespace {
+
+constexpr uint64_t kPresent = 1ULL << 63;
+constexpr uint64_t kSwapped = 1ULL << 62;
+constexpr uint64_t kExclusive = 1ULL << 56;
+constexpr uint64_t kPfnMask = (1ULL << 55) - 1;
+constexpr uint64_t kKpfKsm = 1ULL << 21;
+constexpr uint64_t kKpfZeroPage = 1ULL << 24;
+constexpr size_t kBatch = 65536;  // entries per pread
+
+class Fd {
+ public:
+  explicit Fd(const char* path) : fd_(open(path, O_RDONLY | O_CLOEXEC)) {}
+  ~Fd() {
+    if (fd_ >= 0) close(fd_);
+  }
+  int get() const { return fd_; }
+
+ private:
+  int fd_;
+};
+
+// Reads `count` 8-byte entries at index `first`; short reads past the end are zeros.
+bool ReadEntries(int fd, uint64_t first, size_t count, uint64_t* out) {
+  size_t want = count * sizeof(uint64_t);
+  size_t got = 0;
+  auto* bytes = reinterpret_cast<char*>(out);
+  while (got < want) {
+    ssize_t n = pread(fd, bytes + got, want - got, static_cast<off_t>(first * 8 + got));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return false;
+    }
+    if (n == 0) break;
+    got += static_cast<size_t>(n);
+  }
+  std::fill(bytes + got, bytes + want, 0);
+  return true;
+}
+
+size_t ToSize(Napi::Env env, const Napi::Value& v, const char* name) {
+  if (!v.IsNumber()) {
+    ThrowTypeError(env, std::string("The \"") + name + "\" argument must be of type number");
+  }
+  double d = v.As<Napi::Number>().DoubleValue();
+  if (!(d >= 0) || d > 9007199254740991.0 || std::floor(d) != d) {
+    ThrowRangeError(env, std::string("The value of \"") + name + "\" is out of range");
+  }
+  return static_cast<size_t>(d);
+}
+
+// pageStates(view, offset, length): counts over the pages that overlap bytes
+// [offset, offset+length) of the view. For a buffer of this addon the range may reach to
+// the end of its last page (that padding is its own); for any other view it must stay
+// inside the view. The bytes are only read as addresses, never dereferenced.
+Napi::Value PageStates(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Value target = info.Length() > 0 ? info[0] : env.Undefined();
+  uint8_t* data = nullptr;
+  size_t byteLength = 0;
+  size_t viewOffset = 0;
+  Napi::ArrayBuffer ab;
+  if (target.IsTypedArray()) {
+    Napi::TypedArray ta = target.As<Napi::TypedArray>();
+    ab = ta.ArrayBuffer();
+    viewOffset = ta.ByteOffset();
+    byteLength = ta.ByteLength();
+  } else if (target.IsDataView()) {
+    Napi::DataView dv = target.As<Napi::DataView>();
+    ab = dv.ArrayBuffer();
+    viewOffset = dv.ByteOffset();
+    byteLength = dv.ByteLength();
+  } else if (target.IsArrayBuffer()) {
+    ab = target.As<Napi::ArrayBuffer>();
+    byteLength = ab.ByteLength();
+  } else {
+    ThrowTypeError(env, "The \"view\" argument must be an ArrayBuffer, TypedArray or DataView");
+  }
+  size_t offset = ToSize(env, info[1], "offset");
+  size_t length = ToSize(env, info[2], "length");
+
+  size_t limit = byteLength;
+  Region* r = FindRegion(env, ab);
+  bool detached = false;
+  napi_is_detached_arraybuffer(env, ab, &detached);
+  if (r != nullptr && (detached || r->detached || r->mapping == nullptr || r->mapping->unmapped)) {
+    throw CodeError(env, "ERR_KSM_FREED", "This buffer has already been freed");
+  }
+  if (r != nullptr && viewOffset <= r->extent) limit = r->extent - viewOffset;
+  if (offset > limit || length > limit - offset) {
+    ThrowRangeError(env, "The range is outside the view");
+  }
+  data = static_cast<uint8_t*>(ab.Data()) + viewOffset;
+
+  size_t page = Instance::Get(env)->pageSize;
+  Napi::Object result = Napi::Object::New(env);
+  uintptr_t start = reinterpret_cast<uintptr_t>(data) + offset;
+  uint64_t firstPage = start / page;
+  uint64_t endPage = length == 0 ? firstPage : (start + length + page - 1) / page;
+  uint64_t pages = endPage - firstPage;
+
+  uint64_t present = 0, swapped = 0, exclusive = 0;
+  std::vector<uint64_t> pfns;  // of present pages, in address order (0 when hidden)
+  if (pages > 0) {
+    Fd pagemap("/proc/self/pagemap");
+    if (pagemap.get() < 0) throw ErrnoError(env, errno, "open");
+    std::vector<uint64_t> entries(std::min<uint64_t>(pages, kBatch));
+    pfns.reserve(pages);
+    for (uint64_t done = 0; done < pages;) {
+      size_t n = static_cast<size_t>(std::min<uint64_t>(pages - done, kBatch));
+      if (!ReadEntries(pagemap.get(), firstPage + done, n, entries.data())) {
+        throw ErrnoError(env, errno, "pread");
+      }
+      for (size_t i = 0; i < n; i++) {
+        uint64_t e = entries[i];
+        if (e & kPresent) {
+          present++;
+          if (e & kExclusive) exclusive++;
+          pfns.push_back(e & kPfnMask);
+        } else if (e & kSwapped) {
+          swapped++;
+        }
+      }
+      done += n;
+    }
+  }
+
+  // Frame numbers are hidden (read as 0) without CAP_SYS_ADMIN.
+  bool pfnKnown = !pfns.empty() && std::any_of(pfns.begin(), pfns.end(),
+                                               [](uint64_t p) { return p != 0; });
+  Napi::Value ksmValue = env.Null();
+  Napi::Value zeroValue = env.Null();
+  Napi::Value framesValue = env.Null();
+  if (pfnKnown) {
+    std::vector<uint64_t> unique = pfns;
+    std::sort(unique.begin(), unique.end());
+    unique.erase(std::unique(unique.begin(), unique.end()), unique.end());
+    framesValue = Napi::Number::New(env, static_cast<double>(unique.size()));
+    Fd kpageflags("/proc/kpageflags");
+    if (kpageflags.get() >= 0) {
+      // Flags for each distinct frame, read in runs: frames of freshly faulted memory
+      // mostly come in long consecutive stretches, so this is a few large reads.
+      std::vector<uint64_t> flags(unique.size());
+      std::vector<uint64_t> run;
+      bool ok = true;
+      for (size_t i = 0; i < unique.size() && ok;) {
+        size_t j = i + 1;
+        while (j < unique.size() && unique[j] - unique[i] < kBatch && unique[j] - unique[j - 1] <= 256) j++;
+        size_t span = static_cast<size_t>(unique[j - 1] - unique[i] + 1);
+        run.resize(span);
+        ok = ReadEntries(kpageflags.get(), unique[i], span, run.data());
+        for (size_t k = i; k < j && ok; k++) flags[k] = run[unique[k] - unique[i]];
+        i = j;
+      }
+      if (ok) {
+        uint64_t ksmPages = 0, zeroPages = 0;
+        for (uint64_t pfn : pfns) {
+          size_t idx = static_cast<size_t>(std::lower_bound(unique.begin(), unique.end(), pfn) - unique.begin());
+          uint64_t f = flags[idx];
+          if (f & kKpfKsm) ksmPages++;
+          else if (f & kKpfZeroPage) zeroPages++;
+        }
+        ksmValue = Napi::Number::New(env, static_cast<double>(ksmPages));
+        zeroValue = Napi::Number::New(env, static_cast<double>(zeroPages));
+      }
+    }
+  }
+
+  result.Set("pages", Napi::Number::New(env, static_cast<double>(pages)));
+  result.Set("present", Napi::Number::New(env, static_cast<double>(present)));
+  result.Set("swapped", Napi::Number::New(env, static_cast<double>(swapped)));
+  result.Set("exclusive", Napi::Number::New(env, static_cast<double>(exclusive)));
+  result.Set("ksm", ksmValue);
+  result.Set("zero", zeroValue);
+  result.Set("frames", framesValue);
+  result.Set("address", Napi::BigInt::New(env, static_cast<uint64_t>(firstPage * page)));
+  return result;
+}
+
+}  // namespace
+
+void InitPagemap(Napi::Env env, Napi::Object exports) {
+  exports.Set("pageStates", Napi::Function::New(env, PageStates, "pageStates"));
+}
+
+}  // namespace ksm

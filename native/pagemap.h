@@ -1,0 +1,6 @@
+#pragma once
+#include <napi.h>
+
+namespace ksm {
+void InitPagemap(Napi::Env env, Napi::Object exports);
+}

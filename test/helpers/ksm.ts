@@ -1,0 +1,149 @@
+/**
+ * Harness for tests that need the real KSM scanner. `withFastKsm(fn)` takes a
+ * machine-wide lock (so test files, and test runs in other shells, never fight over the
+ * global /sys/kernel/mm/ksm), turns a fast scanner on, runs fn, and restores every knob
+ * in `finally` and on SIGINT/SIGTERM. Tests that cannot have KSM skip with the reason,
+ * or fail when KSM_REQUIRE=1 (as CI sets it).
+ */
+import fs from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { binding } from '../../lib/binding';
+import { canWrite, restore, snapshot, type Snapshot } from './sysfs';
+
+export const KSM_REQUIRED = process.env.KSM_REQUIRE === '1';
+
+/** Why KSM tests cannot run here, or null when they can. */
+export function ksmUnavailable(): string | null {
+  if (binding === null) return 'the native addon is not loaded';
+  return canWrite();
+}
+
+/**
+ * Call at the top of a test (or in beforeAll with its context) that needs KSM: skips with
+ * the reason, or throws when KSM_REQUIRE=1.
+ */
+export function requireKsm(ctx: { skip: (note?: string) => void }): void {
+  const reason = ksmUnavailable();
+  if (reason === null) return;
+  if (KSM_REQUIRED) throw new Error(`KSM_REQUIRE=1 but KSM tests cannot run: ${reason}`);
+  ctx.skip(`KSM unavailable: ${reason}`);
+}
+
+const LOCK_DIR = '/run/node-ksm';
+const LOCK_FILE = `${LOCK_DIR}/tests.lock`;
+
+/** Exclusive machine-wide lock for tests that change /sys/kernel/mm/ksm. */
+export async function lockKsm(timeoutMs = 600_000): Promise<() => void> {
+  fs.mkdirSync(LOCK_DIR, { recursive: true });
+  const fd = fs.openSync(LOCK_FILE, 'a');
+  const deadline = Date.now() + timeoutMs;
+  while (!binding!.flock(fd, 2)) {
+    if (Date.now() > deadline) {
+      fs.closeSync(fd);
+      throw new Error(`Timed out waiting for ${LOCK_FILE}`);
+    }
+    await sleep(20);
+  }
+  return () => {
+    binding!.flock(fd, 0);
+    fs.closeSync(fd);
+  };
+}
+
+/**
+ * Fast settings for tests. smart_scan=0 because smart scan skips pages that did not
+ * change in earlier scans, and pages written while the scanner runs can then stay
+ * unmerged for hundreds of full scans; the advisor is off so pages_to_scan can be set.
+ */
+export const FAST: Snapshot = {
+  advisor_mode: 'none',
+  pages_to_scan: '10000',
+  sleep_millisecs: '0',
+  smart_scan: '0',
+  run: '1',
+};
+
+function writeSettings(settings: Snapshot): void {
+  const order = ['advisor_mode', 'pages_to_scan', 'sleep_millisecs', 'smart_scan', 'use_zero_pages', 'run'];
+  for (const name of order) {
+    const v = settings[name];
+    if (v !== undefined && fs.existsSync(`/sys/kernel/mm/ksm/${name}`)) fs.writeFileSync(`/sys/kernel/mm/ksm/${name}`, v);
+  }
+}
+
+/**
+ * Runs fn with the machine's KSM scanner on and fast, under the test lock; puts back
+ * every knob afterwards. `settings` overrides FAST (e.g. `{ run: '0' }`).
+ */
+export async function withFastKsm<T>(fn: () => Promise<T> | T, settings: Snapshot = {}): Promise<T> {
+  const unlock = await lockKsm();
+  const before = snapshot();
+  const onSignal = (sig: NodeJS.Signals) => {
+    restore(before);
+    process.kill(process.pid, sig);
+  };
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+  try {
+    writeSettings({ ...FAST, ...settings });
+    return await fn();
+  } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+    try {
+      restore(before);
+    } finally {
+      unlock();
+    }
+  }
+}
+
+/** Polls `check` until it returns a truthy value or the time is up (then returns the last value). */
+export async function pollUntil<T>(check: () => T, timeoutMs: number, intervalMs = 50): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let value = check();
+  while (!value && Date.now() < deadline) {
+    await sleep(intervalMs);
+    value = check();
+  }
+  return value;
+}
+
+/**
+ * Fills `buf` with pseudo-random pages: page p gets a stream seeded by (seed, p), so
+ * every page differs from the others and two buffers filled with the same seed are
+ * identical page for page.
+ */
+export function fillPages(buf: Uint8Array, seed: number, pageSize: number): void {
+  const words = new Uint32Array(buf.buffer, buf.byteOffset, Math.floor(buf.byteLength / 4));
+  const perPage = pageSize / 4;
+  for (let p = 0; p * perPage < words.length; p++) {
+    let x = (Math.imul(seed + 1, 0x9e3779b1) ^ Math.imul(p + 1, 0x85ebca6b)) >>> 0 || 1;
+    const end = Math.min(words.length, (p + 1) * perPage);
+    for (let i = p * perPage; i < end; i++) {
+      x ^= x << 13;
+      x ^= x >>> 17;
+      x ^= x << 5;
+      words[i] = x >>> 0;
+    }
+  }
+}
+
+/** Bytes on the KSM: lines of /proc/self/smaps over the VMAs overlapping [start, end). */
+export function smapsKsmBytes(start: bigint, end: bigint): number {
+  const text = fs.readFileSync('/proc/self/smaps', 'utf8');
+  let total = 0;
+  let inRange = false;
+  for (const line of text.split('\n')) {
+    const m = /^([0-9a-f]+)-([0-9a-f]+) /.exec(line);
+    if (m) {
+      const s = BigInt(`0x${m[1]}`);
+      const e = BigInt(`0x${m[2]}`);
+      inRange = s < end && e > start;
+      continue;
+    }
+    const k = /^KSM:\s+(\d+) kB/.exec(line);
+    if (k && inRange) total += Number(k[1]) * 1024;
+  }
+  return total;
+}
