@@ -147,3 +147,9 @@ export function smapsKsmBytes(start: bigint, end: bigint): number {
   }
   return total;
 }
+
+/**
+ * Set by test/run-asan.sh. Under AddressSanitizer the process holds a multi-TiB shadow
+ * mapping, and PR_SET_MEMORY_MERGE(0) walks all of it to unmerge, for minutes.
+ */
+export const SANITIZED = process.env.NODE_KSM_SANITIZED === '1';

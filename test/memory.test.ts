@@ -1,0 +1,251 @@
+import fs from 'node:fs';
+import { describe, expect, it } from 'vitest';
+import { binding } from '../lib/binding';
+import { SANITIZED } from './helpers/ksm';
+import { KsmError } from '../lib/errors';
+import {
+  alloc,
+  free,
+  from,
+  isKsmBuffer,
+  markMergeable,
+  maxAllocSize,
+  pageSize,
+  processMerging,
+  setMergeable,
+  setProcessMerging,
+} from '../lib/memory';
+
+/** The /proc/self/maps line of the mapping that starts at the buffer. */
+function mapsLineAt(buf: Buffer): string | undefined {
+  const addr = binding!.addressOf(buf).toString(16);
+  return fs.readFileSync('/proc/self/maps', 'utf8').split('\n').find((l) => l.startsWith(`${addr}-`));
+}
+
+/** The VmFlags of the smaps entry containing `buf`'s first byte. */
+function vmFlagsAt(buf: Buffer): string[] {
+  const addr = binding!.addressOf(buf);
+  const text = fs.readFileSync('/proc/self/smaps', 'utf8');
+  let inside = false;
+  for (const line of text.split('\n')) {
+    const m = /^([0-9a-f]+)-([0-9a-f]+) /.exec(line);
+    if (m) inside = addr >= BigInt(`0x${m[1]}`) && addr < BigInt(`0x${m[2]}`);
+    else if (inside && line.startsWith('VmFlags:')) return line.slice(8).trim().split(/\s+/);
+  }
+  return [];
+}
+
+function expectCode(fn: () => unknown, ctor: new (...args: never[]) => Error, code: string): void {
+  let caught: unknown;
+  try {
+    fn();
+  } catch (err) {
+    caught = err;
+  }
+  expect(caught, `expected ${ctor.name} ${code}`).toBeInstanceOf(ctor);
+  expect((caught as { code?: string }).code).toBe(code);
+}
+
+describe('pageSize', () => {
+  it('comes from the system', () => {
+    // getconf asks sysconf(_SC_PAGESIZE) too, from another program.
+    const fromGetconf = Number(require('node:child_process').execFileSync('getconf', ['PAGESIZE'], { encoding: 'utf8' }));
+    expect(pageSize).toBe(fromGetconf);
+  });
+});
+
+describe('alloc', () => {
+  it('returns a zero-filled, page-aligned Buffer of exactly size bytes in its own mapping', () => {
+    const size = 3 * pageSize + 123;
+    const buf = alloc(size);
+    expect(Buffer.isBuffer(buf)).toBe(true);
+    expect(buf.length).toBe(size);
+    expect(binding!.addressOf(buf) % BigInt(pageSize)).toBe(0n);
+    expect(buf.every((b) => b === 0)).toBe(true);
+    const line = mapsLineAt(buf);
+    expect(line).toBeDefined();
+    // The mapping covers whole pages: 4 here (the kernel may join it with a neighbour,
+    // so the VMA is at least that long).
+    const [start, end] = line!.split(' ')[0]!.split('-').map((h) => BigInt(`0x${h}`));
+    expect(end! - start!).toBeGreaterThanOrEqual(BigInt(4 * pageSize));
+    expect(binding!.info(buf.buffer as ArrayBuffer)!.mappingLength).toBe(4 * pageSize);
+    buf.fill(0xab);
+    expect(buf[size - 1]).toBe(0xab);
+    free(buf);
+  });
+
+  it('marks the mapping mergeable and no-hugepage, unless mergeable: false', () => {
+    const m = alloc(4 * pageSize);
+    expect(vmFlagsAt(m)).toEqual(expect.arrayContaining(['mg', 'nh']));
+    const plain = alloc(4 * pageSize, { mergeable: false });
+    expect(vmFlagsAt(plain)).toContain('nh');
+    expect(vmFlagsAt(plain)).not.toContain('mg');
+    free(m);
+    free(plain);
+  });
+
+  it('allows size 0 (one page mapped, nothing visible)', () => {
+    const buf = alloc(0);
+    expect(buf.length).toBe(0);
+    expect(isKsmBuffer(buf)).toBe(true);
+    expect(free(buf)).toBe(true);
+  });
+
+  it('rejects bad sizes and options with Node-style errors', () => {
+    for (const bad of ['1', null, undefined, {}, 1n, [1]]) expectCode(() => alloc(bad as never), TypeError, 'ERR_INVALID_ARG_TYPE');
+    for (const bad of [-1, 1.5, NaN, Infinity, -Infinity, maxAllocSize + 1, 2 ** 64]) {
+      expectCode(() => alloc(bad), RangeError, 'ERR_OUT_OF_RANGE');
+    }
+    expectCode(() => alloc(10, null as never), TypeError, 'ERR_INVALID_ARG_TYPE');
+    expectCode(() => alloc(10, { mergeable: 'yes' as never }), TypeError, 'ERR_INVALID_ARG_TYPE');
+  });
+
+  it('reports an address-space failure as ENOMEM from mmap, and keeps working', () => {
+    // maxAllocSize (4 GiB on Node 20) succeeds lazily; the native layer's own limit
+    // is what the address space cannot hold.
+    let caught: unknown;
+    try {
+      binding!.alloc(2 ** 52, true);
+    } catch (err) {
+      caught = err;
+    }
+    expect(caught).toBeInstanceOf(KsmError);
+    expect(caught).toMatchObject({ code: 'ENOMEM', errno: -12, syscall: 'mmap' });
+    const ok = alloc(pageSize);
+    expect(ok.length).toBe(pageSize);
+    free(ok);
+  });
+});
+
+describe('from', () => {
+  it('copies strings in an encoding, ArrayBuffers and views', () => {
+    expect(from('héllo').toString()).toBe('héllo');
+    expect(from('68656c6c6f', 'hex').toString()).toBe('hello');
+    expect([...from(new Uint16Array([1, 2]).buffer)]).toEqual([1, 0, 2, 0]);
+    const src = Buffer.from('abcdef');
+    const copy = from(src.subarray(2, 4));
+    expect(copy.toString()).toBe('cd');
+    expect(isKsmBuffer(copy)).toBe(true);
+    src[2] = 0x7a;
+    expect(copy.toString()).toBe('cd');
+  });
+
+  it('rejects what it cannot copy', () => {
+    expectCode(() => from(42 as never), TypeError, 'ERR_INVALID_ARG_TYPE');
+    expectCode(() => from('x', 'klingon' as never), TypeError, 'ERR_INVALID_ARG_TYPE');
+  });
+});
+
+describe('free', () => {
+  it('unmaps now, detaches every view, and is idempotent', () => {
+    const buf = alloc(2 * pageSize);
+    const sub = buf.subarray(pageSize);
+    const u32 = new Uint32Array(buf.buffer, 0, 4);
+    const before = binding!.counters();
+    expect(mapsLineAt(buf)).toBeDefined();
+    const addr = binding!.addressOf(buf).toString(16);
+    expect(free(buf)).toBe(true);
+    expect(binding!.counters().mappings).toBe(before.mappings - 1);
+    expect(buf.length).toBe(0);
+    expect(sub.length).toBe(0);
+    expect(u32.length).toBe(0);
+    expect(buf.buffer.byteLength).toBe(0);
+    expect(sub[0]).toBeUndefined();
+    expect(fs.readFileSync('/proc/self/maps', 'utf8')).not.toContain(`${addr}-`);
+    expect(free(buf)).toBe(false);
+    expect(free(sub)).toBe(false);
+  });
+
+  it('refuses buffers it did not allocate', () => {
+    for (const foreign of [Buffer.alloc(10), Buffer.allocUnsafeSlow(1 << 20), new Uint8Array(8), new ArrayBuffer(8)]) {
+      expectCode(() => free(foreign), KsmError, 'ERR_KSM_NOT_OWNED');
+    }
+    for (const bad of [null, undefined, 'x', 1, {}, [], new SharedArrayBuffer(8)]) {
+      expectCode(() => free(bad as never), TypeError, 'ERR_INVALID_ARG_TYPE');
+    }
+  });
+
+  it('keeps use-after-free through a subarray harmless', () => {
+    const buf = alloc(pageSize);
+    const sub = buf.subarray(10, 20);
+    free(buf);
+    // Every access sees an empty, detached buffer: reads give nothing, writes throw.
+    expect(sub[0]).toBeUndefined();
+    expect(sub.toString('hex')).toBe('');
+    expect(() => sub.fill(1)).toThrow(TypeError);
+    expect(buf.write('hello')).toBe(0);
+    expect(() => new DataView(buf.buffer)).toThrow(TypeError);
+  });
+
+  it('rejects a wrong receiver on the native functions', () => {
+    const buf = alloc(pageSize);
+    const { free: nativeFree, info } = binding!;
+    expect(nativeFree.call({}, buf.buffer as ArrayBuffer)).toBe(true);
+    expect(info.call(null, buf.buffer as ArrayBuffer)).toMatchObject({ freed: true });
+    expectCode(() => nativeFree.call(buf, 'no' as never), TypeError, 'ERR_INVALID_ARG_TYPE');
+  });
+});
+
+describe('setMergeable', () => {
+  it('toggles MADV_MERGEABLE on the whole allocation', () => {
+    const buf = alloc(8 * pageSize, { mergeable: false });
+    setMergeable(buf.subarray(pageSize), true);
+    expect(vmFlagsAt(buf)).toContain('mg');
+    setMergeable(buf, false);
+    expect(vmFlagsAt(buf)).not.toContain('mg');
+    free(buf);
+  });
+
+  it('refuses freed, foreign and malformed arguments', () => {
+    const buf = alloc(pageSize);
+    free(buf);
+    expectCode(() => setMergeable(buf, true), KsmError, 'ERR_KSM_FREED');
+    expectCode(() => setMergeable(Buffer.alloc(10), true), KsmError, 'ERR_KSM_NOT_OWNED');
+    const live = alloc(pageSize);
+    expectCode(() => setMergeable(live, 1 as never), TypeError, 'ERR_INVALID_ARG_TYPE');
+    expectCode(() => setMergeable('x' as never, true), TypeError, 'ERR_INVALID_ARG_TYPE');
+    free(live);
+  });
+});
+
+describe('markMergeable', () => {
+  it('marks the page-aligned interior of any view and says which bytes it covered', () => {
+    const big = Buffer.allocUnsafeSlow(16 * pageSize + 100);
+    const addr = binding!.addressOf(big);
+    const { offset, length } = markMergeable(big);
+    const expectedOffset = Number((BigInt(pageSize) - (addr % BigInt(pageSize))) % BigInt(pageSize));
+    expect(offset).toBe(expectedOffset);
+    expect(length % pageSize).toBe(0);
+    expect(length).toBeGreaterThanOrEqual(15 * pageSize);
+    expect(offset + length).toBeLessThanOrEqual(big.length);
+    expect(vmFlagsAt(big.subarray(offset))).toContain('mg');
+    expect(markMergeable(big, false).length).toBe(length);
+    expect(vmFlagsAt(big.subarray(offset))).not.toContain('mg');
+  });
+
+  it('covers nothing when the view holds no whole page', () => {
+    expect(markMergeable(Buffer.alloc(100))).toEqual({ offset: 0, length: 0 });
+    expect(markMergeable(new Uint8Array(0))).toEqual({ offset: 0, length: 0 });
+  });
+
+  it('rejects non-views', () => {
+    for (const bad of [null, 'x', 5, {}, new SharedArrayBuffer(pageSize * 2)]) {
+      expectCode(() => markMergeable(bad as never), TypeError, 'ERR_INVALID_ARG_TYPE');
+    }
+  });
+});
+
+describe('process merging', () => {
+  it.skipIf(SANITIZED)('round-trips through prctl', () => {
+    const was = processMerging();
+    try {
+      setProcessMerging(true);
+      expect(processMerging()).toBe(true);
+      setProcessMerging(false);
+      expect(processMerging()).toBe(false);
+    } finally {
+      setProcessMerging(was);
+    }
+    expectCode(() => setProcessMerging(1 as never), TypeError, 'ERR_INVALID_ARG_TYPE');
+  });
+});

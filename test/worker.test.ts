@@ -1,0 +1,74 @@
+/**
+ * The addon keeps its state per environment, so it loads and works in worker threads,
+ * and a worker that exits with live buffers leaves no mapping behind.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { Worker } from 'node:worker_threads';
+import { describe, expect, it } from 'vitest';
+import { alloc, free, pageSize } from '../lib/memory';
+
+const root = path.resolve(__dirname, '..');
+
+function mapsLines(): number {
+  return fs.readFileSync('/proc/self/maps', 'utf8').split('\n').length;
+}
+
+/** Runs code in a worker that loads the built package (dist/). */
+function runWorker(code: string): Promise<unknown> {
+  return new Promise((resolve, reject) => {
+    const w = new Worker(`const ksm = require(${JSON.stringify(path.join(root, 'dist/index.js'))});\n${code}`, { eval: true });
+    let result: unknown;
+    w.on('message', (m) => (result = m));
+    w.on('error', reject);
+    w.on('exit', (code) => (code === 0 ? resolve(result) : reject(new Error(`worker exited with ${code}`))));
+  });
+}
+
+describe('worker threads', () => {
+  it('load the addon and allocate, merge-mark and free on their own', async () => {
+    const result = await runWorker(`
+      const { parentPort } = require('node:worker_threads');
+      const b = ksm.alloc(ksm.pageSize * 4);
+      b.fill(3);
+      const sum = b.reduce((a, x) => a + x, 0);
+      ksm.setMergeable(b, false);
+      const freed = ksm.free(b);
+      parentPort.postMessage({ sum, freed, length: b.length, pageSize: ksm.pageSize });
+    `);
+    expect(result).toEqual({ sum: 3 * pageSize * 4, freed: true, length: 0, pageSize });
+  });
+
+  it('unmap live buffers when the worker exits, four at once', async () => {
+    const before = mapsLines();
+    await Promise.all(
+      [0, 1, 2, 3].map(() =>
+        runWorker(`
+          const keep = [];
+          for (let i = 0; i < 500; i++) keep.push(ksm.alloc(ksm.pageSize * 2, { mergeable: i % 2 === 0 }));
+          globalThis.keep = keep;
+        `),
+      ),
+    );
+    // 4 × 500 buffers in distinct VMAs would be ~2,000 lines; only a worker's own
+    // leftovers (thread stacks are unmapped too) may remain.
+    expect(mapsLines() - before).toBeLessThan(100);
+  });
+
+  it('are sent a copy, never the memory itself (it could outlive free())', async () => {
+    const b = alloc(pageSize);
+    b.fill(9);
+    const { port1, port2 } = new MessageChannel();
+    const received = new Promise<ArrayBuffer>((resolve) => port2.once('message', resolve));
+    port1.postMessage(b.buffer, [b.buffer as ArrayBuffer]);
+    const copy = new Uint8Array(await received);
+    // Still ours and attached here; the other side got its own bytes.
+    expect(b.length).toBe(pageSize);
+    expect(copy.length).toBe(pageSize);
+    expect(copy.every((x) => x === 9)).toBe(true);
+    expect(free(b)).toBe(true);
+    expect(copy[0]).toBe(9);
+    port1.close();
+    port2.close();
+  });
+});
