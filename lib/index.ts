@@ -29,3 +29,21 @@ export {
   type Support,
 } from './stats';
 export type { KsmSysfs, KsmStatFields } from './procfs';
+export {
+  readSettings,
+  configure,
+  type KsmSettings,
+  type KsmSettingName,
+} from './control';
+export {
+  boost,
+  restore,
+  boostState,
+  BOOST_POLICY,
+  type BoostOptions,
+  type BoostHandle,
+  type BoostState,
+  type BoostHolder,
+} from './boost';
+export { waitForMerge, type WaitOptions, type WaitResult, type WaitProgress } from './wait';
+export { Arena, type ArenaOptions, type ArenaStats } from './arena';
