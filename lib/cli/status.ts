@@ -1,0 +1,213 @@
+/**
+ * `node-ksm status`: what KSM is doing on this machine, in bytes and plain words, and
+ * what to change. The advice is a pure function of the figures so that each piece of it
+ * can be reasoned about (and tested) from the state that triggers it.
+ */
+import { systemStats, support, type SystemStats } from '../stats';
+import { readSettings, type KsmSettings } from '../control';
+import { snakeCase } from '../procfs';
+import { formatBytes, formatCount, formatSeconds, table } from './format';
+
+export type AdviceCode =
+  | 'ksm-off'
+  | 'unmerging'
+  | 'scan-rate'
+  | 'scan-slow'
+  | 'busy-loop'
+  | 'advisor'
+  | 'zero-pages'
+  | 'nothing-mergeable'
+  | 'volatile'
+  | 'negative-profit'
+  | 'not-root';
+
+export interface Advice {
+  code: AdviceCode;
+  message: string;
+}
+
+export interface ScanEstimate {
+  /** Bytes ksmd looks at per second with the current settings (Infinity with sleep 0). */
+  bytesPerSecond: number;
+  /** Pages ksmd tracks (its rmap items): the mergeable memory it has found so far. */
+  mergeablePages: number;
+  mergeableBytes: number;
+  /** Seconds one full pass over that memory takes; undefined when nothing is tracked. */
+  fullPassSeconds?: number;
+}
+
+/**
+ * pages_to_scan pages every sleep_millisecs. The kernel keeps one rmap item per mergeable
+ * page it has scanned, and pages_shared + pages_sharing + pages_unshared + pages_volatile
+ * add up to exactly that count (pages_volatile is derived as the remainder), so their sum
+ * is the mergeable memory a full pass has to cover. Time spent scanning is ignored, so
+ * the rate is an upper bound.
+ */
+export function estimateScan(s: SystemStats): ScanEstimate {
+  const pages = (s.pagesShared ?? 0) + (s.pagesSharing ?? 0) + (s.pagesUnshared ?? 0) + (s.pagesVolatile ?? 0);
+  const sleep = s.sleepMillisecs ?? 0;
+  const batch = (s.pagesToScan ?? 0) * s.pageSize;
+  const bytesPerSecond = sleep > 0 ? (batch * 1000) / sleep : batch > 0 ? Infinity : 0;
+  const mergeableBytes = pages * s.pageSize;
+  const fullPassSeconds = pages > 0 && bytesPerSecond > 0 && Number.isFinite(bytesPerSecond) ? mergeableBytes / bytesPerSecond : undefined;
+  return { bytesPerSecond, mergeablePages: pages, mergeableBytes, fullPassSeconds };
+}
+
+/** A full pass slower than this leaves new duplicates unmerged for too long to matter. */
+const SLOW_PASS_SECONDS = 600;
+
+export function advise(s: SystemStats, canConfigure: boolean): Advice[] {
+  const out: Advice[] = [];
+  const add = (code: AdviceCode, message: string) => out.push({ code, message });
+  const scan = estimateScan(s);
+  const advisor = s.advisorMode === 'scan-time';
+
+  if (s.run === 0) {
+    add(
+      'ksm-off',
+      'KSM is off (run=0): ksmd does not scan, so nothing new is merged' +
+        ((s.pagesSharing ?? 0) > 0 ? ` (the ${formatCount(s.pagesSharing!)} pages already merged stay merged)` : '') +
+        '. Start it with "node-ksm tune --run 1", or "node-ksm boost --for 60s" for a burst that puts the settings back.',
+    );
+  } else if (s.run === 2) {
+    add('unmerging', 'run=2: ksmd has stopped and every merged page has been (or is being) unmerged. "node-ksm tune --run 1" starts merging again.');
+  }
+
+  if (advisor) {
+    add(
+      'advisor',
+      `The scan-time advisor is on: it sets pages_to_scan itself (now ${formatCount(s.pagesToScan ?? 0)}, kept between ` +
+        `${formatCount(s.advisorMinPagesToScan ?? 0)} and ${formatCount(s.advisorMaxPagesToScan ?? 0)}) aiming at one full pass every ` +
+        `${s.advisorTargetScanTime ?? '?'} s with at most ${s.advisorMaxCpu ?? '?'}% of a CPU. Tune it with ` +
+        '"node-ksm tune --target-scan-time S --advisor-max-cpu P"; pages_to_scan cannot be set by hand until "node-ksm tune --advisor none".',
+    );
+  }
+
+  if (s.run === 1 && scan.mergeablePages === 0 && (s.fullScans ?? 0) > 0) {
+    add(
+      'nothing-mergeable',
+      'ksmd is running but no memory is marked mergeable, so it has nothing to merge: allocate with node-ksm\'s alloc() ' +
+        '(or markMergeable/setProcessMerging), or stop ksmd with "node-ksm tune --run 0".',
+    );
+  }
+
+  // With nothing to scan ksmd waits for work, so sleep 0 only burns a core when there is some.
+  if (s.run === 1 && (s.sleepMillisecs ?? 0) === 0 && !advisor && scan.mergeablePages > 0) {
+    add(
+      'busy-loop',
+      `sleep_millisecs=0: ksmd scans ${formatCount(s.pagesToScan ?? 0)} pages at a time without pausing and keeps a CPU core busy ` +
+        'even after everything is merged. Use "node-ksm boost --for 60s" for bursts, or the advisor: ' +
+        '"node-ksm tune --advisor scan-time --target-scan-time 200".',
+    );
+  } else if (s.run !== 2) {
+    const rate = `pages_to_scan=${formatCount(s.pagesToScan ?? 0)} with sleep ${s.sleepMillisecs ?? '?'} ms scans ${formatBytes(scan.bytesPerSecond)}/s`;
+    const pass =
+      scan.fullPassSeconds === undefined
+        ? (s.fullScans ?? 0) === 0
+          ? ': no full pass has completed yet, so the mergeable memory is not known'
+          : ''
+        : `: a full pass over the ${formatBytes(scan.mergeableBytes)} marked mergeable takes ${formatSeconds(scan.fullPassSeconds)}`;
+    add('scan-rate', `${rate}${pass}${s.run === 0 ? ' (once started)' : ''}.`);
+    if (scan.fullPassSeconds !== undefined && scan.fullPassSeconds > SLOW_PASS_SECONDS && !advisor) {
+      const target = Math.ceil((scan.mergeablePages * (s.sleepMillisecs ?? 20)) / 1000 / 60);
+      add(
+        'scan-slow',
+        `A full pass takes ${formatSeconds(scan.fullPassSeconds)}, so new duplicates wait that long to be merged. ` +
+          `"node-ksm tune --pages-to-scan ${formatCount(Math.max(target, (s.pagesToScan ?? 0) * 2)).replace(/,/g, '')}" makes it about a minute, ` +
+          'or let the advisor pick the rate: "node-ksm tune --advisor scan-time --target-scan-time 60".',
+      );
+    }
+  }
+
+  if ((s.useZeroPages ?? 0) === 1) {
+    add(
+      'zero-pages',
+      `use_zero_pages=1: empty (all-zero) pages are merged with the kernel's zero page instead of a KSM page: ` +
+        `${formatCount(Math.max(0, s.ksmZeroPages ?? 0))} pages (${formatBytes(Math.max(0, s.ksmZeroPages ?? 0) * s.pageSize)}) ` +
+        'are counted in ksm_zero_pages and in saved bytes, not in pages_sharing.',
+    );
+  }
+
+  const sharing = s.pagesSharing ?? 0;
+  const volatile = s.pagesVolatile ?? 0;
+  if (volatile > 1024 && volatile > sharing) {
+    add(
+      'volatile',
+      `${formatCount(volatile)} pages (${formatBytes(volatile * s.pageSize)}) change faster than ksmd scans them (pages_volatile): ` +
+        'merging them only costs copy-on-write faults; mark only data that stays put as mergeable.',
+    );
+  }
+  if ((s.generalProfit ?? 0) < 0) {
+    add(
+      'negative-profit',
+      `general_profit is ${formatBytes(s.generalProfit!)}: KSM's bookkeeping costs more than merging saves. ` +
+        'Mark less memory mergeable (only data with many duplicates), or stop ksmd.',
+    );
+  }
+
+  if (!canConfigure) {
+    add('not-root', 'You cannot change KSM settings as this user: run "sudo node-ksm tune ..." (or boost) to act on this advice.');
+  }
+  return out;
+}
+
+export interface StatusReport {
+  running: boolean;
+  canConfigure: boolean;
+  pageSize: number;
+  settings: KsmSettings;
+  stats: SystemStats;
+  scan: ScanEstimate;
+  advice: Advice[];
+}
+
+export function status(): StatusReport {
+  const stats = systemStats();
+  const canConfigure = support().canConfigure;
+  return {
+    running: stats.run === 1,
+    canConfigure,
+    pageSize: stats.pageSize,
+    settings: readSettings(),
+    stats,
+    scan: estimateScan(stats),
+    advice: advise(stats, canConfigure),
+  };
+}
+
+export function renderStatus(r: StatusReport): string {
+  const s = r.stats;
+  const page = s.pageSize;
+  const pages = (n: number | undefined) => [n === undefined ? '-' : formatCount(n), n === undefined ? '' : formatBytes(n * page)];
+  const state = s.run === 1 ? 'running' : s.run === 2 ? 'stopped, unmerging (run=2)' : `stopped (run=${s.run ?? '?'})`;
+  const lines = [
+    `KSM ${state}, page size ${formatBytes(page)}`,
+    `Saved ${formatBytes(s.savedBytes)}` +
+      (s.generalProfitBytes !== undefined ? `, profit ${formatBytes(s.generalProfitBytes)} after ksmd's bookkeeping` : '') +
+      (s.sharingRatio > 0 ? `, sharing ratio ${s.sharingRatio.toFixed(1)} (pages_sharing / pages_shared)` : ''),
+    `Full scans ${formatCount(s.fullScans ?? 0)}` + (s.pagesScanned !== undefined ? `, ${formatCount(s.pagesScanned)} pages scanned` : ''),
+    '',
+    'Pages',
+    ...table(
+      [
+        ['pages_shared', ...pages(s.pagesShared), 'KSM pages in use'],
+        ['pages_sharing', ...pages(s.pagesSharing), 'further mappings of them: the memory saved'],
+        ['pages_unshared', ...pages(s.pagesUnshared), 'unique, checked again every pass'],
+        ['pages_volatile', ...pages(s.pagesVolatile), 'changing too fast to merge'],
+        ...(s.ksmZeroPages !== undefined ? [['ksm_zero_pages', ...pages(Math.max(0, s.ksmZeroPages)), 'merged with the zero page']] : []),
+        ...(s.pagesSkipped !== undefined ? [['pages_skipped', ...pages(s.pagesSkipped), 'skipped by smart scan (cumulative)']] : []),
+      ],
+      '  ',
+    ),
+    '',
+    'Settings',
+    ...table(
+      Object.entries(r.settings).map(([k, v]) => [snakeCase(k), String(v)]),
+      '  ',
+    ),
+    '',
+    'Advice',
+    ...r.advice.map((a) => `  - ${a.message}`),
+  ];
+  return lines.join('\n');
+}

@@ -1,0 +1,223 @@
+/**
+ * `node-ksm/prometheus`: KSM's figures as prom-client metrics, read from the kernel at
+ * scrape time. prom-client is imported here and nowhere else, so it stays an optional
+ * peer dependency for everyone who does not import this module.
+ *
+ * Names follow Prometheus conventions: base units in the name (`_bytes`, `_seconds`,
+ * `_ratio`), `_total` for counters, sysfs values under their kernel names.
+ */
+import fs from 'node:fs';
+import { Counter, Gauge, register as defaultRegistry, type Registry } from 'prom-client';
+import { ksmdCpuSeconds, ksmdPid } from './cli/ksmd';
+import { snakeCase } from './procfs';
+import { KSM_SYSFS, processStats, systemStats, type ProcessStats, type SystemStats } from './stats';
+
+interface Snapshot {
+  system?: SystemStats;
+  process?: ProcessStats;
+  ksmdCpuSeconds?: number;
+}
+
+type Read = (s: Snapshot) => number | undefined;
+
+interface Def {
+  name: string;
+  help: string;
+  counter?: boolean;
+  read: Read;
+  /** Whether this kernel has the figure; decided once, when the metrics are registered. */
+  exists: (first: Snapshot) => boolean;
+}
+
+/** Figures computed from pages_sharing rather than read from a file of their own. */
+const DERIVED: Partial<Record<keyof SystemStats, string>> = { savedBytes: 'pages_sharing', sharingRatio: 'pages_shared', pageSize: 'pages_sharing' };
+
+// Existence is checked on the files, not on one read of them, so that a read failing by
+// chance at registration cannot leave a metric out for the life of the process.
+const sys = (key: keyof SystemStats, scale = 1): Pick<Def, 'read' | 'exists'> => ({
+  read: (s) => {
+    const v = s.system?.[key];
+    return typeof v === 'number' ? v * scale : undefined;
+  },
+  exists: () => fs.existsSync(`${KSM_SYSFS}/${DERIVED[key] ?? snakeCase(key)}`),
+});
+const proc = (key: keyof ProcessStats): Pick<Def, 'read' | 'exists'> => {
+  const read: Read = (s) => {
+    const v = s.process?.[key];
+    return typeof v === 'boolean' ? Number(v) : typeof v === 'number' ? v : undefined;
+  };
+  return { read, exists: (first) => read(first) !== undefined };
+};
+
+const SYSTEM: Def[] = [
+  { name: 'ksm_pages_shared', help: 'KSM pages in use (pages_shared)', ...sys('pagesShared') },
+  { name: 'ksm_pages_sharing', help: 'Further mappings of KSM pages: pages saved (pages_sharing)', ...sys('pagesSharing') },
+  { name: 'ksm_pages_unshared', help: 'Unique pages ksmd keeps checking (pages_unshared)', ...sys('pagesUnshared') },
+  { name: 'ksm_pages_volatile', help: 'Pages changing too fast to merge (pages_volatile)', ...sys('pagesVolatile') },
+  { name: 'ksm_zero_pages', help: 'Pages merged with the zero page (ksm_zero_pages)', ...sys('ksmZeroPages') },
+  { name: 'ksm_stable_node_chains', help: 'Stable node chains (stable_node_chains)', ...sys('stableNodeChains') },
+  { name: 'ksm_stable_node_dups', help: 'Stable node duplicates (stable_node_dups)', ...sys('stableNodeDups') },
+  { name: 'ksm_saved_bytes', help: 'Memory merging saves: (pages_sharing + ksm_zero_pages) x page size', ...sys('savedBytes') },
+  { name: 'ksm_general_profit_bytes', help: 'Bytes saved minus ksmd bookkeeping (general_profit; may be negative)', ...sys('generalProfit') },
+  { name: 'ksm_sharing_ratio', help: 'pages_sharing / pages_shared: mappings per KSM page', ...sys('sharingRatio') },
+  { name: 'ksm_page_size_bytes', help: 'The system page size', ...sys('pageSize') },
+  { name: 'ksm_full_scans_total', help: 'Full passes ksmd has completed (full_scans)', counter: true, ...sys('fullScans') },
+  { name: 'ksm_pages_scanned_total', help: 'Pages ksmd has scanned (pages_scanned)', counter: true, ...sys('pagesScanned') },
+  { name: 'ksm_pages_skipped_total', help: 'Pages smart scan skipped (pages_skipped)', counter: true, ...sys('pagesSkipped') },
+  {
+    name: 'ksmd_cpu_seconds_total',
+    help: 'CPU time the ksmd thread has used (user + system)',
+    counter: true,
+    read: (s) => s.ksmdCpuSeconds,
+    exists: () => ksmdPid() !== undefined,
+  },
+  // Settings.
+  { name: 'ksm_run', help: 'run: 0 stopped, 1 running, 2 stopped and unmerged', ...sys('run') },
+  { name: 'ksm_pages_to_scan', help: 'pages_to_scan: pages per batch', ...sys('pagesToScan') },
+  { name: 'ksm_sleep_seconds', help: 'sleep_millisecs between batches, in seconds', ...sys('sleepMillisecs', 1e-3) },
+  { name: 'ksm_merge_across_nodes', help: 'merge_across_nodes setting', ...sys('mergeAcrossNodes') },
+  { name: 'ksm_use_zero_pages', help: 'use_zero_pages setting', ...sys('useZeroPages') },
+  { name: 'ksm_max_page_sharing', help: 'max_page_sharing setting', ...sys('maxPageSharing') },
+  {
+    name: 'ksm_stable_node_chains_prune_seconds',
+    help: 'stable_node_chains_prune_millisecs, in seconds',
+    ...sys('stableNodeChainsPruneMillisecs', 1e-3),
+  },
+  { name: 'ksm_smart_scan', help: 'smart_scan setting', ...sys('smartScan') },
+  { name: 'ksm_advisor_max_cpu_ratio', help: 'advisor_max_cpu as a share of one CPU', ...sys('advisorMaxCpu', 1e-2) },
+  { name: 'ksm_advisor_target_scan_time_seconds', help: 'advisor_target_scan_time', ...sys('advisorTargetScanTime') },
+  { name: 'ksm_advisor_min_pages_to_scan', help: 'advisor_min_pages_to_scan setting', ...sys('advisorMinPagesToScan') },
+  { name: 'ksm_advisor_max_pages_to_scan', help: 'advisor_max_pages_to_scan setting', ...sys('advisorMaxPagesToScan') },
+];
+
+const PROCESS: Def[] = [
+  { name: 'ksm_process_merging_pages', help: 'Pages of this process that share a KSM page (ksm_merging_pages)', ...proc('mergingPages') },
+  { name: 'ksm_process_merged_bytes', help: 'ksm_merging_pages x page size for this process', ...proc('mergedBytes') },
+  { name: 'ksm_process_profit_bytes', help: 'This process: bytes saved minus bookkeeping (ksm_process_profit)', ...proc('profitBytes') },
+  { name: 'ksm_process_rmap_items', help: 'Pages of this process ksmd tracks (ksm_rmap_items)', ...proc('rmapItems') },
+  { name: 'ksm_process_zero_pages', help: 'Pages of this process merged with the zero page', ...proc('zeroPages') },
+  { name: 'ksm_process_merge_any', help: '1 when PR_SET_MEMORY_MERGE is on for this process', ...proc('mergeAny') },
+];
+
+const ADVISOR_MODES = ['none', 'scan-time'];
+
+export interface KsmMetricsOptions {
+  /** Also export the figures of this process (default true; the exporter turns it off). */
+  process?: boolean;
+  /** Whose figures the `ksm_process_*` metrics report (default: this process). */
+  pid?: number;
+}
+
+export interface KsmMetrics {
+  /** The names of the metrics registered. */
+  names: string[];
+  /** Removes them from the registry again. */
+  unregister(): void;
+}
+
+const registered = new WeakMap<Registry, KsmMetrics>();
+
+/**
+ * Registers KSM gauges and counters on `registry` (default: prom-client's global one).
+ * Values are read when the registry is scraped, once per scrape for all metrics; a figure
+ * the kernel lacks is not registered rather than reported as 0.
+ * Calling it again for the same registry returns the metrics already registered.
+ */
+export function collectKsmMetrics(registry: Registry = defaultRegistry, options: KsmMetricsOptions = {}): KsmMetrics {
+  const existing = registered.get(registry);
+  if (existing) return existing;
+  const pid = options.pid ?? process.pid;
+
+  // One read of sysfs per scrape, so that the figures of one scrape agree with each
+  // other. prom-client collects every metric once per scrape, so a metric asking a
+  // second time means a new scrape has begun; the snapshot is also dropped a macrotask
+  // later, so figures are never older than the tick that read them.
+  let current: Snapshot | undefined;
+  const served = new Set<string>();
+  const snapshot = (metric?: string): Snapshot => {
+    if (current && (metric === undefined || !served.has(metric))) {
+      if (metric !== undefined) served.add(metric);
+      return current;
+    }
+    const s: Snapshot = {};
+    try {
+      s.system = systemStats();
+    } catch {
+      // No KSM here: the metrics stay empty rather than failing the whole scrape.
+    }
+    if (options.process !== false) {
+      try {
+        s.process = processStats(pid);
+      } catch {
+        // Kernels before 5.19 have no per-process figures.
+      }
+    }
+    s.ksmdCpuSeconds = ksmdCpuSeconds();
+    if (current === undefined) {
+      setImmediate(() => {
+        current = undefined;
+        served.clear();
+      });
+    }
+    current = s;
+    served.clear();
+    if (metric !== undefined) served.add(metric);
+    return s;
+  };
+
+  // prom-client reports an unlabelled metric as 0 until it is set, so a figure this
+  // kernel does not have (checked once: sysfs files do not come and go) is not registered.
+  const first = snapshot();
+  const defs = [...SYSTEM, ...(options.process === false ? [] : PROCESS)].filter((def) => def.exists(first));
+  const metrics: Array<Gauge | Counter> = defs.map((def) =>
+    def.counter
+      ? new Counter({
+          name: def.name,
+          help: def.help,
+          registers: [registry],
+          collect() {
+            const v = def.read(snapshot(def.name));
+            // A counter has no set(): the kernel keeps the running total, so it is copied.
+            if (v === undefined || v < 0) return;
+            this.reset();
+            this.inc(v);
+          },
+        })
+      : new Gauge({
+          name: def.name,
+          help: def.help,
+          registers: [registry],
+          collect() {
+            const v = def.read(snapshot(def.name));
+            if (v !== undefined) this.set(v);
+          },
+        }),
+  );
+  const advisor = fs.existsSync(`${KSM_SYSFS}/advisor_mode`);
+  if (advisor) {
+    metrics.push(
+    new Gauge({
+      name: 'ksm_advisor_mode',
+      help: 'advisor_mode: 1 for the mode in force',
+      labelNames: ['mode'],
+      registers: [registry],
+      collect() {
+        this.reset();
+        const mode = snapshot('ksm_advisor_mode').system?.advisorMode;
+        if (mode === undefined) return;
+        for (const m of new Set([...ADVISOR_MODES, mode])) this.set({ mode: m }, m === mode ? 1 : 0);
+      },
+    }),
+    );
+  }
+
+  const result: KsmMetrics = {
+    names: [...defs.map((d) => d.name), ...(advisor ? ['ksm_advisor_mode'] : [])],
+    unregister() {
+      for (const name of result.names) registry.removeSingleMetric(name);
+      registered.delete(registry);
+    },
+  };
+  registered.set(registry, result);
+  return result;
+}

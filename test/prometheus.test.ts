@@ -1,0 +1,253 @@
+/**
+ * node-ksm/prometheus and `node-ksm exporter`: the metrics parse as Prometheus text,
+ * follow the naming conventions, carry the kernel's figures read at scrape time, and the
+ * exporter listens on loopback unless told otherwise.
+ */
+import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import parsePrometheusTextFormat from 'parse-prometheus-text-format';
+import { Registry } from 'prom-client';
+import { afterEach, beforeAll, describe, expect, test, vi } from 'vitest';
+import { alloc, free, pageSize } from '../lib/memory';
+import { collectKsmMetrics } from '../lib/prometheus';
+import { processStats, systemStats } from '../lib/stats';
+import { fillPages, pollUntil, requireKsm, withFastKsm } from './helpers/ksm';
+
+// Other test runs on this machine may hold the KSM test lock for minutes.
+vi.setConfig({ testTimeout: 600_000 });
+
+const ROOT = path.join(__dirname, '..');
+const MAIN = path.join(ROOT, 'dist/cli/main.js');
+
+interface Family {
+  name: string;
+  help: string;
+  type: string;
+  metrics: Array<{ value: string; labels?: Record<string, string> }>;
+}
+
+// The text exposition format, line by line: the parser above is lenient, this is not.
+const NAME = '[a-zA-Z_:][a-zA-Z0-9_:]*';
+const VALUE = '(?:[-+]?(?:\\d+(?:\\.\\d*)?|\\.\\d+)(?:[eE][-+]?\\d+)?|[-+]?Inf|NaN)';
+const LABELS = `\\{(?:[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\\\\n]|\\\\[\\\\"n])*"(?:,[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\\\\n]|\\\\[\\\\"n])*")*,?)?\\}`;
+const SAMPLE = new RegExp(`^${NAME}(?:${LABELS})? ${VALUE}(?: -?\\d+)?$`);
+const HELP = new RegExp(`^# HELP ${NAME} .*$`);
+const TYPE = new RegExp(`^# TYPE ${NAME} (?:counter|gauge|histogram|summary|untyped)$`);
+
+function parseExposition(text: string): Map<string, Family> {
+  for (const line of text.split('\n')) {
+    if (line === '') continue;
+    expect(SAMPLE.test(line) || HELP.test(line) || TYPE.test(line), `not exposition text: ${line}`).toBe(true);
+  }
+  const families = parsePrometheusTextFormat(text) as Family[];
+  return new Map(families.map((f) => [f.name, f]));
+}
+
+const value = (families: Map<string, Family>, name: string, labels?: Record<string, string>) => {
+  const f = families.get(name);
+  const m = f?.metrics.find((s) => labels === undefined || JSON.stringify(s.labels) === JSON.stringify(labels));
+  return m === undefined ? undefined : Number(m.value);
+};
+
+function expectConventions(families: Map<string, Family>): void {
+  for (const f of families.values()) {
+    expect(f.name, f.name).toMatch(/^ksmd?_[a-z0-9_]+$/);
+    expect(f.help.length, f.name).toBeGreaterThan(0);
+    // Counters and only counters end in _total.
+    expect(f.type === 'COUNTER', f.name).toBe(f.name.endsWith('_total'));
+    expect(f.name, f.name).not.toMatch(/millisecs|_ms$|percent/);
+  }
+}
+
+describe('collectKsmMetrics', () => {
+  test('registers the system figures, the settings and ksmd CPU, in Prometheus text', async (ctx) => {
+    requireKsm(ctx);
+    const registry = new Registry();
+    const metrics = collectKsmMetrics(registry);
+    const families = parseExposition(await registry.metrics());
+    expectConventions(families);
+    for (const name of [
+      'ksm_pages_sharing', 'ksm_pages_shared', 'ksm_saved_bytes', 'ksm_general_profit_bytes', 'ksm_full_scans_total',
+      'ksm_pages_to_scan', 'ksm_sleep_seconds', 'ksm_run', 'ksmd_cpu_seconds_total', 'ksm_process_merging_pages',
+      'ksm_process_profit_bytes', 'ksm_page_size_bytes',
+    ]) {
+      expect(families.has(name), name).toBe(true);
+    }
+    expect(metrics.names.sort()).toEqual([...families.keys()].sort());
+    expect(families.get('ksm_full_scans_total')!.type).toBe('COUNTER');
+    expect(families.get('ksm_pages_sharing')!.type).toBe('GAUGE');
+    expect(value(families, 'ksm_page_size_bytes')).toBe(pageSize);
+    expect(value(families, 'ksmd_cpu_seconds_total')).toBeGreaterThanOrEqual(0);
+
+    // Settings do not move under the lock: they must agree exactly.
+    await withFastKsm(
+      async () => {
+        const f = parseExposition(await registry.metrics());
+        const s = systemStats();
+        expect(value(f, 'ksm_pages_to_scan')).toBe(s.pagesToScan);
+        expect(value(f, 'ksm_sleep_seconds')).toBe(s.sleepMillisecs! / 1000);
+        expect(value(f, 'ksm_run')).toBe(s.run);
+        expect(value(f, 'ksm_smart_scan')).toBe(s.smartScan);
+        if (s.advisorMode !== undefined) {
+          expect(value(f, 'ksm_advisor_mode', { mode: s.advisorMode })).toBe(1);
+          expect(f.get('ksm_advisor_mode')!.metrics.filter((m) => m.value === '1').length).toBe(1);
+        }
+      },
+      { pages_to_scan: '1234', sleep_millisecs: '7', run: '0' },
+    );
+    metrics.unregister();
+    expect(await registry.metrics()).toBe('\n');
+  });
+
+  test("values are read at scrape time: this process's merging pages after merging", async (ctx) => {
+    requireKsm(ctx);
+    const registry = new Registry();
+    collectKsmMetrics(registry);
+    const pages = 256;
+    const a = alloc(pages * pageSize);
+    const b = alloc(pages * pageSize);
+    try {
+      fillPages(a, 42, pageSize);
+      fillPages(b, 42, pageSize);
+      await withFastKsm(async () => {
+        expect(await pollUntil(() => (processStats().mergingPages ?? 0) >= 2 * pages, 60_000)).toBe(true);
+        const before = processStats();
+        const f = parseExposition(await registry.metrics());
+        const after = processStats();
+        const merging = value(f, 'ksm_process_merging_pages')!;
+        expect(merging).toBeGreaterThanOrEqual(Math.min(before.mergingPages!, after.mergingPages!));
+        expect(merging).toBeLessThanOrEqual(Math.max(before.mergingPages!, after.mergingPages!));
+        expect(merging).toBeGreaterThanOrEqual(2 * pages);
+        expect(value(f, 'ksm_process_merged_bytes')).toBe(merging * pageSize);
+        expect(value(f, 'ksm_process_profit_bytes')).toBeTypeOf('number');
+        expect(value(f, 'ksm_pages_sharing')).toBeGreaterThan(0);
+      });
+    } finally {
+      free(a);
+      free(b);
+    }
+  });
+
+  test('registering twice on one registry is harmless; the default registry works', async (ctx) => {
+    requireKsm(ctx);
+    const registry = new Registry();
+    const first = collectKsmMetrics(registry);
+    expect(collectKsmMetrics(registry)).toBe(first);
+    parseExposition(await registry.metrics());
+    const { register } = await import('prom-client');
+    const global = collectKsmMetrics();
+    try {
+      expect(parseExposition(await register.metrics()).has('ksm_saved_bytes')).toBe(true);
+    } finally {
+      global.unregister();
+    }
+    const noProcess = collectKsmMetrics(new Registry(), { process: false });
+    expect(noProcess.names.some((n) => n.startsWith('ksm_process_'))).toBe(false);
+  });
+
+  test('prom-client is loaded only by node-ksm/prometheus', () => {
+    const r = spawnSync(
+      process.execPath,
+      ['-e', "require('./dist/index.js'); console.log(Object.keys(require.cache).some((k) => k.includes('prom-client')))"],
+      { cwd: ROOT, encoding: 'utf8' },
+    );
+    expect(r.stdout.trim()).toBe('false');
+  });
+});
+
+describe('node-ksm exporter', () => {
+  const children: ChildProcess[] = [];
+  afterEach(() => {
+    for (const c of children.splice(0)) if (c.exitCode === null) c.kill('SIGKILL');
+  });
+
+  beforeAll(() => {
+    if (!fs.existsSync(MAIN)) spawnSync('npx', ['tsc', '-p', '.'], { cwd: ROOT, stdio: 'ignore' });
+  }, 120_000);
+
+  async function startExporter(args: string[], env: NodeJS.ProcessEnv = process.env) {
+    const child = spawn(process.execPath, [MAIN, 'exporter', '--json', '--port', '0', ...args], { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] });
+    children.push(child);
+    let out = '';
+    let err = '';
+    child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+    child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
+    const exit = new Promise<number | null>((resolve) => child.on('close', resolve));
+    await Promise.race([pollUntil(() => out.includes('\n'), 30_000), exit]);
+    return { child, exit, info: out.includes('\n') ? (JSON.parse(out.split('\n')[0]!) as { url: string; address: string; port: number }) : undefined, err: () => err };
+  }
+
+  /** The local address of the socket listening on `port`, from /proc/net/tcp (state 0A). */
+  function listeningAddress(port: number): string | undefined {
+    const hex = port.toString(16).toUpperCase().padStart(4, '0');
+    for (const line of fs.readFileSync('/proc/net/tcp', 'utf8').split('\n').slice(1)) {
+      const f = line.trim().split(/\s+/);
+      if (f[1]?.endsWith(`:${hex}`) && f[3] === '0A') {
+        const a = f[1].split(':')[0]!;
+        return [3, 2, 1, 0].map((i) => parseInt(a.slice(i * 2, i * 2 + 2), 16)).join('.');
+      }
+    }
+    return undefined;
+  }
+
+  test('serves /metrics on 127.0.0.1 by default, parseable and agreeing with systemStats()', async (ctx) => {
+    requireKsm(ctx);
+    const e = await startExporter([]);
+    expect(e.info?.address).toBe('127.0.0.1');
+    expect(listeningAddress(e.info!.port)).toBe('127.0.0.1');
+    const res = await fetch(e.info!.url);
+    expect(res.status).toBe(200);
+    expect(res.headers.get('content-type')).toMatch(/^text\/plain; version=0\.0\.4/);
+    const text = await res.text();
+    const families = parseExposition(text);
+    expectConventions(families);
+    const s = systemStats();
+    for (const name of ['ksm_pages_sharing', 'ksm_saved_bytes', 'ksm_general_profit_bytes', 'ksm_full_scans_total', 'ksmd_cpu_seconds_total']) {
+      expect(families.has(name), `${name} in\n${text}\n${e.err()}`).toBe(true);
+    }
+    // The exporter describes the host, not its own process.
+    expect([...families.keys()].some((n) => n.startsWith('ksm_process_'))).toBe(false);
+    expect(value(families, 'ksm_page_size_bytes')).toBe(s.pageSize);
+    expect(value(families, 'ksm_max_page_sharing')).toBe(s.maxPageSharing);
+    expect((await fetch(e.info!.url.replace('/metrics', '/nope'))).status).toBe(404);
+    e.child.kill('SIGTERM');
+    expect(await e.exit).toBe(0);
+  });
+
+  test('--host chooses the address', async (ctx) => {
+    requireKsm(ctx);
+    const e = await startExporter(['--host', '127.0.0.2']);
+    expect(e.info?.address).toBe('127.0.0.2');
+    expect(listeningAddress(e.info!.port)).toBe('127.0.0.2');
+    const res = await fetch(e.info!.url);
+    expect(parseExposition(await res.text()).has('ksm_pages_sharing')).toBe(true);
+    e.child.kill('SIGINT');
+    expect(await e.exit).toBe(0);
+  });
+
+  test('a port in use is exit 1 with the fix', async (ctx) => {
+    requireKsm(ctx);
+    const first = await startExporter([]);
+    const r = spawnSync(process.execPath, [MAIN, 'exporter', '--port', String(first.info!.port)], { cwd: ROOT, encoding: 'utf8', timeout: 30_000 });
+    expect(r.status).toBe(1);
+    expect(r.stderr).toMatch(/in use.*--port/);
+    first.child.kill('SIGTERM');
+    await first.exit;
+  });
+
+  test('without prom-client: exit 1 saying how to install it; the other commands still work', () => {
+    // A preload that makes prom-client impossible to resolve, as for a user who never installed it.
+    const hide = path.join(fs.mkdtempSync('/tmp/node-ksm-noprom-'), 'hide.js');
+    fs.writeFileSync(
+      hide,
+      "const M = require('module'); const r = M._resolveFilename; M._resolveFilename = function (req, ...a) { if (req === 'prom-client') { const e = new Error('Cannot find module prom-client'); e.code = 'MODULE_NOT_FOUND'; throw e; } return r.call(this, req, ...a); };",
+    );
+    const env = { ...process.env, NODE_OPTIONS: `--require ${hide}` };
+    const exporter = spawnSync(process.execPath, [MAIN, 'exporter', '--port', '0'], { cwd: ROOT, env, encoding: 'utf8', timeout: 30_000 });
+    expect(exporter.status).toBe(1);
+    expect(exporter.stderr).toMatch(/npm install prom-client/);
+    const status = spawnSync(process.execPath, [MAIN, 'status', '--json'], { cwd: ROOT, env, encoding: 'utf8', timeout: 30_000 });
+    expect(status.status).toBe(0);
+  });
+});
