@@ -169,33 +169,34 @@ export function collectKsmMetrics(registry: Registry = defaultRegistry, options:
   // kernel does not have (checked once: sysfs files do not come and go) is not registered.
   const first = snapshot();
   const defs = [...SYSTEM, ...(options.process === false ? [] : PROCESS)].filter((def) => def.exists(first));
-  const metrics: Array<Gauge | Counter> = defs.map((def) =>
-    def.counter
-      ? new Counter({
-          name: def.name,
-          help: def.help,
-          registers: [registry],
-          collect() {
-            const v = def.read(snapshot(def.name));
-            // A counter has no set(): the kernel keeps the running total, so it is copied.
-            if (v === undefined || v < 0) return;
-            this.reset();
-            this.inc(v);
-          },
-        })
-      : new Gauge({
-          name: def.name,
-          help: def.help,
-          registers: [registry],
-          collect() {
-            const v = def.read(snapshot(def.name));
-            if (v !== undefined) this.set(v);
-          },
-        }),
-  );
+  for (const def of defs) {
+    if (def.counter) {
+      new Counter({
+        name: def.name,
+        help: def.help,
+        registers: [registry],
+        collect() {
+          const v = def.read(snapshot(def.name));
+          // A counter has no set(): the kernel keeps the running total, so it is copied.
+          if (v === undefined || v < 0) return;
+          this.reset();
+          this.inc(v);
+        },
+      });
+    } else {
+      new Gauge({
+        name: def.name,
+        help: def.help,
+        registers: [registry],
+        collect() {
+          const v = def.read(snapshot(def.name));
+          if (v !== undefined) this.set(v);
+        },
+      });
+    }
+  }
   const advisor = fs.existsSync(`${KSM_SYSFS}/advisor_mode`);
   if (advisor) {
-    metrics.push(
     new Gauge({
       name: 'ksm_advisor_mode',
       help: 'advisor_mode: 1 for the mode in force',
@@ -207,8 +208,7 @@ export function collectKsmMetrics(registry: Registry = defaultRegistry, options:
         if (mode === undefined) return;
         for (const m of new Set([...ADVISOR_MODES, mode])) this.set({ mode: m }, m === mode ? 1 : 0);
       },
-    }),
-    );
+    });
   }
 
   const result: KsmMetrics = {
