@@ -61,8 +61,12 @@ export interface WaitResult {
 
 const POLL_MS = 10;
 const PROGRESS_MS = 100;
-/** Exact checks for the stability test at most this often when full scans are very short. */
-const EXACT_MIN_INTERVAL_MS = 50;
+/**
+ * Exact checks that the cheap counter did not ask for: at most this often, and at most
+ * 5 % of the time (an exact check of a 256 MiB buffer reads smaps, ~40 ms, and competes
+ * with ksmd for the page tables it walks).
+ */
+const EXACT_EVERY_MS = 1000;
 /**
  * A change seen at full_scans = c may have happened as late as during scan c, so the
  * two quiet scans are c+1 and c+2: stable once the counter reaches c+3. The scan in
@@ -225,12 +229,18 @@ async function poll(exact: () => Exact, first: Exact, o: ReturnType<typeof valid
   const deadline = o.timeoutMs === undefined ? Infinity : o.timeoutMs;
   const scans0 = readFullScans();
   let last = first;
-  let lastAt = elapsed();
   // The process counter when `last` was taken: between exact checks, the target's merged
   // pages are estimated as last.merged plus the process's merges since.
   let base = mergingPages();
-  let changeScan = scans0;
+  let counter = base;
+  // Quiet scans are counted on the cheap counter: if the whole process merged nothing
+  // for two full scans, neither did the target. Should other memory of the process keep
+  // changing, exact checks (rarely: see EXACT_EVERY_MS) count them for the target alone.
+  let counterChangeScan = scans0;
+  let exactChangeScan = scans0;
   let lastScans = scans0;
+  let lastAt = elapsed();
+  let exactCost = 0;
   let trigger = 0; // estimate at which an exact check is worth it again
   let progressAt = -Infinity;
   let lastReported = -1;
@@ -247,20 +257,28 @@ async function poll(exact: () => Exact, first: Exact, o: ReturnType<typeof valid
     }
     await delay(Math.min(POLL_MS, left), o.signal);
     const scans = readFullScans();
-    const estimate = last.merged + (mergingPages() - base);
+    const now = mergingPages();
+    if (now !== counter) {
+      counter = now;
+      counterChangeScan = scans;
+    }
+    const estimate = last.merged + (now - base);
     const needed = Math.ceil(o.ratio * last.total);
-    const now = elapsed();
-    let check = estimate >= needed && estimate >= trigger;
-    if (scans !== lastScans && now - lastAt >= EXACT_MIN_INTERVAL_MS) check = true;
+    const at = elapsed();
+    const quiet = scans >= counterChangeScan + QUIET_SCANS;
+    const periodic = scans !== lastScans && at - lastAt >= Math.max(EXACT_EVERY_MS, 20 * exactCost);
+    const check = (estimate >= needed && estimate >= trigger) || quiet || periodic;
     if (check) {
+      const t = elapsed();
       const e = exact();
       base = mergingPages();
       lastAt = elapsed();
-      if (e.merged !== last.merged) changeScan = scans;
+      exactCost = lastAt - t;
+      if (e.merged !== last.merged) exactChangeScan = scans;
       last = e;
       lastScans = scans;
       if (share(e) >= o.ratio) return finish(e, 'ratio', scans);
-      if (scans >= changeScan + QUIET_SCANS) return finish(e, 'stable', scans);
+      if (quiet || scans >= exactChangeScan + QUIET_SCANS) return finish(e, 'stable', scans);
       // The estimate overshot (other memory of the process merged): wait for as many
       // more merges as the target still lacks before looking again.
       if (estimate >= needed) trigger = estimate + (Math.ceil(o.ratio * e.total) - e.merged);
@@ -268,12 +286,12 @@ async function poll(exact: () => Exact, first: Exact, o: ReturnType<typeof valid
       const r = readKnob('run');
       if (r !== 1) throw disabled(r);
     }
-    if (o.onProgress && now - progressAt >= PROGRESS_MS) {
+    if (o.onProgress && at - progressAt >= PROGRESS_MS) {
       const merged = check ? last.merged : Math.max(0, Math.min(estimate, last.total));
       if (merged !== lastReported || check) {
-        progressAt = now;
+        progressAt = at;
         lastReported = merged;
-        o.onProgress({ mergedPages: merged, totalPages: last.total, ratio: last.total === 0 ? 1 : merged / last.total, fullScans: scans - scans0, elapsedMs: now });
+        o.onProgress({ mergedPages: merged, totalPages: last.total, ratio: last.total === 0 ? 1 : merged / last.total, fullScans: scans - scans0, elapsedMs: at });
       }
     }
   }
