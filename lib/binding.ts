@@ -15,6 +15,8 @@ export interface RegionInfo {
   /** Page-rounded bytes this region owns. */
   extent: number;
   mappingOffset: number;
+  /** Where the region starts inside its ArrayBuffer (non-zero only in window mode). */
+  bufferOffset: number;
   address?: bigint;
   mappingAddress?: bigint;
   mappingLength?: number;
@@ -37,6 +39,12 @@ export interface PageStates {
 
 export interface NativeBinding {
   readonly pageSize: number;
+  /**
+   * 'external': buffers are external ArrayBuffers over our own mmap'd memory.
+   * 'window': the runtime refuses external ArrayBuffers (V8 sandbox, Electron >= 21), so
+   * a buffer is a page-aligned window of a larger V8-owned ArrayBuffer, madvised.
+   */
+  readonly mode: 'external' | 'window';
   readonly advice: { readonly MERGEABLE: number; readonly UNMERGEABLE: number; readonly DONTNEED: number };
   alloc(size: number, mergeable: boolean): ArrayBuffer;
   view(buffer: ArrayBuffer, offset: number, length: number): ArrayBuffer;

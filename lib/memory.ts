@@ -52,15 +52,16 @@ export function alloc(size: number, options: AllocOptions = {}): Buffer {
   validateInteger(size, 'size', 0, maxAllocSize);
   if (options === null || typeof options !== 'object') throw invalidArgType('options', 'of type object', options);
   const mergeable = options.mergeable === undefined ? true : validateBoolean(options.mergeable, 'options.mergeable');
+  const b = native();
   let ab: ArrayBuffer;
   try {
-    ab = native().alloc(size, mergeable);
+    ab = b.alloc(size, mergeable);
   } catch (err) {
     throw unsupportedIfEinval(err, 'MADV_MERGEABLE');
   }
   // Moving the memory to another thread would let it outlive free(); forbid it.
   markAsUntransferable(ab);
-  return Buffer.from(ab, 0, size);
+  return Buffer.from(ab, b.mode === 'window' ? b.info(ab)!.bufferOffset : 0, size);
 }
 
 /** `alloc` + a copy of a string (in `encoding`, default utf8), ArrayBuffer or view. */

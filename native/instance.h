@@ -12,6 +12,9 @@ struct Instance {
   // The KsmError class from lib/errors.ts, so native errors are real KsmErrors.
   Napi::FunctionReference errorClass;
   size_t pageSize = 0;
+  // The runtime refuses external ArrayBuffers (V8 sandbox, Electron >= 21), or the addon
+  // was built with NODE_API_NO_EXTERNAL_BUFFERS_ALLOWED: alloc() hands out windows.
+  bool windowMode = false;
   // Live counts, for leak tests and diagnostics (`native.counters()`).
   int64_t mappings = 0;     // mmap'd ranges not yet unmapped
   int64_t mappedBytes = 0;  // their total length

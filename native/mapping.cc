@@ -50,9 +50,16 @@ size_t ToSize(Napi::Env env, const Napi::Value& v, const char* name) {
   return static_cast<size_t>(d);
 }
 
+// Gives the memory up: munmap for our mappings. A window's memory belongs to V8 and
+// returns to its allocator, so it is only made unmergeable again (that memory may next
+// hold data that must never merge); a failure there means V8 already freed it.
 void Unmap(Mapping* m) {
   if (m->unmapped) return;
-  munmap(m->base, m->length);
+  if (m->window) {
+    madvise(m->base, m->length, MADV_UNMERGEABLE);
+  } else {
+    munmap(m->base, m->length);
+  }
   m->unmapped = true;
   if (m->inst != nullptr) {
     m->inst->mappings--;
@@ -76,10 +83,10 @@ void Forget(Mapping* m, Region* r) {
 void ReleaseStore(napi_env env, Mapping* m) {
   if (--m->stores > 0) return;
   if (!m->unmapped) {
-    int64_t len = static_cast<int64_t>(m->length);
+    int64_t len = m->window ? 0 : static_cast<int64_t>(m->length);
     Unmap(m);
     int64_t ignored;
-    napi_adjust_external_memory(env, -len, &ignored);
+    if (len != 0) napi_adjust_external_memory(env, -len, &ignored);
   }
   delete m;
 }
@@ -108,7 +115,23 @@ void WrapFinalize(napi_env env, void* data, void* /*hint*/) {
   Region* r = static_cast<Region*>(data);
   Instance* inst = Instance::Get(Napi::Env(env));
   if (inst != nullptr) inst->regions--;
+  if (r->mapping != nullptr && r->mapping->window) {
+    // A window has no backing-store finalizer: its store count goes with the object.
+    Mapping* m = r->mapping;
+    r->mapping = nullptr;
+    ReleaseStore(env, m);
+    r->holds--;
+  }
   DropHold(env, r);
+}
+
+// Tags and wraps a new ArrayBuffer as Region r, so FindRegion can find it (also once
+// detached) and free() can detach it.
+void Register(Napi::Env env, napi_value ab, Region* r) {
+  NAPI_THROW_IF_FAILED_VOID(env, napi_type_tag_object(env, ab, &kRegionTag));
+  NAPI_THROW_IF_FAILED_VOID(env, napi_wrap(env, ab, r, WrapFinalize, nullptr, nullptr));
+  Instance::Get(env)->regions++;
+  NAPI_THROW_IF_FAILED_VOID(env, napi_create_reference(env, ab, 0, &r->weak));
 }
 
 // Makes an external ArrayBuffer over [offset, offset+length) of m, owned as described
@@ -123,8 +146,14 @@ Napi::ArrayBuffer MakeRegion(Napi::Env env, Mapping* m, size_t offset, size_t le
   r->owner = owner;
 
   napi_value ab;
+#ifdef NODE_API_NO_EXTERNAL_BUFFERS_ALLOWED
+  // Built for a runtime without external ArrayBuffers: only window mode exists.
+  (void)StoreFinalize;
+  napi_status status = napi_no_external_buffers_allowed;
+#else
   napi_status status =
       napi_create_external_arraybuffer(env, m->base + offset, length, StoreFinalize, r, &ab);
+#endif
   if (status != napi_ok) {
     delete r;
     if (status == napi_no_external_buffers_allowed) {
@@ -136,12 +165,56 @@ Napi::ArrayBuffer MakeRegion(Napi::Env env, Mapping* m, size_t offset, size_t le
   // From here on the backing store owns one hold and one store count.
   m->stores++;
   m->regions.push_back(r);
-  NAPI_THROW_IF_FAILED(env, napi_type_tag_object(env, ab, &kRegionTag), Napi::ArrayBuffer());
-  NAPI_THROW_IF_FAILED(env, napi_wrap(env, ab, r, WrapFinalize, nullptr, nullptr),
-                       Napi::ArrayBuffer());
-  Instance::Get(env)->regions++;
-  NAPI_THROW_IF_FAILED(env, napi_create_reference(env, ab, 0, &r->weak), Napi::ArrayBuffer());
+  Register(env, ab, r);
   return Napi::ArrayBuffer(env, ab);
+}
+
+// Window mode: a V8-owned ArrayBuffer one page larger than needed, whose page-aligned
+// window of `extent` bytes is madvised. V8 owns the memory; the Region (held by the wrap
+// only: there is no backing-store finalizer to hold it) owns the mapping record.
+Napi::Value AllocWindow(Napi::Env env, Instance* inst, size_t size, size_t extent, bool mergeable) {
+  size_t page = inst->pageSize;
+  void* data = nullptr;
+  napi_value ab;
+  // V8 treats a failed ArrayBuffer allocation as a fatal OOM (it aborts the process),
+  // so refuse what it could not hold: beyond 4 GiB (Node's largest Buffer on 64-bit
+  // before 22), or more than the kernel would commit (asked with a mapping that is
+  // never touched and given back at once).
+  if (extent > (size_t{1} << 32) - page) {
+    ThrowRangeError(env, "The value of \"size\" is out of range: at most 4 GiB in window mode");
+  }
+  void* probe = mmap(nullptr, extent + page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (probe == MAP_FAILED) throw ErrnoError(env, errno, "mmap");
+  munmap(probe, extent + page);
+  if (napi_create_arraybuffer(env, extent + page, &data, &ab) != napi_ok || data == nullptr) {
+    throw ErrnoError(env, ENOMEM, "napi_create_arraybuffer");
+  }
+  uintptr_t start = reinterpret_cast<uintptr_t>(data);
+  uintptr_t aligned = (start + page - 1) / page * page;
+  // No MADV_NOHUGEPAGE here: this is the allocator's memory, and that flag could never
+  // be taken back off (it would split the heap's VMAs for good). Unmerging on free
+  // restores the flags, so the allocator's VMAs join up again.
+  if (mergeable && madvise(reinterpret_cast<void*>(aligned), extent, MADV_MERGEABLE) != 0) {
+    throw ErrnoError(env, errno, "madvise");
+  }
+  Mapping* m = new Mapping();
+  m->base = reinterpret_cast<uint8_t*>(aligned);
+  m->length = extent;
+  m->window = true;
+  m->inst = inst;
+  m->stores = 1;
+  inst->mappings++;
+  inst->mappedBytes += static_cast<int64_t>(extent);
+  Region* r = new Region();
+  r->mapping = m;
+  r->length = size;
+  r->extent = extent;
+  r->abOffset = aligned - start;
+  r->owner = true;
+  r->holds = 1;
+  m->regions.push_back(r);
+  Register(env, ab, r);
+  return Napi::Value(env, ab);
 }
 
 Napi::ArrayBuffer ArrayBufferArg(const Napi::CallbackInfo& info, size_t i, const char* name) {
@@ -186,6 +259,7 @@ Napi::Value Alloc(const Napi::CallbackInfo& info) {
   size_t page = inst->pageSize;
   if (size > SIZE_MAX - page) ThrowRangeError(env, "The value of \"size\" is out of range");
   size_t length = std::max(RoundUp(size, page), page);
+  if (inst->windowMode) return AllocWindow(env, inst, size, length, mergeable);
 
   void* base = mmap(nullptr, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (base == MAP_FAILED) throw ErrnoError(env, errno, "mmap");
@@ -229,6 +303,10 @@ Napi::Value View(const Napi::CallbackInfo& info) {
   size_t offset = ToSize(env, info[1], "offset");
   size_t length = ToSize(env, info[2], "length");
   Region* r = LiveRegion(env, ab);
+  if (r->mapping->window) {
+    throw CodeError(env, "ERR_KSM_UNSUPPORTED",
+                    "Views need external ArrayBuffers, which this runtime does not allow");
+  }
   size_t page = Instance::Get(env)->pageSize;
   if (offset % page != 0) ThrowRangeError(env, "The value of \"offset\" must be page aligned");
   if (offset > r->extent || length > r->extent - offset) {
@@ -259,12 +337,13 @@ Napi::Value Free(const Napi::CallbackInfo& info) {
   // Node runs external finalizers from a later tick, but hold the mapping (and iterate a
   // copy) so that a runtime that runs them during detach cannot pull it from under us.
   m->stores++;
+  int64_t len = m->window ? 0 : static_cast<int64_t>(m->length);
+  // First, while a window's memory is still V8's and ours to madvise.
+  Unmap(m);
   std::vector<Region*> regions = m->regions;
   for (Region* other : regions) DetachRegion(env, other);
-  int64_t len = static_cast<int64_t>(m->length);
-  Unmap(m);
   int64_t ignored;
-  napi_adjust_external_memory(env, -len, &ignored);
+  if (len != 0) napi_adjust_external_memory(env, -len, &ignored);
   ReleaseStore(env, m);
   return Napi::Boolean::New(env, true);
 }
@@ -361,6 +440,7 @@ Napi::Value Info(const Napi::CallbackInfo& info) {
   o.Set("length", Napi::Number::New(env, static_cast<double>(r->length)));
   o.Set("extent", Napi::Number::New(env, static_cast<double>(r->extent)));
   o.Set("mappingOffset", Napi::Number::New(env, static_cast<double>(r->offset)));
+  o.Set("bufferOffset", Napi::Number::New(env, static_cast<double>(r->abOffset)));
   if (!freed) {
     o.Set("address", Napi::BigInt::New(env, static_cast<uint64_t>(
                                                 reinterpret_cast<uintptr_t>(r->data()))));
@@ -453,7 +533,22 @@ Region* FindRegion(Napi::Env env, napi_value ab) {
   return r->magic == Region::kMagic ? r : nullptr;
 }
 
+// Whether this runtime refuses external ArrayBuffers: asked once, with a harmless probe.
+bool RefusesExternalBuffers(Napi::Env env) {
+#ifdef NODE_API_NO_EXTERNAL_BUFFERS_ALLOWED
+  (void)env;
+  return true;
+#else
+  static uint8_t probe = 0;
+  napi_value ab;
+  return napi_create_external_arraybuffer(env, &probe, 1, nullptr, nullptr, &ab) ==
+         napi_no_external_buffers_allowed;
+#endif
+}
+
 void InitMapping(Napi::Env env, Napi::Object exports) {
+  Instance::Get(env)->windowMode = RefusesExternalBuffers(env);
+  exports.Set("mode", Napi::String::New(env, Instance::Get(env)->windowMode ? "window" : "external"));
   exports.Set("alloc", Napi::Function::New(env, Alloc, "alloc"));
   exports.Set("view", Napi::Function::New(env, View, "view"));
   exports.Set("free", Napi::Function::New(env, Free, "free"));

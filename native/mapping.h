@@ -19,6 +19,9 @@ struct Mapping {
   uint8_t* base = nullptr;
   size_t length = 0;        // whole pages
   bool unmapped = false;
+  // A page-aligned window inside a V8-owned ArrayBuffer (runtimes that refuse external
+  // ArrayBuffers): V8 frees the memory, we only ever madvise it.
+  bool window = false;
   size_t stores = 0;        // live backing stores pointing into it
   std::vector<Region*> regions;  // regions whose ArrayBuffer may still be attached
   Instance* inst = nullptr;
@@ -31,6 +34,7 @@ struct Region {
   uint32_t magic = kMagic;
   Mapping* mapping = nullptr;
   size_t offset = 0;        // from mapping->base, always page aligned
+  size_t abOffset = 0;      // where the region starts inside its ArrayBuffer (windows)
   size_t length = 0;        // bytes visible through the ArrayBuffer
   size_t extent = 0;        // page-rounded bytes this region owns (>= one page)
   bool owner = false;       // made by alloc(): freeing it unmaps the mapping

@@ -107,7 +107,8 @@ Napi::Value PageStates(const Napi::CallbackInfo& info) {
   if (r != nullptr && (detached || r->detached || r->mapping == nullptr || r->mapping->unmapped)) {
     throw CodeError(env, "ERR_KSM_FREED", "This buffer has already been freed");
   }
-  if (r != nullptr && viewOffset <= r->extent) limit = r->extent - viewOffset;
+  // Ours: the region's page-rounded extent (its own zero padding) is in bounds too.
+  if (r != nullptr && viewOffset <= r->abOffset + r->extent) limit = r->abOffset + r->extent - viewOffset;
   if (offset > limit || length > limit - offset) {
     ThrowRangeError(env, "The range is outside the view");
   }

@@ -61,7 +61,8 @@ describe('worker threads', () => {
     const { port1, port2 } = new MessageChannel();
     const received = new Promise<ArrayBuffer>((resolve) => port2.once('message', resolve));
     port1.postMessage(b.buffer, [b.buffer as ArrayBuffer]);
-    const copy = new Uint8Array(await received);
+    // The whole ArrayBuffer travels (in window mode, the window sits inside a larger one).
+    const copy = new Uint8Array(await received, b.byteOffset, b.length);
     // Still ours and attached here; the other side got its own bytes.
     expect(b.length).toBe(pageSize);
     expect(copy.length).toBe(pageSize);
