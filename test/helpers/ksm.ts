@@ -19,8 +19,9 @@ export function ksmUnavailable(): string | null {
 }
 
 /**
- * Call at the top of a test (or in beforeAll with its context) that needs KSM: skips with
- * the reason, or throws when KSM_REQUIRE=1.
+ * Call at the top of a test that needs KSM, or as `beforeEach(({ skip }) => requireKsm({ skip }))`
+ * (vitest 4 reads a hook's parameter list, so pass the context's `skip` on explicitly):
+ * skips with the reason, or throws when KSM_REQUIRE=1.
  */
 export function requireKsm(ctx: { skip: (note?: string) => void }): void {
   const reason = ksmUnavailable();
