@@ -12,7 +12,7 @@ import { KsmError } from './errors';
 export interface KsmStatFields {
   /** `ksm_rmap_items`: pages of this process that ksmd tracks. */
   rmapItems?: number;
-  /** `ksm_zero_pages`: pages merged into the shared zero page (use_zero_pages). */
+  /** `ksm_zero_pages`: pages KSM merged into the shared zero page (use_zero_pages=1); signed. */
   zeroPages?: number;
   /** `ksm_merging_pages`: pages of this process that share a KSM page. */
   mergingPages?: number;
@@ -35,6 +35,15 @@ export function parseInteger(text: string | undefined): number | undefined {
   return Number.isSafeInteger(n) ? n : undefined;
 }
 
+/**
+ * A count the kernel prints with `%lu`: a negative number there is garbage, and a value
+ * past 2^53 is an underflowed counter, so both are undefined rather than a wrong number.
+ */
+export function parseUnsigned(text: string | undefined): number | undefined {
+  const n = parseInteger(text);
+  return n === undefined || n < 0 ? undefined : n;
+}
+
 function parseYesNo(text: string | undefined): boolean | undefined {
   const t = text?.trim();
   return t === 'yes' ? true : t === 'no' ? false : undefined;
@@ -51,22 +60,49 @@ function keyValues(text: string): Map<string, string> {
 }
 
 /**
- * Parses `/proc/<pid>/ksm_stat`. Kernels 6.1-6.3 have only `ksm_rmap_items`; 6.4 adds
- * `ksm_process_profit`; later kernels add zero pages, merging pages and the flags.
- * Throws ERR_KSM_PARSE when the text has none of its lines.
+ * Parses `/proc/<pid>/ksm_stat`. Linux 6.1 prints only `ksm_rmap_items`; 6.4 adds
+ * `ksm_merging_pages` and `ksm_process_profit`; 6.6 `ksm_zero_pages`; 6.14 the
+ * `ksm_merge_any:` and `ksm_mergeable:` flags. Profit and zero pages are signed (`%ld`:
+ * the zero-page counter could go below 0 before 6.10 fixed its accounting); the rest are
+ * `%lu`. Throws ERR_KSM_PARSE when the text has none of its lines (an empty file, or
+ * not ksm_stat at all).
  */
 export function parseKsmStat(text: string): KsmStatFields {
   const kv = keyValues(text);
   const fields: KsmStatFields = {
-    rmapItems: parseInteger(kv.get('ksm_rmap_items')),
+    rmapItems: parseUnsigned(kv.get('ksm_rmap_items')),
     zeroPages: parseInteger(kv.get('ksm_zero_pages')),
-    mergingPages: parseInteger(kv.get('ksm_merging_pages')),
+    mergingPages: parseUnsigned(kv.get('ksm_merging_pages')),
     profitBytes: parseInteger(kv.get('ksm_process_profit')),
     mergeAny: parseYesNo(kv.get('ksm_merge_any')),
     mergeable: parseYesNo(kv.get('ksm_mergeable')),
   };
   if (Object.values(fields).every((v) => v === undefined)) {
-    throw new KsmError('ksm_stat has no field that this library knows', 'ERR_KSM_PARSE');
+    throw new KsmError(
+      text.trim() === '' ? 'ksm_stat is empty' : 'ksm_stat has no field that this library knows',
+      'ERR_KSM_PARSE',
+    );
+  }
+  return fields;
+}
+
+/**
+ * A process's KSM figures from the text of its `ksm_stat` and `ksm_merging_pages`
+ * (each undefined when the kernel lacks the file): ksm_stat where it has the field,
+ * `ksm_merging_pages` (Linux 5.19+) for kernels whose ksm_stat lacks it (6.1-6.3) or
+ * that have no ksm_stat (5.19-6.0). Throws ERR_KSM_UNSUPPORTED when neither file exists
+ * (Linux 5.18 and older have no per-process KSM figures at all).
+ */
+export function parseProcessKsm(statText: string | undefined, mergingPagesText: string | undefined): KsmStatFields {
+  if (statText === undefined && mergingPagesText === undefined) {
+    throw new KsmError(
+      'This kernel has no per-process KSM figures (/proc/<pid>/ksm_merging_pages needs Linux 5.19+, ksm_stat 6.1+)',
+      'ERR_KSM_UNSUPPORTED',
+    );
+  }
+  const fields: KsmStatFields = statText !== undefined ? parseKsmStat(statText) : {};
+  if (fields.mergingPages === undefined && mergingPagesText !== undefined) {
+    fields.mergingPages = parseUnsigned(mergingPagesText);
   }
   return fields;
 }
@@ -117,7 +153,7 @@ export interface SmapsEntry extends MapsEntry {
   vmFlags: string[];
 }
 
-/** Parses /proc/<pid>/smaps into its VMAs. */
+/** Parses /proc/<pid>/smaps (or any run of its entries) into its VMAs. */
 export function parseSmaps(text: string): SmapsEntry[] {
   const out: SmapsEntry[] = [];
   let cur: SmapsEntry | undefined;
@@ -166,6 +202,11 @@ export function parseProcStat(text: string): ProcStat {
   const pid = parseInteger(text.slice(0, open));
   if (pid === undefined) throw new KsmError('Not a /proc/<pid>/stat line', 'ERR_KSM_PARSE');
   return { pid, comm: text.slice(open + 1, close), state: rest[0] ?? '', utime: num(14), stime: num(15), starttime: num(22) };
+}
+
+/** True when smaps text has the per-VMA `KSM:` line (Linux 6.7+). */
+export function smapsHasKsm(text: string): boolean {
+  return /^KSM:/m.test(text);
 }
 
 /** `advisor_mode` reads as "[none] scan-time": the bracketed word is the one in force. */
@@ -221,6 +262,9 @@ export interface KsmSysfs {
 /** Files of /sys/kernel/mm/ksm whose value is a word, not a number. */
 const STRING_FILES = new Set(['advisor_mode']);
 
+/** Files the kernel prints with `%ld`: the rest are `%lu` or `%u` and never negative. */
+const SIGNED_FILES = new Set(['general_profit', 'ksm_zero_pages']);
+
 /** Every numeric file this library knows; anything else is a newer kernel's. */
 export const KNOWN_NUMERIC_FILES: readonly string[] = [
   'run', 'pages_to_scan', 'sleep_millisecs', 'merge_across_nodes', 'use_zero_pages', 'max_page_sharing',
@@ -232,12 +276,14 @@ export const KNOWN_NUMERIC_FILES: readonly string[] = [
 const NUMERIC_FILES = new Set(KNOWN_NUMERIC_FILES);
 
 /**
- * One sysfs file's text → its typed value, or undefined if the text is malformed.
- * Unknown files are a number when they read as one, else the bracketed choice.
+ * One sysfs file's text → its typed value, or undefined if the text is malformed
+ * (including a negative number in a file the kernel prints unsigned). Unknown files
+ * are a number when they read as one, else the bracketed choice.
  */
 export function parseSysfsValue(file: string, text: string): number | string | undefined {
   if (STRING_FILES.has(file)) return parseSelected(text)?.selected;
-  if (NUMERIC_FILES.has(file)) return parseInteger(text);
+  if (SIGNED_FILES.has(file)) return parseInteger(text);
+  if (NUMERIC_FILES.has(file)) return parseUnsigned(text);
   return parseInteger(text) ?? parseSelected(text)?.selected;
 }
 
