@@ -47,3 +47,4 @@ export {
 } from './boost';
 export { waitForMerge, type WaitOptions, type WaitResult, type WaitProgress } from './wait';
 export { Arena, type ArenaOptions, type ArenaStats } from './arena';
+export { type BufferStatsOptions } from './stats';
