@@ -75,8 +75,15 @@ export function from(data: string | BinaryLike, encoding?: BufferEncoding, optio
     return buf;
   }
   if (!isBinary(data)) throw invalidArgType('data', 'a string, Buffer, TypedArray, DataView or ArrayBuffer', data);
+  const source = data instanceof ArrayBuffer ? data : data.buffer;
+  // A detached buffer (one that free() or a transfer took) reads as length 0, so it copies
+  // as nothing; asking a detached view for its offset would throw V8's own TypeError.
   const bytes =
-    data instanceof ArrayBuffer ? new Uint8Array(data) : new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+    source.byteLength === 0
+      ? new Uint8Array(0)
+      : data instanceof ArrayBuffer
+        ? new Uint8Array(data)
+        : new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
   const buf = alloc(bytes.byteLength, options);
   buf.set(bytes);
   return buf;
@@ -123,6 +130,10 @@ export function setMergeable(buf: BinaryLike, on: boolean): void {
  */
 export function markMergeable(view: BinaryLike, on = true): { offset: number; length: number } {
   if (!isBinary(view)) throw invalidArgType('view', 'an instance of Buffer, TypedArray, DataView or ArrayBuffer', view);
+  // The addon cannot locate a SharedArrayBuffer's memory (bufferStats refuses it the same way).
+  if (!(view instanceof ArrayBuffer) && !(view.buffer instanceof ArrayBuffer)) {
+    throw invalidArgType('view', 'an instance of Buffer, TypedArray, DataView or ArrayBuffer over an ArrayBuffer (not a SharedArrayBuffer)', view);
+  }
   validateBoolean(on, 'on');
   try {
     return native().markMergeable(view, on);
