@@ -48,3 +48,22 @@ export {
 export { waitForMerge, type WaitOptions, type WaitResult, type WaitProgress } from './wait';
 export { Arena, type ArenaOptions, type ArenaStats } from './arena';
 export { type BufferStatsOptions } from './stats';
+export {
+  startAutotune,
+  KERNEL_DEFAULT_SCAN,
+  AUTOTUNE_BOOST,
+  type AutotuneOptions,
+  type AutotuneHandle,
+  type AutotuneEvent,
+  type AutotuneState,
+} from './autotune';
+export {
+  runBenchmark,
+  DEFAULT_POLICIES,
+  type BenchOptions,
+  type BenchReport,
+  type BenchResult,
+  type BenchSample,
+  type BenchProgress,
+  type BenchPolicy,
+} from './benchmark';

@@ -1,0 +1,507 @@
+/**
+ * The seed's experiment on one machine, in minutes: K worker processes each fill N MiB
+ * of the same data into mergeable memory (like identical VMs), and each scanner policy
+ * is timed until 95 % of their pages are merged, with what ksmd's CPU costs while
+ * merging and over the idle time after. This changes the machine's global KSM settings
+ * while it runs and puts every one of them back afterwards (also on SIGINT/SIGTERM, by
+ * the caller aborting the signal); other KSM users on the machine see the policies too.
+ */
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import readline from 'node:readline';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { startAutotune, type AutotuneHandle, type AutotuneOptions } from './autotune';
+import { native, packageRoot } from './binding';
+import { configure, readSettings, type KsmSettings } from './control';
+import { KsmError, invalidArgType, validateInteger } from './errors';
+import { pageSize } from './memory';
+import { parseInteger, parseProcStat } from './procfs';
+import { KSM_SYSFS } from './stats';
+
+/** `default`, a pages_to_scan number (with sleep 0), `advisor` or `autotune`. */
+export type BenchPolicy = string;
+export const DEFAULT_POLICIES: readonly BenchPolicy[] = ['default', '1000', '10000', '100000', 'advisor', 'autotune'];
+
+export interface BenchOptions {
+  /** Worker processes (default 4). */
+  workers?: number;
+  /** MiB each worker fills (default 256). */
+  mib?: number;
+  policies?: readonly BenchPolicy[];
+  /** Merged share that counts as merged (default 0.95). */
+  ratio?: number;
+  /** Give up merging after this long per policy (default 180 s). */
+  limitMs?: number;
+  /** The idle window after merging, for ksmd's idle CPU (default 10 s). */
+  idleMs?: number;
+  /** Sampling period (default 100 ms). */
+  sampleMs?: number;
+  /** advisor_target_scan_time for the advisor policy, seconds (default 2). */
+  advisorTargetScanTime?: number;
+  /** Options for the autotune policy (stateDir, thresholds). */
+  autotune?: AutotuneOptions;
+  signal?: AbortSignal;
+  onProgress?: (p: BenchProgress) => void;
+}
+
+export interface BenchProgress {
+  policy: BenchPolicy;
+  index: number;
+  of: number;
+  phase: 'filling' | 'merging' | 'finishing' | 'idle' | 'cleanup';
+  elapsedMs: number;
+  mergedRatio: number;
+  cpuPercent: number;
+}
+
+export interface BenchSample {
+  /** Seconds since the workers finished filling. */
+  t: number;
+  mergedPages: number;
+  savedBytes: number;
+  /** ksmd's share of one core since the previous sample. */
+  cpuPercent: number;
+}
+
+export interface BenchResult {
+  policy: BenchPolicy;
+  /** Seconds from "all data in place" until `ratio` of the workers' pages were merged; null when the limit came first. */
+  mergeSeconds: number | null;
+  /** Bytes KSM saved among the workers when merging finished (present pages minus distinct page frames). */
+  savedBytes: number;
+  /** ksmd's CPU (% of one core) while merging. */
+  mergeCpuPercent: number;
+  /** ksmd's CPU (% of one core) over the idle window: `idleMs` from when merging finished (no merges for 1 s after the ratio was reached). */
+  idleCpuPercent: number;
+  /** Share of the workers' pages merged when merging finished. */
+  mergedRatio: number;
+  /** Seconds from "all data in place" until merging finished (the idle window starts here). */
+  finishedSeconds: number;
+  /** Seconds the workers took to fill their memory (the scanner running meanwhile). */
+  fillSeconds: number;
+  /** The settings the policy ran with (for autotune: its idle settings). */
+  settings: KsmSettings;
+  /** Autotune's changes of state, seconds since the data was in place. */
+  transitions?: Array<{ t: number; state: string; reason: string }>;
+  samples: BenchSample[];
+}
+
+export interface BenchReport {
+  results: BenchResult[];
+  workers: number;
+  mib: number;
+  pageSize: number;
+  /** The idle window and the per-policy limit, milliseconds. */
+  idleMs: number;
+  limitMs: number;
+  /** Where the clock-tick rate for ksmd's CPU came from. */
+  clockTicks: { perSecond: number; source: string };
+  /** The settings found at the start, and put back at the end. */
+  originals: KsmSettings;
+}
+
+let ticks: { perSecond: number; source: string } | undefined;
+
+/**
+ * /proc/<pid>/stat counts CPU time in USER_HZ ticks. Node has no sysconf(_SC_CLK_TCK),
+ * so getconf answers; without it, 100, which Linux fixes USER_HZ at on every
+ * architecture Node runs on (the result says which it was).
+ */
+export function clockTicks(): { perSecond: number; source: string } {
+  if (ticks) return ticks;
+  try {
+    const n = parseInteger(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'], timeout: 5000 }));
+    if (n !== undefined && n > 0) return (ticks = { perSecond: n, source: 'getconf CLK_TCK' });
+  } catch {
+    // fall through
+  }
+  return (ticks = { perSecond: 100, source: 'USER_HZ 100 (getconf CLK_TCK unavailable)' });
+}
+
+let ksmd: number | undefined;
+
+/** ksmd's pid (the kernel thread whose comm is "ksmd"), or undefined. */
+export function ksmdPid(): number | undefined {
+  const is = (pid: number) => {
+    try {
+      return fs.readFileSync(`/proc/${pid}/comm`, 'utf8').trim() === 'ksmd';
+    } catch {
+      return false;
+    }
+  };
+  if (ksmd !== undefined && is(ksmd)) return ksmd;
+  ksmd = undefined;
+  for (const e of fs.readdirSync('/proc')) if (/^\d+$/.test(e) && is(Number(e))) return (ksmd = Number(e));
+  return undefined;
+}
+
+/** CPU seconds ksmd has used since boot, or 0 when it cannot be seen. */
+export function ksmdCpuSeconds(): number {
+  const pid = ksmdPid();
+  if (pid === undefined) return 0;
+  try {
+    const s = parseProcStat(fs.readFileSync(`/proc/${pid}/stat`, 'utf8'));
+    return (s.utime + s.stime) / clockTicks().perSecond;
+  } catch {
+    return 0;
+  }
+}
+
+/**
+ * The worker: plain JavaScript run with `node -e`, loading the same addon as this
+ * process. Page p gets a xorshift stream seeded by (seed, p): pages differ within a
+ * worker, and every worker holds the same pages, so merging saves (K-1)/K of them. It
+ * says "ready" once filled and exits when its stdin closes (the bench, or its parent,
+ * went away), so a crashed bench leaves no memory behind.
+ */
+const WORKER = `
+const [addon, bytes, seed, page] = process.argv.slice(1).map((a, i) => (i === 0 ? a : Number(a)));
+const b = require(addon);
+const t0 = process.hrtime.bigint();
+globalThis.mem = b.alloc(bytes, true);
+const w = new Uint32Array(globalThis.mem);
+const per = page / 4;
+for (let p = 0; p * per < w.length; p++) {
+  let x = (Math.imul(seed + 1, 0x9e3779b1) ^ Math.imul(p + 1, 0x85ebca6b)) >>> 0 || 1;
+  const end = Math.min(w.length, (p + 1) * per);
+  for (let i = p * per; i < end; i++) { x ^= x << 13; x ^= x >>> 17; x ^= x << 5; w[i] = x >>> 0; }
+}
+process.stdout.write('ready ' + Number(process.hrtime.bigint() - t0) / 1e6 + ' ' + b.addressOf(globalThis.mem) + '\\n');
+process.stdin.on('end', () => process.exit(0));
+process.stdin.resume();
+`;
+
+function addonPath(): string {
+  if (process.env.NODE_KSM_BINARY) return path.resolve(process.env.NODE_KSM_BINARY);
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  return (require('node-gyp-build') as { path(dir: string): string }).path(packageRoot);
+}
+
+export interface Workers {
+  pids: number[];
+  /** Pages each worker holds. */
+  pages: number;
+  /** Sum of the workers' ksm_merging_pages. */
+  mergedPages(): number;
+  /**
+   * Pages saved among the workers, exactly: their present pages minus the distinct
+   * frames behind them (from /proc/<pid>/pagemap; needs root to see frame numbers).
+   * Undefined when the frames are hidden.
+   */
+  savedPages(): number | undefined;
+  kill(): Promise<void>;
+}
+
+/**
+ * Starts `count` workers that each fill `mib` MiB with the same pages (seeded by `seed`:
+ * a fresh seed per run, so pages left in the stable tree by an earlier run cannot make
+ * this one look faster). Resolves once all are filled.
+ */
+export async function startWorkers(count: number, mib: number, seed: number, signal?: AbortSignal): Promise<Workers> {
+  const bytes = mib * 1024 * 1024;
+  const addon = addonPath();
+  const procs: ChildProcess[] = [];
+  let addresses: bigint[] = [];
+  const kill = async () => {
+    await Promise.all(
+      procs.map((p) => {
+        if (p.exitCode !== null || p.signalCode !== null) return undefined;
+        const gone = new Promise((resolve) => p.once('exit', resolve));
+        p.kill('SIGKILL');
+        return gone;
+      }),
+    );
+  };
+  try {
+    const ready: Array<Promise<bigint>> = [];
+    for (let i = 0; i < count; i++) {
+      const p = spawn(process.execPath, ['-e', WORKER, addon, String(bytes), String(seed), String(pageSize)], { stdio: ['pipe', 'pipe', 'pipe'] });
+      procs.push(p);
+      let stderr = '';
+      p.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+      ready.push(
+        new Promise<bigint>((resolve, reject) => {
+          readline.createInterface({ input: p.stdout! }).once('line', (line) => resolve(BigInt(line.split(' ')[2] ?? '0')));
+          p.once('exit', (code, sig) => reject(new Error(`bench worker exited (${code ?? sig}) before it was filled: ${stderr.trim().split('\n').pop() ?? ''}`)));
+          p.once('error', reject);
+        }),
+      );
+    }
+    const aborted = new Promise<never>((_, reject) => {
+      if (signal?.aborted) reject(signal.reason);
+      signal?.addEventListener('abort', () => reject(signal.reason), { once: true });
+    });
+    addresses = await Promise.race([Promise.all(ready), aborted]);
+  } catch (err) {
+    await kill();
+    throw err;
+  }
+  const pids = procs.map((p) => p.pid!);
+  const pages = Math.ceil(bytes / pageSize);
+  return {
+    pids,
+    pages,
+    savedPages: () => savedPages(pids, addresses, pages),
+    mergedPages: () => {
+      let sum = 0;
+      for (const pid of pids) {
+        try {
+          sum += parseInteger(fs.readFileSync(`/proc/${pid}/ksm_merging_pages`, 'utf8')) ?? 0;
+        } catch {
+          // a worker that died holds nothing merged
+        }
+      }
+      return sum;
+    },
+    kill,
+  };
+}
+
+const PFN_MASK = (1n << 55n) - 1n;
+const PRESENT = 1n << 63n;
+
+function savedPages(pids: number[], addresses: bigint[], pages: number): number | undefined {
+  const frames = new Set<bigint>();
+  let present = 0;
+  const buf = Buffer.alloc(pages * 8);
+  for (const [i, pid] of pids.entries()) {
+    let fd: number;
+    try {
+      fd = fs.openSync(`/proc/${pid}/pagemap`, 'r');
+    } catch {
+      return undefined;
+    }
+    try {
+      const n = fs.readSync(fd, buf, 0, buf.length, Number((addresses[i]! / BigInt(pageSize)) * 8n));
+      for (let off = 0; off + 8 <= n; off += 8) {
+        const e = buf.readBigUInt64LE(off);
+        if ((e & PRESENT) === 0n) continue;
+        const pfn = e & PFN_MASK;
+        if (pfn === 0n) return undefined; // frame numbers hidden (not root)
+        present++;
+        frames.add(pfn);
+      }
+    } catch {
+      return undefined;
+    } finally {
+      fs.closeSync(fd);
+    }
+  }
+  return present - frames.size;
+}
+
+function readCounter(name: string): number {
+  try {
+    return parseInteger(fs.readFileSync(`${KSM_SYSFS}/${name}`, 'utf8')) ?? 0;
+  } catch {
+    return 0;
+  }
+}
+
+/** No merges for this long after the ratio is reached: merging has finished. */
+const FINISHED_MS = 1000;
+
+const KERNEL_DEFAULTS: KsmSettings = { pagesToScan: 100, sleepMillisecs: 20, smartScan: 1 };
+
+/** The settings a policy runs with, for the knobs this kernel has. */
+export function policySettings(policy: BenchPolicy, current: KsmSettings, advisorTargetScanTime = 2): KsmSettings {
+  const base: KsmSettings = { run: 1 };
+  if (current.advisorMode !== undefined) base.advisorMode = 'none';
+  let s: KsmSettings;
+  if (policy === 'default' || policy === 'autotune') s = { ...base, ...KERNEL_DEFAULTS };
+  else if (policy === 'advisor') {
+    if (current.advisorMode === undefined) throw new KsmError('This kernel has no scan-time advisor (Linux 6.8+)', 'ERR_KSM_UNSUPPORTED');
+    // smart_scan off as for the fixed policies: the comparison is about the rate, not about skipping.
+    s = { run: 1, advisorMode: 'scan-time', advisorTargetScanTime, smartScan: 0 };
+  } else if (/^\d+$/.test(policy) && Number(policy) >= 1 && Number(policy) <= 2 ** 32 - 1) {
+    s = { ...base, pagesToScan: Number(policy), sleepMillisecs: 0, smartScan: 0 };
+  } else {
+    const err = new TypeError(`Unknown policy "${policy}": use default, a pages_to_scan number, advisor or autotune`);
+    (err as NodeJS.ErrnoException).code = 'ERR_INVALID_ARG_VALUE';
+    throw err;
+  }
+  if (current.smartScan === undefined) delete s.smartScan;
+  return s;
+}
+
+/** The settings found at start, in a form configure() takes back. */
+function restorable(s: KsmSettings): KsmSettings {
+  const out = { ...s };
+  if (out.advisorMode === 'scan-time') delete out.pagesToScan;
+  if (out.run === 2) out.run = 0;
+  return out;
+}
+
+function validate(options: unknown) {
+  if (options === null || typeof options !== 'object') throw invalidArgType('options', 'of type object', options);
+  const o = options as BenchOptions;
+  const workers = o.workers === undefined ? 4 : validateInteger(o.workers, 'options.workers', 2, 256);
+  const mib = o.mib === undefined ? 256 : validateInteger(o.mib, 'options.mib', 1, 1 << 20);
+  if (o.policies !== undefined && (!Array.isArray(o.policies) || o.policies.length === 0 || o.policies.some((p) => typeof p !== 'string'))) {
+    throw invalidArgType('options.policies', 'a non-empty array of strings', o.policies);
+  }
+  const ratio = o.ratio ?? 0.95;
+  if (typeof ratio !== 'number' || !(ratio > 0 && ratio <= 1)) throw new RangeError(`options.ratio must be > 0 and <= 1 (received ${String(ratio)})`);
+  return {
+    workers,
+    mib,
+    policies: [...(o.policies ?? DEFAULT_POLICIES)],
+    ratio,
+    limitMs: o.limitMs === undefined ? 180_000 : validateInteger(o.limitMs, 'options.limitMs', 100, 2 ** 31 - 1),
+    idleMs: o.idleMs === undefined ? 10_000 : validateInteger(o.idleMs, 'options.idleMs', 0, 2 ** 31 - 1),
+    sampleMs: o.sampleMs === undefined ? 100 : validateInteger(o.sampleMs, 'options.sampleMs', 10, 60_000),
+    advisorTargetScanTime: o.advisorTargetScanTime === undefined ? 2 : validateInteger(o.advisorTargetScanTime, 'options.advisorTargetScanTime', 1),
+    autotune: o.autotune,
+    signal: o.signal,
+    onProgress: o.onProgress,
+  };
+}
+
+/**
+ * Lets ksmd free the rmap items of workers that exited (it does so when it next visits
+ * their mm), so pages_sharing of the next policy does not fall under it as they go.
+ */
+async function settle(signal?: AbortSignal): Promise<void> {
+  const current = readSettings();
+  configure({ ...(current.advisorMode !== undefined ? { advisorMode: 'none' as const } : {}), run: 1, pagesToScan: 10_000, sleepMillisecs: 0 });
+  const start = readCounter('full_scans');
+  const deadline = Date.now() + 10_000;
+  while (readCounter('full_scans') < start + 2 && Date.now() < deadline && !signal?.aborted) await sleep(20);
+}
+
+/**
+ * Runs each policy in turn and measures it. Every setting found at the start is put
+ * back at the end, whether the run completes, fails or is aborted through `signal`.
+ */
+export async function runBenchmark(options: BenchOptions = {}): Promise<BenchReport> {
+  const o = validate(options);
+  native();
+  const originals = readSettings();
+  for (const p of o.policies) policySettings(p, originals, o.advisorTargetScanTime);
+  const results: BenchResult[] = [];
+  let workers: Workers | undefined;
+  let tuner: AutotuneHandle | undefined;
+  try {
+    for (const [index, policy] of o.policies.entries()) {
+      if (o.signal?.aborted) throw o.signal.reason;
+      const progress = (phase: BenchProgress['phase'], elapsedMs: number, mergedRatio: number, cpuPercent: number) =>
+        o.onProgress?.({ policy, index, of: o.policies.length, phase, elapsedMs, mergedRatio, cpuPercent });
+      progress('cleanup', 0, 0, 0);
+      await settle(o.signal);
+      configure(restorable(originals));
+      const settings = policySettings(policy, readSettings(), o.advisorTargetScanTime);
+      configure(settings);
+      const transitions: Array<{ at: number; state: string; reason: string }> = [];
+      if (policy === 'autotune') {
+        tuner = startAutotune({
+          ...o.autotune,
+          onChange: (e) => {
+            transitions.push({ at: performance.now(), state: e.state, reason: e.reason });
+            o.autotune?.onChange?.(e);
+          },
+        });
+      }
+      const fillStart = performance.now();
+      progress('filling', 0, 0, 0);
+      workers = await startWorkers(o.workers, o.mib, Date.now() % 1_000_000, o.signal);
+      const t0 = performance.now();
+      const fillSeconds = (t0 - fillStart) / 1000;
+      const total = workers.pages * o.workers;
+      const samples: BenchSample[] = [];
+      const cpuStart = ksmdCpuSeconds();
+      let lastCpu = cpuStart;
+      let lastT = 0;
+      let mergeSeconds: number | null = null;
+      let mergeCpu = 0;
+      let savedAtMerged = 0;
+      let mergedAtEnd = 0;
+      let mergeEnd = Infinity;
+      // "After merging finished": from the last change of the workers' merged pages, once
+      // none came for FINISHED_MS (or everything merged); the tail between the ratio and
+      // that point belongs to neither figure.
+      let idleStart = Infinity;
+      let cpuAtIdle = cpuStart;
+      let lastMerged = -1;
+      let lastChange = { t: 0, cpu: cpuStart };
+      for (;;) {
+        await sleep(o.sampleMs, undefined, { signal: o.signal });
+        const t = (performance.now() - t0) / 1000;
+        const cpu = ksmdCpuSeconds();
+        const merged = workers.mergedPages();
+        // Cheap estimate for every sample (exact once each page is merged across all
+        // workers); the result's savedBytes is counted exactly from the page frames.
+        const savedBytes = Math.round((merged * (o.workers - 1)) / o.workers) * pageSize;
+        const cpuPercent = t > lastT ? Math.max(0, ((cpu - lastCpu) / (t - lastT)) * 100) : 0;
+        samples.push({ t: +t.toFixed(3), mergedPages: merged, savedBytes, cpuPercent: +cpuPercent.toFixed(1) });
+        lastCpu = cpu;
+        lastT = t;
+        if (merged !== lastMerged) {
+          lastMerged = merged;
+          lastChange = { t, cpu };
+        }
+        if (mergeEnd === Infinity && (merged >= o.ratio * total || t * 1000 >= o.limitMs)) {
+          if (merged >= o.ratio * total) mergeSeconds = t;
+          mergeEnd = t;
+          mergeCpu = ((cpu - cpuStart) / Math.max(t, 1e-3)) * 100;
+          const exact = workers.savedPages();
+          savedAtMerged = exact === undefined ? savedBytes : exact * pageSize;
+          mergedAtEnd = merged;
+          // Not merged within the limit: the window shows what the policy costs meanwhile.
+          if (mergeSeconds === null) {
+            idleStart = t;
+            cpuAtIdle = cpu;
+          }
+        }
+        if (mergeEnd !== Infinity && idleStart === Infinity) {
+          const done = merged >= total || t - lastChange.t >= FINISHED_MS / 1000 || t - mergeEnd >= o.limitMs / 1000;
+          if (done) {
+            idleStart = merged >= total ? t : lastChange.t;
+            cpuAtIdle = merged >= total ? cpu : lastChange.cpu;
+            if (mergeSeconds !== null) {
+              const exact = workers.savedPages();
+              if (exact !== undefined) savedAtMerged = exact * pageSize;
+              mergedAtEnd = merged;
+            }
+          }
+        }
+        const phase = mergeEnd === Infinity ? 'merging' : idleStart === Infinity ? 'finishing' : 'idle';
+        progress(phase, t * 1000, merged / total, cpuPercent);
+        if (idleStart !== Infinity && t - idleStart >= o.idleMs / 1000) break;
+      }
+      const idleSeconds = lastT - idleStart;
+      const idleCpu = idleSeconds > 0 ? ((lastCpu - cpuAtIdle) / idleSeconds) * 100 : 0;
+      if (tuner) {
+        await tuner.stop();
+        tuner = undefined;
+      }
+      progress('cleanup', lastT * 1000, mergedAtEnd / total, 0);
+      await workers.kill();
+      workers = undefined;
+      results.push({
+        policy,
+        mergeSeconds: mergeSeconds === null ? null : +mergeSeconds.toFixed(3),
+        savedBytes: savedAtMerged,
+        mergeCpuPercent: +mergeCpu.toFixed(1),
+        idleCpuPercent: +idleCpu.toFixed(1),
+        mergedRatio: +(mergedAtEnd / total).toFixed(4),
+        finishedSeconds: +idleStart.toFixed(3),
+        fillSeconds: +fillSeconds.toFixed(3),
+        settings,
+        ...(policy === 'autotune' ? { transitions: transitions.map(({ at, ...tr }) => ({ t: +((at - t0) / 1000).toFixed(3), ...tr })) } : {}),
+        samples,
+      });
+    }
+    await settle(o.signal);
+  } finally {
+    await tuner?.stop().catch(() => {});
+    await workers?.kill();
+    configure(restorable(originals));
+  }
+  return { results, workers: o.workers, mib: o.mib, idleMs: o.idleMs, limitMs: o.limitMs, pageSize, clockTicks: clockTicks(), originals };
+}
+
+/** The JSON the CLI writes: one record per policy with the issue's fields first. */
+export function summary(report: BenchReport): Array<Omit<BenchResult, 'samples' | 'settings'>> {
+  return report.results.map(({ samples: _s, settings: _p, ...rest }) => rest);
+}
