@@ -1,0 +1,411 @@
+// RESP2: an incremental request parser over Buffers and a reply writer.
+//
+// The parser never concatenates per byte and never holds more than one incomplete frame:
+// complete arguments are subarrays of the chunk they arrived in, and a large bulk (the
+// value of a SET, typically) is copied once, as it arrives, into a buffer allocated for
+// it up front -- from the node-ksm Arena when it is large enough to live there, so a
+// stored value costs exactly one copy from the socket and no garbage.
+
+/** Limits from Redis (server.h / networking.c). */
+export const PROTO_INLINE_MAX_SIZE = 64 * 1024;
+export const PROTO_MBULK_MAX = 1024 * 1024;
+/** Before AUTH, Redis accepts only tiny frames, so an anonymous peer cannot make it allocate. */
+const UNAUTH_MBULK_MAX = 10;
+const UNAUTH_BULK_MAX = 16384;
+/** Bulks at least this large are streamed into their own buffer instead of waiting to be contiguous. */
+export const STREAM_MIN = 16 * 1024;
+
+export class ProtocolError extends Error {}
+
+const CR = 13;
+const LF = 10;
+
+/**
+ * Redis's string2ll for protocol headers: optional '-', digits, no '+', no spaces.
+ * Returns NaN for anything else (and for values beyond 2^53, far over every limit).
+ */
+function parseHeaderInt(buf, from, to) {
+  if (from >= to) return NaN;
+  let neg = false;
+  let i = from;
+  if (buf[i] === 45) {
+    neg = true;
+    i++;
+    if (i === to) return NaN;
+  }
+  if (to - i > 15) return NaN;
+  let n = 0;
+  for (; i < to; i++) {
+    const d = buf[i] - 48;
+    if (d < 0 || d > 9) return NaN;
+    n = n * 10 + d;
+  }
+  return neg ? -n : n;
+}
+
+export class RespParser {
+  /**
+   * @param {object} o
+   * @param {number} o.maxBulkLen proto-max-bulk-len
+   * @param {(len: number) => Buffer} o.allocLarge buffer for a bulk of at least STREAM_MIN bytes
+   *   (or whatever the owner decides); the owner learns which buffers these were via `large`.
+   */
+  constructor({ maxBulkLen, allocLarge }) {
+    this.maxBulkLen = maxBulkLen;
+    this.allocLarge = allocLarge;
+    this.authenticated = true;
+    /** @type {Buffer} */
+    this.buf = Buffer.alloc(0);
+    this.pos = 0;
+    /** @type {Buffer[] | null} the command being assembled */
+    this.argv = null;
+    this.argc = 0;
+    /** Length of the bulk whose payload is awaited, or -1 while its `$` header is. */
+    this.bulkLen = -1;
+    /** @type {Buffer | null} streaming target of a large bulk */
+    this.target = null;
+    this.targetPos = 0;
+    /** Bytes of CRLF still to skip after a streamed bulk. */
+    this.skip = 0;
+    /** Buffers from allocLarge handed out with commands and not yet claimed by the owner. */
+    this.large = [];
+  }
+
+  feed(chunk) {
+    if (this.pos >= this.buf.length) this.buf = chunk;
+    else this.buf = Buffer.concat([this.buf.subarray(this.pos), chunk]);
+    this.pos = 0;
+  }
+
+  /** Bytes received and not yet parsed (an incomplete frame). */
+  get pending() {
+    return this.buf.length - this.pos + (this.target ? this.targetPos : 0);
+  }
+
+  /**
+   * The next complete command, or null when more data is needed. Empty commands
+   * (blank inline lines, `*0`) are skipped as Redis skips them.
+   * @returns {Buffer[] | null}
+   */
+  next() {
+    for (;;) {
+      const buf = this.buf;
+      if (this.skip > 0) {
+        // The CRLF after a streamed bulk (not checked, as Redis does not check it).
+        const k = Math.min(this.skip, buf.length - this.pos);
+        this.pos += k;
+        this.skip -= k;
+        if (this.skip > 0) return null;
+      }
+      if (this.argv === null) {
+        if (this.pos >= buf.length) return null;
+        if (buf[this.pos] !== 42 /* '*' */) {
+          const argv = this.#inline();
+          if (argv === null) return null;
+          if (argv.length > 0) return argv;
+          continue;
+        }
+        const cr = buf.indexOf(CR, this.pos);
+        if (cr < 0 || cr + 1 >= buf.length) {
+          if (buf.length - this.pos > PROTO_INLINE_MAX_SIZE) throw new ProtocolError('too big mbulk count string');
+          return null;
+        }
+        const n = parseHeaderInt(buf, this.pos + 1, cr);
+        if (!(n <= (this.authenticated ? PROTO_MBULK_MAX : UNAUTH_MBULK_MAX))) {
+          throw new ProtocolError(
+            !this.authenticated && n > UNAUTH_MBULK_MAX ? 'unauthenticated multibulk length' : 'invalid multibulk length',
+          );
+        }
+        this.pos = cr + 2;
+        if (n <= 0) continue;
+        this.argv = [];
+        this.argc = n;
+      }
+      // Arguments of the multibulk in progress.
+      while (this.argv.length < this.argc) {
+        if (this.target !== null) {
+          if (!this.#stream()) return null;
+          continue;
+        }
+        if (this.skip > 0) {
+          const k = Math.min(this.skip, buf.length - this.pos);
+          this.pos += k;
+          this.skip -= k;
+          if (this.skip > 0) return null;
+        }
+        if (this.bulkLen < 0) {
+          if (this.pos >= buf.length) return null;
+          const cr = buf.indexOf(CR, this.pos);
+          if (cr < 0 || cr + 1 >= buf.length) {
+            if (buf.length - this.pos > PROTO_INLINE_MAX_SIZE) throw new ProtocolError('too big bulk count string');
+            return null;
+          }
+          if (buf[this.pos] !== 36 /* '$' */) {
+            throw new ProtocolError(`expected '$', got '${String.fromCharCode(buf[this.pos])}'`);
+          }
+          const len = parseHeaderInt(buf, this.pos + 1, cr);
+          if (!(len >= 0 && len <= this.maxBulkLen)) throw new ProtocolError('invalid bulk length');
+          if (!this.authenticated && len > UNAUTH_BULK_MAX) throw new ProtocolError('unauthenticated bulk length');
+          this.pos = cr + 2;
+          this.bulkLen = len;
+          if (len >= STREAM_MIN) {
+            this.target = this.allocLarge(len);
+            this.targetPos = 0;
+            continue;
+          }
+        }
+        if (buf.length - this.pos < this.bulkLen + 2) return null;
+        this.argv.push(buf.subarray(this.pos, this.pos + this.bulkLen));
+        this.pos += this.bulkLen + 2;
+        this.bulkLen = -1;
+      }
+      const argv = this.argv;
+      this.argv = null;
+      return argv;
+    }
+  }
+
+  /** Copies what has arrived of a large bulk into its target; true once it is complete. */
+  #stream() {
+    const t = this.target;
+    const k = Math.min(t.length - this.targetPos, this.buf.length - this.pos);
+    this.buf.copy(t, this.targetPos, this.pos, this.pos + k);
+    this.targetPos += k;
+    this.pos += k;
+    if (this.targetPos < t.length) return false;
+    this.large.push(t);
+    this.argv.push(t);
+    this.target = null;
+    this.bulkLen = -1;
+    this.skip = 2;
+    return true;
+  }
+
+  #inline() {
+    const buf = this.buf;
+    const nl = buf.indexOf(LF, this.pos);
+    if (nl < 0) {
+      if (buf.length - this.pos > PROTO_INLINE_MAX_SIZE) throw new ProtocolError('too big inline request');
+      return null;
+    }
+    let end = nl;
+    if (end > this.pos && buf[end - 1] === CR) end--;
+    const line = buf.toString('latin1', this.pos, end);
+    this.pos = nl + 1;
+    const args = splitArgs(line);
+    if (args === null) throw new ProtocolError('unbalanced quotes in request');
+    return args.map((a) => Buffer.from(a, 'latin1'));
+  }
+
+  /** Buffers this parser allocated and still holds (a bulk being streamed), for cleanup. */
+  dispose() {
+    const held = this.target;
+    this.target = null;
+    this.argv = null;
+    return held;
+  }
+}
+
+const ESCAPES = { n: '\n', r: '\r', t: '\t', b: '\b', a: '\x07' };
+const isSpace = (c) => c === ' ' || c === '\n' || c === '\r' || c === '\t' || c === '\v' || c === '\f';
+const isHex = (c) => /^[0-9a-fA-F]$/.test(c);
+
+/** Redis's sdssplitargs: whitespace-separated, "double" quotes with escapes, 'single' quotes. Null if unbalanced. */
+export function splitArgs(line) {
+  const out = [];
+  let i = 0;
+  for (;;) {
+    while (i < line.length && isSpace(line[i])) i++;
+    if (i >= line.length) return out;
+    let cur = '';
+    let inq = false;
+    let insq = false;
+    for (;;) {
+      const c = line[i];
+      if (inq) {
+        if (c === undefined) return null;
+        if (c === '\\' && line[i + 1] === 'x' && isHex(line[i + 2] ?? '') && isHex(line[i + 3] ?? '')) {
+          cur += String.fromCharCode(parseInt(line.slice(i + 2, i + 4), 16));
+          i += 3;
+        } else if (c === '\\' && i + 1 < line.length) {
+          i++;
+          cur += ESCAPES[line[i]] ?? line[i];
+        } else if (c === '"') {
+          // The closing quote must be followed by a space or nothing.
+          if (i + 1 < line.length && !isSpace(line[i + 1])) return null;
+          inq = false;
+          i++;
+          break;
+        } else cur += c;
+      } else if (insq) {
+        if (c === undefined) return null;
+        if (c === '\\' && line[i + 1] === "'") {
+          i++;
+          cur += "'";
+        } else if (c === "'") {
+          if (i + 1 < line.length && !isSpace(line[i + 1])) return null;
+          insq = false;
+          i++;
+          break;
+        } else cur += c;
+      } else {
+        if (c === undefined || isSpace(c)) break;
+        if (c === '"') inq = true;
+        else if (c === "'") insq = true;
+        else cur += c;
+      }
+      i++;
+    }
+    out.push(cur);
+  }
+}
+
+const CHUNK = 64 * 1024;
+/** Replies larger than this get a buffer of their own instead of a copy into the shared one. */
+const OWN_BUFFER = 16 * 1024;
+const CRLF = Buffer.from('\r\n');
+const OK = Buffer.from('+OK\r\n');
+const NIL = Buffer.from('$-1\r\n');
+
+/**
+ * Reply writer. Replies are appended to a 64 KiB buffer and sent once per batch of
+ * commands; the bytes already sent are never written again (the next batch appends after
+ * them), so the buffer needs no copy and no reallocation per batch.
+ *
+ * Values from the Arena are always copied: a later DEL gives their pages back (the
+ * Buffer is detached and its pages reused), and a write still queued in the socket would
+ * then send someone else's bytes. Plain Buffers are immutable once stored, so large ones
+ * are queued by reference.
+ */
+export class Writer {
+  constructor(socket) {
+    this.socket = socket;
+    this.buf = Buffer.allocUnsafeSlow(CHUNK);
+    this.start = 0;
+    this.len = 0;
+    /** @type {Buffer[]} */
+    this.parts = [];
+    this.queued = 0;
+  }
+
+  /** Bytes appended since the last flush. */
+  get size() {
+    return this.queued + this.len - this.start;
+  }
+
+  #room(n) {
+    if (this.len + n <= this.buf.length) return;
+    this.#cut();
+    this.buf = Buffer.allocUnsafeSlow(Math.max(CHUNK, n));
+    this.start = this.len = 0;
+  }
+
+  #cut() {
+    if (this.len > this.start) {
+      this.parts.push(this.buf.subarray(this.start, this.len));
+      this.queued += this.len - this.start;
+      this.start = this.len;
+    }
+  }
+
+  raw(b) {
+    if (b.length >= OWN_BUFFER) {
+      this.#cut();
+      this.parts.push(b);
+      this.queued += b.length;
+      return;
+    }
+    this.#room(b.length);
+    this.len += b.copy(this.buf, this.len);
+  }
+
+  /** `<type><n>\r\n` without building a string: one per reply on the hot path. */
+  #header(type, n) {
+    this.#room(24);
+    const buf = this.buf;
+    let at = this.len;
+    buf[at++] = type;
+    let digits = 1;
+    for (let m = n; m >= 10; m = Math.floor(m / 10)) digits++;
+    at += digits;
+    for (let i = at - 1; i >= at - digits; i--, n = Math.floor(n / 10)) buf[i] = 48 + (n % 10);
+    buf[at++] = 13;
+    buf[at++] = 10;
+    this.len = at;
+  }
+
+  ascii(s) {
+    this.#room(s.length);
+    this.len += this.buf.write(s, this.len, 'latin1');
+  }
+
+  ok() {
+    this.raw(OK);
+  }
+  nil() {
+    this.raw(NIL);
+  }
+  simple(s) {
+    this.ascii(`+${s}\r\n`);
+  }
+  /** `msg` starts with the error code ("ERR ...", "WRONGPASS ..."); CR/LF become spaces as in Redis. */
+  error(msg) {
+    this.ascii(`-${msg.replace(/[\r\n]/g, ' ')}\r\n`);
+  }
+  int(n) {
+    this.ascii(`:${n}\r\n`);
+  }
+  array(n) {
+    this.ascii(`*${n}\r\n`);
+  }
+  nilArray() {
+    this.ascii('*-1\r\n');
+  }
+  /**
+   * @param {Buffer | null | undefined} b
+   * @param {boolean} [volatile] b is an Arena buffer: copy it (see the class comment)
+   */
+  bulk(b, volatile = false) {
+    if (b == null) return this.nil();
+    this.#header(36 /* $ */, b.length);
+    if (volatile && b.length >= OWN_BUFFER) {
+      this.#cut();
+      const copy = Buffer.allocUnsafeSlow(b.length);
+      b.copy(copy);
+      this.parts.push(copy);
+      this.queued += b.length;
+    } else {
+      this.raw(b);
+    }
+    this.raw(CRLF);
+  }
+  /** A bulk reply of a JS string, latin1 (one char per byte, as keys are kept). */
+  bulkString(s) {
+    const n = Buffer.byteLength(s, 'latin1');
+    this.#room(n + 16);
+    this.len += this.buf.write(`$${n}\r\n`, this.len, 'latin1');
+    this.len += this.buf.write(s, this.len, 'latin1');
+    this.len += this.buf.write('\r\n', this.len, 'latin1');
+  }
+  /** Text (INFO): UTF-8. */
+  bulkText(s) {
+    this.bulk(Buffer.from(s, 'utf8'));
+  }
+
+  /** Sends everything appended so far; false when the socket asks to wait for 'drain'. */
+  flush() {
+    this.#cut();
+    const parts = this.parts;
+    if (parts.length === 0) return true;
+    this.parts = [];
+    this.queued = 0;
+    const s = this.socket;
+    if (s.destroyed) return true;
+    if (parts.length === 1) return s.write(parts[0]);
+    s.cork();
+    let ok = true;
+    for (const p of parts) ok = s.write(p) && ok;
+    s.uncork();
+    return ok;
+  }
+}

@@ -1,0 +1,330 @@
+#!/usr/bin/env node
+// A Redis-protocol cache whose values live in mergeable memory (node-ksm Arena).
+//
+//   npm run cache-server -- --port 6390 [--bind 127.0.0.1] [--maxmemory 1gb]
+//     [--maxmemory-policy allkeys-lru|volatile-lru|noeviction] [--maxclients 10000]
+//     [--requirepass secret] [--proto-max-bulk-len 512mb] [--ksm-threshold 4096]
+//     [--workers N]
+//
+// Binds to loopback unless told otherwise: merged pages are a timing side channel
+// between processes, and a cache is no place to serve anyone who can reach the port.
+import cluster from 'node:cluster';
+import net from 'node:net';
+import { parseArgs } from 'node:util';
+import { pageSize } from 'node-ksm';
+import { E, parseMemory, resolve } from './commands.mjs';
+import { ProtocolError, RespParser, Writer } from './resp.mjs';
+import { Store } from './store.mjs';
+
+/** Replies buffered before they are handed to the socket mid-batch. */
+const FLUSH_AT = 256 * 1024;
+/** Stop reading from a client whose unsent replies exceed this, until they drain. */
+const OUTPUT_LIMIT = 4 * 1024 * 1024;
+/** Graceful shutdown waits this long for clients to take their last replies. */
+const SHUTDOWN_GRACE_MS = 5000;
+
+const USAGE = `usage: node examples/cache-server/server.mjs [--port 6379] [--bind 127.0.0.1]
+  [--maxmemory 0] [--maxmemory-policy allkeys-lru|volatile-lru|noeviction] [--maxclients 10000]
+  [--requirepass PASSWORD] [--proto-max-bulk-len 512mb] [--ksm-threshold ${pageSize}] [--workers 1]`;
+
+function fail(msg) {
+  process.stderr.write(`cache-server: ${msg}\n${USAGE}\n`);
+  process.exit(1);
+}
+
+function parseConfig(argv) {
+  let values;
+  try {
+    ({ values } = parseArgs({
+      args: argv,
+      options: {
+        port: { type: 'string', default: '6379' },
+        bind: { type: 'string', default: '127.0.0.1' },
+        maxmemory: { type: 'string', default: '0' },
+        'maxmemory-policy': { type: 'string', default: 'allkeys-lru' },
+        maxclients: { type: 'string', default: '10000' },
+        requirepass: { type: 'string' },
+        'proto-max-bulk-len': { type: 'string', default: '512mb' },
+        'ksm-threshold': { type: 'string', default: String(pageSize) },
+        workers: { type: 'string', default: '1' },
+        help: { type: 'boolean', default: false },
+      },
+    }));
+  } catch (err) {
+    fail(err.message);
+  }
+  if (values.help) {
+    process.stdout.write(`${USAGE}\n`);
+    process.exit(0);
+  }
+  const int = (name, min, max) => {
+    const n = Number(values[name]);
+    if (!/^[0-9]+$/.test(values[name]) || n < min || n > max) fail(`--${name} must be an integer from ${min} to ${max}`);
+    return n;
+  };
+  const mem = (name, min) => {
+    const n = parseMemory(values[name]);
+    if (n === undefined || n < min) fail(`--${name} must be a memory size (like 100mb) of at least ${min}`);
+    return n;
+  };
+  const policy = values['maxmemory-policy'].toLowerCase();
+  if (!['allkeys-lru', 'volatile-lru', 'noeviction'].includes(policy)) fail('--maxmemory-policy must be allkeys-lru, volatile-lru or noeviction');
+  return {
+    port: int('port', 0, 65535),
+    bind: values.bind,
+    maxmemory: mem('maxmemory', 0),
+    policy,
+    maxclients: int('maxclients', 1, 1e9),
+    requirepass: values.requirepass || null,
+    protoMaxBulkLen: mem('proto-max-bulk-len', 1024 * 1024),
+    threshold: mem('ksm-threshold', 1),
+    workers: int('workers', 1, 1024),
+  };
+}
+
+let nextClientId = 1;
+
+class Client {
+  constructor(srv, socket) {
+    this.srv = srv;
+    this.store = srv.store;
+    this.socket = socket;
+    this.id = nextClientId++;
+    this.addr = `${socket.remoteAddress}:${socket.remotePort}`;
+    this.since = Date.now();
+    this.name = null;
+    this.lastCommand = 'NULL';
+    this.authenticated = srv.config.requirepass === null;
+    this.w = new Writer(socket);
+    this.parser = new RespParser({
+      maxBulkLen: srv.config.protoMaxBulkLen,
+      allocLarge: (len) => this.store.allocInbound(len),
+    });
+    this.parser.authenticated = this.authenticated;
+    this.blocked = false;
+    this.closing = false;
+    this.eof = false;
+
+    socket.setNoDelay(true);
+    socket.on('data', (chunk) => {
+      srv.stats.netIn += chunk.length;
+      if (this.closing) return; // after QUIT, a protocol error or SHUTDOWN: input is ignored
+      this.parser.feed(chunk);
+      this.run();
+    });
+    socket.on('drain', () => {
+      if (!this.blocked) return;
+      this.blocked = false;
+      socket.resume();
+      this.run();
+    });
+    socket.on('end', () => {
+      this.eof = true;
+      this.run();
+    });
+    // A reset or a write to a closed peer: the 'close' that follows cleans up.
+    socket.on('error', () => {});
+    socket.on('close', () => this.dispose());
+  }
+
+  authenticate() {
+    this.authenticated = true;
+    this.parser.authenticated = true;
+  }
+
+  /** Runs every complete command received, in order, until the input or the output limit runs out. */
+  run() {
+    const w = this.w;
+    const parser = this.parser;
+    while (!this.blocked && !this.closing) {
+      let argv;
+      try {
+        argv = parser.next();
+      } catch (err) {
+        if (!(err instanceof ProtocolError)) throw err;
+        w.error(`ERR Protocol error: ${err.message}`);
+        this.closeAfterReply();
+        break;
+      }
+      if (argv === null) break;
+      this.exec(argv);
+      if (parser.large.length > 0) {
+        for (const b of parser.large) this.store.dropInbound(b);
+        parser.large.length = 0;
+      }
+      if (w.size >= FLUSH_AT) this.flush();
+    }
+    this.flush();
+    if ((this.eof || this.closing) && !this.blocked) this.socket.destroySoon();
+  }
+
+  flush() {
+    const n = this.w.size;
+    if (n === 0) return;
+    this.srv.stats.netOut += n;
+    this.w.flush();
+    if (this.socket.writableLength > OUTPUT_LIMIT && !this.closing) {
+      this.blocked = true;
+      this.socket.pause();
+    }
+  }
+
+  exec(argv) {
+    const srv = this.srv;
+    const cmd = resolve(argv);
+    srv.stats.commands++;
+    if (typeof cmd === 'string') return this.w.error(cmd);
+    this.lastCommand = cmd.name;
+    if (!this.authenticated && !cmd.noauth) return this.w.error(E.noauth);
+    if (cmd.denyoom && this.store.maxmemory !== 0 && !this.store.evict()) return this.w.error(E.oom);
+    cmd.fn(this, argv);
+  }
+
+  closeAfterReply() {
+    this.closing = true;
+  }
+
+  dispose() {
+    this.srv.clients.delete(this);
+    const held = this.parser.dispose();
+    if (held !== null) this.store.dropInbound(held);
+    for (const b of this.parser.large) this.store.dropInbound(b);
+    this.parser.large.length = 0;
+    this.srv.onClientGone();
+  }
+}
+
+class CacheServer {
+  constructor(config) {
+    this.config = config;
+    this.store = new Store({ threshold: config.threshold, maxmemory: config.maxmemory, policy: config.policy });
+    /** @type {Set<Client>} */
+    this.clients = new Set();
+    this.started = Date.now();
+    this.workerId = cluster.isWorker ? cluster.worker.id : 0;
+    this.resetStats();
+    this.stats.connections = 0;
+    this.stopping = false;
+    this.server = net.createServer({ allowHalfOpen: true }, (socket) => this.accept(socket));
+    // Redis's serverCron at hz 10: active expiry and evictions after CONFIG SET.
+    this.cron = setInterval(() => {
+      this.store.activeExpire();
+      this.store.evict();
+    }, 100);
+    this.cron.unref();
+  }
+
+  resetStats() {
+    this.stats = { connections: this.stats?.connections ?? 0, commands: 0, netIn: 0, netOut: 0, rejected: 0 };
+    Object.assign(this.store.stats, { expiredKeys: 0, evictedKeys: 0, hits: 0, misses: 0 });
+  }
+
+  accept(socket) {
+    this.stats.connections++;
+    if (this.stopping || this.clients.size >= this.config.maxclients) {
+      this.stats.rejected++;
+      socket.on('error', () => {});
+      socket.end(`-${E.maxclients}\r\n`);
+      return;
+    }
+    this.clients.add(new Client(this, socket));
+  }
+
+  listen() {
+    return new Promise((resolvePromise, reject) => {
+      this.server.once('error', reject);
+      this.server.listen({ port: this.config.port, host: this.config.bind, exclusive: false }, () => {
+        this.server.off('error', reject);
+        resolvePromise(this.server.address());
+      });
+    });
+  }
+
+  /** Stop accepting, let every client take the replies it is owed, then exit. */
+  shutdown(why) {
+    if (cluster.isWorker && why === 'SHUTDOWN') {
+      // One SHUTDOWN stops the whole server, every worker: the primary signals them all.
+      process.send({ cmd: 'shutdown' });
+    }
+    if (this.stopping) return;
+    this.stopping = true;
+    clearInterval(this.cron);
+    this.server.close();
+    for (const c of this.clients) {
+      c.closing = true;
+      c.blocked = false;
+      c.socket.resume();
+      c.flush();
+      c.socket.destroySoon();
+    }
+    setTimeout(() => {
+      for (const c of this.clients) c.socket.destroy();
+      process.exit(0);
+    }, SHUTDOWN_GRACE_MS).unref();
+    this.onClientGone();
+  }
+
+  onClientGone() {
+    if (this.stopping && this.clients.size === 0) process.exit(0);
+  }
+}
+
+async function serve(config) {
+  const srv = new CacheServer(config);
+  for (const sig of ['SIGTERM', 'SIGINT']) process.on(sig, () => srv.shutdown(sig));
+  let addr;
+  try {
+    addr = await srv.listen();
+  } catch (err) {
+    fail(`cannot listen on ${config.bind}:${config.port}: ${err.message}`);
+  }
+  srv.config.port = addr.port;
+  if (cluster.isWorker) process.send({ cmd: 'listening', port: addr.port });
+  else process.stdout.write(`cache-server listening on ${addr.address}:${addr.port} pid=${process.pid} workers=1\n`);
+}
+
+function primary(config) {
+  let stopping = false;
+  let announced = false;
+  const ready = new Set();
+  const fork = () => {
+    const w = cluster.fork();
+    w.on('message', (m) => {
+      if (m?.cmd === 'shutdown') stop();
+      if (m?.cmd === 'listening') {
+        ready.add(w.id);
+        // Workers share one port: with --port 0 the first worker's random port is everyone's.
+        if (config.port === 0) config.port = m.port;
+        if (!announced && ready.size === config.workers) {
+          announced = true;
+          const pids = Object.values(cluster.workers).map((x) => x.process.pid).join(',');
+          process.stdout.write(`cache-server listening on ${config.bind}:${m.port} pid=${process.pid} workers=${config.workers} worker_pids=${pids}\n`);
+        }
+      }
+    });
+  };
+  const stop = () => {
+    if (stopping) return;
+    stopping = true;
+    for (const w of Object.values(cluster.workers)) w.process.kill('SIGTERM');
+  };
+  cluster.on('exit', (w, code, signal) => {
+    ready.delete(w.id);
+    if (stopping) {
+      if (Object.keys(cluster.workers).length === 0) process.exit(0);
+      return;
+    }
+    process.stderr.write(`cache-server: worker ${w.process.pid} exited (${signal ?? code}); starting another\n`);
+    fork();
+  });
+  for (const sig of ['SIGTERM', 'SIGINT']) process.on(sig, stop);
+  for (let i = 0; i < config.workers; i++) fork();
+}
+
+const config = parseConfig(process.argv.slice(2));
+if (cluster.isPrimary && config.workers > 1) {
+  // Round-robin hand-off by the primary: each connection lands on one worker's store.
+  primary(config);
+} else {
+  await serve(config);
+}

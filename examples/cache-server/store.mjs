@@ -1,0 +1,376 @@
+// The keyspace: string keys and values, expiry (lazy + active), approximate LRU eviction
+// under maxmemory, and values at or above `threshold` bytes in a node-ksm Arena.
+//
+// Keys are JS strings in latin1 (one char per byte: binary safe, and a Map key). Values
+// are Buffers that are never written after they are stored (APPEND and INCR store a new
+// one), so replies may queue plain ones by reference.
+import { Arena, pageSize } from 'node-ksm';
+
+/**
+ * Estimated bytes per key besides its name and value: the Map slot, the Entry object,
+ * its slot in `order` and the Set slot of a TTL. Counted so that maxmemory holds for
+ * many tiny keys too; the value store is what matters and is counted exactly.
+ */
+const ENTRY_OVERHEAD = 112;
+/** A small Buffer's object and view, on top of its bytes. */
+const BUFFER_OVERHEAD = 80;
+/** Keys sampled per eviction (Redis's maxmemory-samples) and the candidate pool kept between evictions. */
+const SAMPLES = 5;
+const POOL_SIZE = 16;
+/** Active expiry: like Redis at hz 10, 20 keys per round, another round while > 25 % of them were expired. */
+const EXPIRE_KEYS_PER_LOOP = 20;
+
+export const MAX_INT64 = 2n ** 63n - 1n;
+export const MIN_INT64 = -(2n ** 63n);
+
+/**
+ * @typedef {object} Entry
+ * @property {string} key
+ * @property {Buffer | null} value null once deleted (a tombstone in `order`)
+ * @property {boolean} inArena
+ * @property {number} expireAt ms since the epoch, 0 = none
+ * @property {number} lru access clock
+ * @property {number} seq insertion sequence: the SCAN cursor
+ * @property {number} slot index in `order`
+ * @property {number} cost bytes counted against maxmemory
+ */
+
+export class Store {
+  /**
+   * @param {object} o
+   * @param {number} o.threshold values of at least this many bytes live in the Arena
+   * @param {number} o.maxmemory 0 = no limit
+   * @param {'allkeys-lru' | 'volatile-lru' | 'noeviction'} o.policy
+   */
+  constructor({ threshold = pageSize, maxmemory = 0, policy = 'allkeys-lru' } = {}) {
+    this.threshold = threshold;
+    this.maxmemory = maxmemory;
+    this.policy = policy;
+    this.arena = new Arena();
+    /** @type {Map<string, Entry>} */
+    this.map = new Map();
+    /** Keys with a TTL, walked by the active expiry cycle. @type {Set<string>} */
+    this.expires = new Set();
+    this.expireCursor = this.expires.values();
+    /**
+     * Entries in insertion order, with tombstones: random sampling for eviction, and
+     * a SCAN cursor (seq) that compaction cannot invalidate, since it keeps the order.
+     * @type {Entry[]}
+     */
+    this.order = [];
+    this.tombstones = 0;
+    this.seq = 1;
+    this.clock = 0;
+    /** @type {Entry[]} eviction candidates, oldest last */
+    this.pool = [];
+    this.used = 0;
+    /** Bytes and count of values in the Arena (logical bytes, as stored). */
+    this.arenaValues = 0;
+    this.arenaBytes = 0;
+    /** Arena buffers the parser filled with a bulk that no command has adopted yet. */
+    this.inbound = new WeakSet();
+    this.stats = { expiredKeys: 0, evictedKeys: 0, hits: 0, misses: 0 };
+  }
+
+  /** A buffer for an incoming bulk of `len` bytes: in the Arena when it will be stored there. */
+  allocInbound(len) {
+    if (len < this.threshold) return Buffer.allocUnsafeSlow(len);
+    const b = this.arena.alloc(len);
+    this.inbound.add(b);
+    return b;
+  }
+
+  /** Gives back an inbound buffer no command took (no-op for anything else). */
+  dropInbound(b) {
+    if (this.inbound.has(b)) {
+      this.inbound.delete(b);
+      this.arena.release(b);
+    }
+  }
+
+  /**
+   * A value ready to store, from a command argument: inbound Arena buffers are taken as
+   * they are (no copy), anything else is copied (arguments are views of socket chunks).
+   */
+  #own(b) {
+    if (this.inbound.has(b)) {
+      this.inbound.delete(b);
+      return { value: b, inArena: true };
+    }
+    if (b.length >= this.threshold) {
+      const a = this.arena.alloc(b.length);
+      b.copy(a);
+      return { value: a, inArena: true };
+    }
+    // A fresh buffer of its own, never a view that keeps a 64 KiB socket chunk alive.
+    const whole = b.byteOffset === 0 && b.length === b.buffer.byteLength;
+    return { value: whole ? b : Buffer.from(b), inArena: false };
+  }
+
+  #cost(key, value, inArena) {
+    const v = inArena ? Math.ceil(value.length / pageSize) * pageSize : value.length + BUFFER_OVERHEAD;
+    return ENTRY_OVERHEAD + key.length + v;
+  }
+
+  #freeValue(e) {
+    if (e.inArena) {
+      this.arenaValues--;
+      this.arenaBytes -= e.value.length;
+      this.arena.release(e.value);
+    }
+    e.value = null;
+  }
+
+  /** The live entry for key, expiring it lazily; touches its LRU clock. */
+  get(key) {
+    const e = this.map.get(key);
+    if (e === undefined) return undefined;
+    if (e.expireAt !== 0 && e.expireAt <= Date.now()) {
+      this.delete(key);
+      this.stats.expiredKeys++;
+      return undefined;
+    }
+    e.lru = ++this.clock;
+    return e;
+  }
+
+  /** get() that counts keyspace hits and misses (read commands). */
+  lookupRead(key) {
+    const e = this.get(key);
+    if (e === undefined) this.stats.misses++;
+    else this.stats.hits++;
+    return e;
+  }
+
+  /**
+   * Stores `arg` (a command argument, or a Buffer made for it) under key.
+   * @param {number | undefined} expireAt undefined keeps the existing TTL (KEEPTTL), 0 clears it
+   */
+  set(key, arg, expireAt) {
+    const { value, inArena } = this.#own(arg);
+    this.setOwned(key, value, inArena, expireAt);
+  }
+
+  /** @param {number | undefined} expireAt as for set(), but no default: callers say which they mean */
+  setOwned(key, value, inArena, expireAt) {
+    let e = this.map.get(key);
+    if (e === undefined) {
+      e = { key, value, inArena, expireAt: 0, lru: 0, seq: this.seq++, slot: this.order.length, cost: 0 };
+      this.map.set(key, e);
+      this.order.push(e);
+    } else {
+      this.used -= e.cost;
+      this.#freeValue(e);
+      e.value = value;
+      e.inArena = inArena;
+    }
+    if (inArena) {
+      this.arenaValues++;
+      this.arenaBytes += value.length;
+    }
+    if (expireAt !== undefined) this.setExpire(e, expireAt);
+    e.lru = ++this.clock;
+    e.cost = this.#cost(key, value, inArena);
+    this.used += e.cost;
+  }
+
+  setExpire(e, expireAt) {
+    e.expireAt = expireAt;
+    if (expireAt === 0) this.expires.delete(e.key);
+    else this.expires.add(e.key);
+  }
+
+  delete(key) {
+    const e = this.map.get(key);
+    if (e === undefined) return false;
+    this.map.delete(key);
+    if (e.expireAt !== 0) this.expires.delete(key);
+    this.used -= e.cost;
+    this.#freeValue(e);
+    this.tombstones++;
+    if (this.tombstones > 1024 && this.tombstones * 2 > this.order.length) this.#compact();
+    return true;
+  }
+
+  #compact() {
+    const live = this.order.filter((e) => e.value !== null);
+    live.forEach((e, i) => {
+      e.slot = i;
+    });
+    this.order = live;
+    this.tombstones = 0;
+  }
+
+  flush() {
+    for (const e of this.order) if (e.value !== null) this.#freeValue(e);
+    this.map.clear();
+    this.expires.clear();
+    this.expireCursor = this.expires.values();
+    this.order = [];
+    this.pool = [];
+    this.tombstones = 0;
+    this.used = 0;
+  }
+
+  get size() {
+    return this.map.size;
+  }
+
+  /**
+   * SCAN: up to about `count` live keys with seq ≥ cursor, and the next cursor (0 at the end).
+   * Keys present for the whole iteration are returned at least once: the cursor is an
+   * insertion sequence, which deletions and compaction never reorder.
+   */
+  scan(cursor, count, match) {
+    const order = this.order;
+    let lo = 0;
+    let hi = order.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (order[mid].seq < cursor) lo = mid + 1;
+      else hi = mid;
+    }
+    const keys = [];
+    const now = Date.now();
+    let i = lo;
+    for (let visited = 0; i < order.length && visited < count; i++) {
+      const e = order[i];
+      if (e.value === null) continue;
+      visited++;
+      if (e.expireAt !== 0 && e.expireAt <= now) continue;
+      if (match === null || match(e.key)) keys.push(e.key);
+    }
+    return { next: i < order.length ? order[i].seq : 0, keys };
+  }
+
+  /** One active expiry cycle: at most `budgetMs`, sampled like Redis. */
+  activeExpire(budgetMs = 25) {
+    const deadline = performance.now() + budgetMs;
+    const now = Date.now();
+    for (;;) {
+      let sampled = 0;
+      let expired = 0;
+      while (sampled < EXPIRE_KEYS_PER_LOOP) {
+        const r = this.expireCursor.next();
+        if (r.done) {
+          this.expireCursor = this.expires.values();
+          if (this.expires.size === 0 || sampled === 0) return;
+          break;
+        }
+        sampled++;
+        const e = this.map.get(r.value);
+        if (e !== undefined && e.expireAt !== 0 && e.expireAt <= now) {
+          this.delete(r.value);
+          this.stats.expiredKeys++;
+          expired++;
+        }
+      }
+      if (expired * 4 <= sampled || performance.now() > deadline) return;
+    }
+  }
+
+  /**
+   * Evicts until `used` is within maxmemory. False when it cannot get there (noeviction,
+   * or no candidate left): the caller refuses commands that would add memory.
+   */
+  evict() {
+    if (this.maxmemory === 0 || this.used <= this.maxmemory) return true;
+    if (this.policy === 'noeviction') return false;
+    const volatile = this.policy === 'volatile-lru';
+    while (this.used > this.maxmemory) {
+      const victim = this.#candidate(volatile);
+      if (victim === undefined) return false;
+      this.delete(victim.key);
+      this.stats.evictedKeys++;
+    }
+    return true;
+  }
+
+  /** Redis's approximate LRU: sample a few random keys into a pool of the idlest, take the idlest. */
+  #candidate(volatile) {
+    const order = this.order;
+    const live = this.map.size;
+    if (live === 0) return undefined;
+    for (let s = 0, tries = 0; s < SAMPLES && tries < SAMPLES * 8; tries++) {
+      const e = order[Math.floor(Math.random() * order.length)];
+      if (e.value === null || (volatile && e.expireAt === 0)) continue;
+      s++;
+      if (!this.pool.includes(e)) this.pool.push(e);
+    }
+    this.pool.sort((a, b) => b.lru - a.lru);
+    if (this.pool.length > POOL_SIZE) this.pool.splice(0, this.pool.length - POOL_SIZE);
+    while (this.pool.length > 0) {
+      const e = this.pool.pop();
+      // Deleted, or replaced by a new entry under the same key, since it was sampled.
+      if (e.value !== null && this.map.get(e.key) === e) return e;
+    }
+    // The samples all missed (mostly tombstones, or few volatile keys): any key will do.
+    for (const k of volatile ? this.expires : this.map.keys()) return this.map.get(k);
+    return undefined;
+  }
+}
+
+/**
+ * Redis's stringmatchlen (glob: * ? [abc] [^a-z] \x), over latin1 strings.
+ * Returns a predicate; patterns are compiled once per KEYS/SCAN.
+ */
+export function globMatcher(pattern, nocase = false) {
+  if (pattern === '*') return () => true;
+  const p = nocase ? pattern.toLowerCase() : pattern;
+  const match = (pi, s, si) => {
+    while (pi < p.length && si <= s.length) {
+      const c = p[pi];
+      if (c === '*') {
+        while (p[pi + 1] === '*') pi++;
+        if (pi + 1 === p.length) return true;
+        for (let k = si; k <= s.length; k++) if (match(pi + 1, s, k)) return true;
+        return false;
+      }
+      if (si >= s.length) return false;
+      if (c === '?') {
+        si++;
+        pi++;
+        continue;
+      }
+      if (c === '[') {
+        pi++;
+        const not = p[pi] === '^';
+        if (not) pi++;
+        let hit = false;
+        for (;;) {
+          if (pi >= p.length) {
+            pi--; // Redis: an unterminated class ends at the last char
+            break;
+          }
+          if (p[pi] === '\\' && pi + 1 < p.length) {
+            pi++;
+            if (p[pi] === s[si]) hit = true;
+          } else if (p[pi] === ']') {
+            break;
+          } else if (p[pi + 1] === '-' && pi + 2 < p.length && p[pi + 2] !== ']') {
+            let lo = p[pi];
+            let hi = p[pi + 2];
+            if (lo > hi) [lo, hi] = [hi, lo];
+            if (s[si] >= lo && s[si] <= hi) hit = true;
+            pi += 2;
+          } else if (p[pi] === s[si]) {
+            hit = true;
+          }
+          pi++;
+        }
+        if (not) hit = !hit;
+        if (!hit) return false;
+        pi++;
+        si++;
+        continue;
+      }
+      if (c === '\\' && pi + 1 < p.length) pi++;
+      if (p[pi] !== s[si]) return false;
+      pi++;
+      si++;
+    }
+    while (p[pi] === '*') pi++;
+    return pi === p.length && si === s.length;
+  };
+  return (key) => match(0, nocase ? key.toLowerCase() : key, 0);
+}
