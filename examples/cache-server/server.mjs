@@ -321,6 +321,8 @@ function primary(config) {
   for (let i = 0; i < config.workers; i++) fork();
 }
 
+// pageSize is 0 when node-ksm's native addon did not load: there is no Arena to serve from.
+if (!pageSize) fail('the node-ksm native addon is not loaded (run npm rebuild, or see the node-ksm README)');
 const config = parseConfig(process.argv.slice(2));
 if (cluster.isPrimary && config.workers > 1) {
   // Round-robin hand-off by the primary: each connection lands on one worker's store.
