@@ -8,7 +8,7 @@
  *   - autotune's idle ksmd CPU within 2 percentage points of the kernel default's;
  *   - against the advisor: better on one of the two axes and no worse on the other.
  *
- *   node bench/policies.mjs [--workers 4] [--mib 256] [--limit 3m] [--idle 10s]
+ *   node bench/policies.mjs [--workers 4] [--mib 256] [--runs 1] [--limit 3m] [--idle 10s]
  *                           [--policies ...] [--json bench/policies.json] [--svg bench/policies.svg]
  *
  * Needs root. Compiles lib/ into bench/out/policies-lib (not dist/, which other runs
@@ -33,6 +33,7 @@ const { values } = parseArgs({
     workers: { type: 'string', default: '4' },
     mib: { type: 'string', default: '256' },
     limit: { type: 'string', default: '3m' },
+    runs: { type: 'string', default: '1' },
     idle: { type: 'string', default: '10s' },
     policies: { type: 'string', default: 'default,1000,10000,100000,advisor,autotune' },
     json: { type: 'string', default: path.join(here, 'policies.json') },
@@ -65,6 +66,10 @@ let report;
 try {
   const { json, svg, ...rest } = values;
   report = await benchCommand({ ...rest, json, svg }, ac.signal);
+} catch (err) {
+  if (!ac.signal.aborted) throw err;
+  process.stderr.write('\nInterrupted; every KSM setting is back as it was.\n');
+  process.exit(130);
 } finally {
   binding.flock(lockFd, 0);
   fs.closeSync(lockFd);

@@ -35,6 +35,8 @@ export interface BenchOptions {
   limitMs?: number;
   /** The idle window after merging, for ksmd's idle CPU (default 10 s). */
   idleMs?: number;
+  /** Runs of each policy, alternating the order; the figures are medians (default 1). */
+  runs?: number;
   /** Sampling period (default 100 ms). */
   sampleMs?: number;
   /** advisor_target_scan_time for the advisor policy, seconds (default 2). */
@@ -82,6 +84,12 @@ export interface BenchResult {
   fillSeconds: number;
   /** The settings the policy ran with (for autotune: its idle settings). */
   settings: KsmSettings;
+  /** Runs of this policy the figures are the median of. */
+  runs?: number;
+  mergeSecondsRuns?: Array<number | null>;
+  idleCpuPercentRuns?: number[];
+  /** Set when someone else changed the settings during a run: its figures are suspect. */
+  disturbed?: string;
   /** Autotune's changes of state, seconds since the data was in place. */
   transitions?: Array<{ t: number; state: string; reason: string }>;
   samples: BenchSample[];
@@ -92,6 +100,8 @@ export interface BenchReport {
   workers: number;
   mib: number;
   pageSize: number;
+  /** Runs of each policy. */
+  runs: number;
   /** The idle window and the per-policy limit, milliseconds. */
   idleMs: number;
   limitMs: number;
@@ -348,6 +358,7 @@ function validate(options: unknown) {
     mib,
     policies: [...(o.policies ?? DEFAULT_POLICIES)],
     ratio,
+    runs: o.runs === undefined ? 1 : validateInteger(o.runs, 'options.runs', 1, 100),
     limitMs: o.limitMs === undefined ? 180_000 : validateInteger(o.limitMs, 'options.limitMs', 100, 2 ** 31 - 1),
     idleMs: o.idleMs === undefined ? 10_000 : validateInteger(o.idleMs, 'options.idleMs', 0, 2 ** 31 - 1),
     sampleMs: o.sampleMs === undefined ? 100 : validateInteger(o.sampleMs, 'options.sampleMs', 10, 60_000),
@@ -359,8 +370,8 @@ function validate(options: unknown) {
 }
 
 /**
- * Lets ksmd free the rmap items of workers that exited (it does so when it next visits
- * their mm), so pages_sharing of the next policy does not fall under it as they go.
+ * Lets ksmd free the rmap items and stable nodes of workers that exited (it does so only
+ * when it next visits their mm), so the next policy does not pay for that cleanup.
  */
 async function settle(signal?: AbortSignal): Promise<void> {
   const current = readSettings();
@@ -383,15 +394,22 @@ export async function runBenchmark(options: BenchOptions = {}): Promise<BenchRep
   let workers: Workers | undefined;
   let tuner: AutotuneHandle | undefined;
   try {
-    for (const [index, policy] of o.policies.entries()) {
+    // Later rounds run the policies in reverse order, so a drift in the machine's load
+    // does not always favour the same ones.
+    const order = Array.from({ length: o.runs }, (_, r) => (r % 2 === 0 ? o.policies : [...o.policies].reverse())).flat();
+    for (const [index, policy] of order.entries()) {
       if (o.signal?.aborted) throw o.signal.reason;
       const progress = (phase: BenchProgress['phase'], elapsedMs: number, mergedRatio: number, cpuPercent: number) =>
-        o.onProgress?.({ policy, index, of: o.policies.length, phase, elapsedMs, mergedRatio, cpuPercent });
+        o.onProgress?.({ policy, index, of: order.length, phase, elapsedMs, mergedRatio, cpuPercent });
       progress('cleanup', 0, 0, 0);
       await settle(o.signal);
       configure(restorable(originals));
       const settings = policySettings(policy, readSettings(), o.advisorTargetScanTime);
       configure(settings);
+      // Someone else changing the settings mid-run (a test or a tune elsewhere) spoils the
+      // figures; it is seen and reported rather than averaged in.
+      const applied = watchedSettings(readSettings(), policy);
+      let disturbed: string | undefined;
       const transitions: Array<{ at: number; state: string; reason: string }> = [];
       if (policy === 'autotune') {
         tuner = startAutotune({
@@ -436,6 +454,15 @@ export async function runBenchmark(options: BenchOptions = {}): Promise<BenchRep
         samples.push({ t: +t.toFixed(3), mergedPages: merged, savedBytes, cpuPercent: +cpuPercent.toFixed(1) });
         lastCpu = cpu;
         lastT = t;
+        if (disturbed === undefined) {
+          if (tuner) {
+            if (tuner.state === 'overridden' || tuner.state === 'failed') disturbed = `${tuner.history.at(-1)?.reason} (at ${t.toFixed(1)} s)`;
+          } else {
+            const now = watchedSettings(readSettings(), policy);
+            const diff = (Object.keys(applied) as Array<keyof KsmSettings>).filter((k) => now[k] !== applied[k]);
+            if (diff.length > 0) disturbed = `${diff.map((k) => `${k} ${applied[k]} -> ${now[k]}`).join(', ')} by someone else at ${t.toFixed(1)} s`;
+          }
+        }
         if (merged !== lastMerged) {
           lastMerged = merged;
           lastChange = { t, cpu };
@@ -489,6 +516,7 @@ export async function runBenchmark(options: BenchOptions = {}): Promise<BenchRep
         fillSeconds: +fillSeconds.toFixed(3),
         settings,
         ...(policy === 'autotune' ? { transitions: transitions.map(({ at, ...tr }) => ({ t: +((at - t0) / 1000).toFixed(3), ...tr })) } : {}),
+        ...(disturbed !== undefined ? { disturbed } : {}),
         samples,
       });
     }
@@ -498,7 +526,48 @@ export async function runBenchmark(options: BenchOptions = {}): Promise<BenchRep
     await workers?.kill();
     configure(restorable(originals));
   }
-  return { results, workers: o.workers, mib: o.mib, idleMs: o.idleMs, limitMs: o.limitMs, pageSize, clockTicks: clockTicks(), originals };
+  return { results: aggregate(results), workers: o.workers, mib: o.mib, runs: o.runs, idleMs: o.idleMs, limitMs: o.limitMs, pageSize, clockTicks: clockTicks(), originals };
+}
+
+function watchedSettings(s: KsmSettings, policy: BenchPolicy): KsmSettings {
+  const out: KsmSettings = { run: s.run, sleepMillisecs: s.sleepMillisecs, smartScan: s.smartScan, advisorMode: s.advisorMode };
+  // The advisor moves pages_to_scan itself.
+  if (policy !== 'advisor') out.pagesToScan = s.pagesToScan;
+  return out;
+}
+
+const median = (xs: number[]) => {
+  const v = [...xs].sort((a, b) => a - b);
+  return v.length % 2 === 1 ? v[(v.length - 1) / 2]! : (v[v.length / 2 - 1]! + v[v.length / 2]!) / 2;
+};
+
+/**
+ * One record per policy: with several runs, the median of each figure (a policy that
+ * missed the limit counts as infinitely slow), and the samples and transitions of the
+ * run with the median time to merge.
+ */
+function aggregate(raw: BenchResult[]): BenchResult[] {
+  const byPolicy = new Map<string, BenchResult[]>();
+  for (const r of raw) byPolicy.set(r.policy, [...(byPolicy.get(r.policy) ?? []), r]);
+  return [...byPolicy.values()].map((runs) => {
+    if (runs.length === 1) return { ...runs[0]!, runs: 1 };
+    const time = (r: BenchResult) => r.mergeSeconds ?? Infinity;
+    const sorted = [...runs].sort((a, b) => time(a) - time(b));
+    const mid = sorted[(sorted.length - 1) >> 1]!;
+    const m = median(runs.map(time));
+    const disturbed = runs.map((r) => r.disturbed).filter((d) => d !== undefined);
+    return {
+      ...mid,
+      mergeSeconds: Number.isFinite(m) ? +m.toFixed(3) : null,
+      savedBytes: median(runs.map((r) => r.savedBytes)),
+      mergeCpuPercent: +median(runs.map((r) => r.mergeCpuPercent)).toFixed(1),
+      idleCpuPercent: +median(runs.map((r) => r.idleCpuPercent)).toFixed(1),
+      runs: runs.length,
+      mergeSecondsRuns: runs.map((r) => r.mergeSeconds),
+      idleCpuPercentRuns: runs.map((r) => r.idleCpuPercent),
+      ...(disturbed.length > 0 ? { disturbed: disturbed.join('; ') } : { disturbed: undefined }),
+    };
+  });
 }
 
 /** The JSON the CLI writes: one record per policy with the issue's fields first. */

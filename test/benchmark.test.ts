@@ -28,6 +28,8 @@ describe('bench: arguments', () => {
     expect(() => benchArgs({ workers: '1' })).toThrow(/--workers/);
     expect(() => benchArgs({ mib: 'lots' })).toThrow(/--mib/);
     expect(() => benchArgs({ limit: 'soon' })).toThrow(/--limit/);
+    expect(benchArgs({ runs: '3' }).runs).toBe(3);
+    expect(() => benchArgs({ runs: '0' })).toThrow(/--runs/);
   });
 
   it('maps each policy to settings, and rejects unknown ones', () => {

@@ -12,10 +12,11 @@ import { formatBytes, formatSeconds, table } from './format';
 
 export const BENCH_USAGE =
   'node-ksm bench [--workers 4] [--mib 256] [--policies default,1000,10000,100000,advisor,autotune]\n' +
-  '               [--limit 3m] [--idle 10s] [--target-scan-time 2] [--json FILE|-] [--svg FILE]\n' +
+  '               [--runs 1] [--limit 3m] [--idle 10s] [--target-scan-time 2] [--json FILE|-] [--svg FILE]\n' +
   '  Each policy: K workers fill N MiB each of the same pages; time until 95 % are merged, bytes saved,\n' +
   '  ksmd CPU while merging and over --idle after. Numbers are pages_to_scan with sleep 0; advisor is\n' +
-  '  the scan-time advisor with --target-scan-time. --limit caps each policy. Changes the machine-wide\n' +
+  '  the scan-time advisor with --target-scan-time. --limit caps each policy; --runs repeats them all\n' +
+  '  (alternating the order) and reports medians. Changes the machine-wide\n' +
   '  KSM settings while it runs (other KSM users see them) and restores them all at the end.';
 
 /** `--json` takes a file here (the issue's `--json FILE`); `-` prints the JSON instead of the table. */
@@ -24,6 +25,7 @@ export const BENCH_OPTIONS: Options = {
   mib: { type: 'string', short: 'm' },
   policies: { type: 'string' },
   limit: { type: 'string' },
+  runs: { type: 'string' },
   idle: { type: 'string' },
   'target-scan-time': { type: 'string' },
   json: { type: 'string' },
@@ -35,6 +37,7 @@ export interface BenchArgs {
   mib: number;
   policies: string[];
   limitMs: number;
+  runs: number;
   idleMs: number;
   advisorTargetScanTime: number;
   jsonFile?: string;
@@ -56,6 +59,7 @@ export function benchArgs(v: Values): BenchArgs {
     mib: parseCount(str(v, 'mib') ?? '256', 'mib', 1),
     policies,
     limitMs: parseDuration(str(v, 'limit') ?? '3m', 'limit'),
+    runs: parseCount(str(v, 'runs') ?? '1', 'runs', 1),
     idleMs: parseDuration(str(v, 'idle') ?? '10s', 'idle'),
     advisorTargetScanTime: parseCount(str(v, 'target-scan-time') ?? '2', 'target-scan-time', 1),
     jsonFile: str(v, 'json'),
@@ -77,10 +81,12 @@ export function renderBench(report: BenchReport): string {
       `${(r.mergedRatio * 100).toFixed(1)} %`,
     ]);
   }
+  const notes = report.results.filter((r) => r.disturbed).map((r) => `! ${r.policy}: settings changed during the run (${r.disturbed}); its figures are suspect.`);
   return [
-    `${report.workers} workers x ${report.mib} MiB of identical pages. ksmd CPU in % of one core (clock ticks: ${report.clockTicks.source});`,
+    `${report.workers} workers x ${report.mib} MiB of identical pages${report.runs > 1 ? `, median of ${report.runs} runs` : ''}. ksmd CPU in % of one core (clock ticks: ${report.clockTicks.source});`,
     `idle: over the ${formatSeconds(report.idleMs / 1000)} after merging finished (no merges for 1 s). Changing global settings: other KSM users saw these policies.`,
     ...table(rows),
+    ...notes,
   ].join('\n');
 }
 
@@ -134,6 +140,7 @@ export async function benchCommand(v: Values, signal: AbortSignal, out: NodeJS.W
     mib: a.mib,
     policies: a.policies,
     limitMs: a.limitMs,
+    runs: a.runs,
     idleMs: a.idleMs,
     advisorTargetScanTime: a.advisorTargetScanTime,
     signal,
