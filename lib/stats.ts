@@ -200,9 +200,10 @@ export interface BufferStats {
   /** Pages the statistics cover (those the buffer's bytes touch, its own padding included). */
   pages: number;
   /**
-   * Of those, pages in RAM, counted as smaps' Rss counts them: a page of its own or a
-   * KSM page, not a page never written (or mapping the shared zero page) and not one
-   * swapped out. The `pagemap` method cannot tell the zero page apart and counts it.
+   * Of those, pages present in RAM: a page of its own, a KSM page, or the shared zero
+   * page (see `zeroPages`), so that `(mergedPages + zeroPages) / residentPages` is the
+   * merged share. Not pages never touched, nor swapped out. The `smaps` method counts as
+   * smaps' Rss does, which leaves zero-page mappings out on both sides.
    */
   residentPages: number;
   /** Of those, pages that are KSM pages (merged with an identical page). */
@@ -406,8 +407,7 @@ export function bufferStats(buf: ArrayBufferView | ArrayBuffer, options: BufferS
       ? true
       : mergeableIn(parseSmaps(readVmaText('smaps', rangeStart, rangeEnd)), rangeStart, rangeEnd);
   if (states.ksm !== null && method !== 'pagemap') {
-    const zero = states.zero ?? 0;
-    return result('kpageflags', states.present - zero, states.ksm, mergeable, zero);
+    return result('kpageflags', states.present, states.ksm, mergeable, states.zero ?? 0);
   }
   return result('pagemap', states.present, states.present - states.exclusive, mergeable);
 }

@@ -70,11 +70,6 @@ describe('after two duplicate buffers merge (real kernel)', () => {
     // Everything is read under the lock, once merging is complete (or has stopped
     // changing): then nobody else's use of ksmd can move the figures between two reads.
     await withFastKsm(async () => {
-      // Other test runs free their merged buffers just after they let go of the lock:
-      // let the machine's figure settle before taking it as the baseline.
-      let last = systemStats().pagesSharing;
-      await pollUntil(() => last === (last = systemStats().pagesSharing), 10_000, 500);
-      const sysBefore = systemStats();
       for (const x of [a, b, random]) setMergeable(x, true);
       const merged = await pollUntil(
         () => bufferStats(a).mergedPages >= 0.95 * pages && bufferStats(b).mergedPages >= 0.95 * pages,
@@ -130,13 +125,28 @@ describe('after two duplicate buffers merge (real kernel)', () => {
         expect(bufferStats(buf, { method: 'pagemap' }).mergedPages).toBe(s.mergedPages);
       }
 
-      // The machine: each pair of ours is one KSM page and one sharer more, so the figure
-      // counts ours whatever other processes do, and it rose (unless another process
-      // unmerged a whole buffer's worth in these few seconds).
+      // The machine: each pair of ours is one KSM page and one sharer more.
       expect(sysAfter.pagesSharing!).toBeGreaterThanOrEqual(Math.min(sa.mergedPages, sb.mergedPages));
-      expect(sysAfter.pagesSharing!).toBeGreaterThan(sysBefore.pagesSharing!);
       expect(sysAfter.savedBytes).toBe((sysAfter.pagesSharing! + Math.max(0, sysAfter.ksmZeroPages ?? 0)) * pageSize);
       expect(sysAfter.sharingRatio).toBeGreaterThanOrEqual(1);
+      // pagesSharing is the whole machine's, and other processes merge (our ksmd runs for
+      // them too) and unmerge at any time. So watch it over windows that hold little but
+      // ours: a's pairs unmerging (ksmd drops their rmap items on its next pass), then
+      // merging again; a window someone else disturbed is tried again.
+      const ours = sa.mergedPages;
+      const near = (n: number) => Math.abs(n - ours) <= 0.05 * ours;
+      const others = sb.mergedPages + sr.mergedPages;
+      let moved = { fell: 0, rose: 0 };
+      for (let attempt = 0; attempt < 3 && !(near(moved.fell) && near(moved.rose)); attempt++) {
+        const s0 = systemStats().pagesSharing!;
+        setMergeable(a, false);
+        await pollUntil(() => processStats().mergingPages === others, 30_000, 10);
+        const s1 = systemStats().pagesSharing!;
+        setMergeable(a, true);
+        await pollUntil(() => processStats().mergingPages === others + ours, 30_000, 10);
+        moved = { fell: s0 - s1, rose: systemStats().pagesSharing! - s1 };
+      }
+      expect(near(moved.fell) && near(moved.rose), `pagesSharing moved ${JSON.stringify(moved)}, ours ${ours}`).toBe(true);
 
       // A sub-range is measured alone, not by its mapping.
       const half = a.subarray(0, size / 2);
@@ -234,7 +244,7 @@ describe('bufferStats without merging', () => {
     expect(bufferStats(untouched, { method: 'kpageflags' })).toMatchObject({ pages: 2, residentPages: 0, mergedPages: 0, method: 'kpageflags' });
   });
 
-  it('counts pages mapping the zero page apart from resident ones (kpageflags)', () => {
+  it('says which resident pages map the shared zero page (kpageflags)', () => {
     const buf = alloc(4 * pageSize);
     live.push(buf);
     let sum = 0;
@@ -242,7 +252,7 @@ describe('bufferStats without merging', () => {
     expect(sum).toBe(0);
     const s = bufferStats(buf, { method: 'kpageflags' });
     expect(s.zeroPages).toBe(4);
-    expect(s.residentPages).toBe(0);
+    expect(s.residentPages).toBe(4);
     expect(s.mergedPages).toBe(0);
   });
 
