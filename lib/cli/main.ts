@@ -11,6 +11,8 @@ import { renderStatus, status } from './status';
 import { renderTop, top } from './top';
 import { startExporter } from './exporter';
 import { watch } from './watch';
+import { AUTOTUNE_OPTIONS, AUTOTUNE_USAGE, autotuneCommand } from './autotune';
+import { BENCH_OPTIONS, BENCH_USAGE, benchCommand } from './bench';
 
 interface Command {
   summary: string;
@@ -148,6 +150,23 @@ const COMMANDS: Record<string, Command> = {
       await new Promise<void>((resolve) => signal.addEventListener('abort', () => resolve(), { once: true }));
       server.closeAllConnections();
       await new Promise<void>((resolve) => server.close(() => resolve()));
+    },
+  },
+  bench: {
+    summary: 'time each scanner policy on K workers x N MiB of identical pages (root; changes settings while it runs)',
+    usage: BENCH_USAGE,
+    // --json takes a file here (or - for stdout): the results are an array, not a status.
+    options: BENCH_OPTIONS,
+    async run(v) {
+      await benchCommand(v, stopSignal());
+    },
+  },
+  autotune: {
+    summary: 'boost ksmd while there is work, idle at the kernel default cost otherwise (root; foreground)',
+    usage: AUTOTUNE_USAGE,
+    options: AUTOTUNE_OPTIONS,
+    async run(v) {
+      await autotuneCommand(v, stopSignal());
     },
   },
 };
