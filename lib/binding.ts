@@ -82,8 +82,10 @@ function load(): { binding: NativeBinding | null; loadError: string | null } {
       binding: null,
       loadError:
         `The node-ksm native addon could not be loaded (${reason}). ` +
-        `No prebuilt binary matches ${process.platform}-${process.arch} and none was built from source: ` +
-        `install a C++ compiler, make and python3 (Debian/Ubuntu: apt-get install build-essential python3), then run "npm rebuild node-ksm".`,
+        `No prebuilt binary for ${process.platform}-${process.arch} loads here and none was built from source: ` +
+        `install a C++ compiler, make and python3 (Debian/Ubuntu: apt-get install build-essential python3; Alpine: apk add build-base python3), ` +
+        `allow node-ksm's install script if your package manager skips them (npm >= 11: npm install-scripts approve node-ksm), ` +
+        `then run "npm rebuild node-ksm".`,
     };
   }
 }

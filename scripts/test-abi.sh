@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# ABI proof: the one linux-x64 N-API prebuild (no rebuild per Node version) loads and
+# passes the native-facing tests under each supported Node major, using official Node
+# binaries from the npm registry (scripts/node-dist.sh). Needs prebuilds/linux-x64
+# (built first when missing).
+# Usage: scripts/test-abi.sh [majors...]       (default: 20 22 24)
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+majors=("$@"); [ ${#majors[@]} -gt 0 ] || majors=(20 22 24)
+prebuild=$(ls prebuilds/linux-x64/*.node 2>/dev/null | head -1 || true)
+[ -n "$prebuild" ] || { bash scripts/prebuild.sh x64; prebuild=$(ls prebuilds/linux-x64/*.node | head -1); }
+files=(${NODE_KSM_ABI_TESTS:-test/memory.test.ts test/gc.test.ts test/worker.test.ts test/merge.test.ts})
+failed=() passed=()
+for major in "${majors[@]}"; do
+  node_bin=$(bash scripts/node-dist.sh "$major" x64)
+  version=$("$node_bin" --version)
+  printf '\n=== Node %s (%s) with %s\n' "$version" "$node_bin" "$prebuild"
+  started=$(date +%s)
+  # vitest's forks pool starts its workers with process.execPath, so they run this Node too.
+  if NODE_KSM_BINARY="$prebuild" "$node_bin" node_modules/vitest/vitest.mjs run "${files[@]}"; then
+    passed+=("$version ($(( $(date +%s) - started ))s)")
+  else
+    failed+=("$version")
+  fi
+done
+echo
+echo "ABI check: passed on ${passed[*]:-none}; failed on ${failed[*]:-none}"
+[ ${#failed[@]} -eq 0 ]
