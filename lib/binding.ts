@@ -20,6 +20,12 @@ export interface RegionInfo {
   address?: bigint;
   mappingAddress?: bigint;
   mappingLength?: number;
+  /**
+   * The MADV_(UN)MERGEABLE advice last given to the whole mapping through node-ksm, or
+   * null when part of it was advised otherwise (only smaps knows then). Process-wide
+   * merging (PR_SET_MEMORY_MERGE) is not reflected here.
+   */
+  mergeable?: boolean | null;
 }
 
 export interface PageStates {

@@ -201,6 +201,7 @@ Napi::Value AllocWindow(Napi::Env env, Instance* inst, size_t size, size_t exten
   m->base = reinterpret_cast<uint8_t*>(aligned);
   m->length = extent;
   m->window = true;
+  m->mergeable = mergeable ? 1 : 0;
   m->inst = inst;
   m->stores = 1;
   inst->mappings++;
@@ -276,6 +277,7 @@ Napi::Value Alloc(const Napi::CallbackInfo& info) {
   Mapping* m = new Mapping();
   m->base = static_cast<uint8_t*>(base);
   m->length = length;
+  m->mergeable = mergeable ? 1 : 0;
   m->inst = inst;
   inst->mappings++;
   inst->mappedBytes += static_cast<int64_t>(length);
@@ -372,6 +374,10 @@ Napi::Value Madvise(const Napi::CallbackInfo& info) {
     default: ThrowRangeError(env, "The value of \"advice\" is out of range");
   }
   if (madvise(r->data() + offset, len, adv) != 0) throw ErrnoError(env, errno, "madvise");
+  if (advice == kMergeable || advice == kUnmergeable) {
+    bool whole = r->offset + offset == 0 && len == r->mapping->length;
+    r->mapping->mergeable = whole ? (advice == kMergeable ? 1 : 0) : -1;
+  }
   return env.Undefined();
 }
 
@@ -422,6 +428,14 @@ Napi::Value MarkMergeable(const Napi::CallbackInfo& info) {
           0) {
     throw ErrnoError(env, errno, "madvise");
   }
+  if (covered > 0) {
+    // Advice given by address to one of our own buffers: the record no longer knows it.
+    napi_value ab = info[0];
+    if (info[0].IsTypedArray()) ab = info[0].As<Napi::TypedArray>().ArrayBuffer();
+    if (info[0].IsDataView()) ab = info[0].As<Napi::DataView>().ArrayBuffer();
+    Region* r = FindRegion(env, ab);
+    if (r != nullptr && r->mapping != nullptr) r->mapping->mergeable = -1;
+  }
   result.Set("offset", Napi::Number::New(env, covered > 0 ? static_cast<double>(first - start) : 0));
   result.Set("length", Napi::Number::New(env, static_cast<double>(covered)));
   return result;
@@ -447,6 +461,8 @@ Napi::Value Info(const Napi::CallbackInfo& info) {
     o.Set("mappingAddress", Napi::BigInt::New(env, static_cast<uint64_t>(
                                                        reinterpret_cast<uintptr_t>(r->mapping->base))));
     o.Set("mappingLength", Napi::Number::New(env, static_cast<double>(r->mapping->length)));
+    o.Set("mergeable", r->mapping->mergeable < 0 ? env.Null()
+                                                 : Napi::Boolean::New(env, r->mapping->mergeable == 1));
   }
   return o;
 }

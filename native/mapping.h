@@ -22,6 +22,9 @@ struct Mapping {
   // A page-aligned window inside a V8-owned ArrayBuffer (runtimes that refuse external
   // ArrayBuffers): V8 frees the memory, we only ever madvise it.
   bool window = false;
+  // The MADV_(UN)MERGEABLE advice last given to the whole mapping through this addon:
+  // 1 or 0, or -1 once part of it was advised differently (then only smaps knows).
+  int mergeable = -1;
   size_t stores = 0;        // live backing stores pointing into it
   std::vector<Region*> regions;  // regions whose ArrayBuffer may still be attached
   Instance* inst = nullptr;

@@ -398,3 +398,35 @@ describe('support', () => {
     });
   }, LOCKED);
 });
+
+describe('bufferStats mergeable flag from the recorded advice', () => {
+  it('follows setMergeable and markMergeable without disagreeing with smaps', () => {
+    const buf = alloc(1 << 20);
+    // Each answer is checked against the VmFlags of the buffer's mapping, read here.
+    const vmFlagMg = (): boolean => {
+      const addr = binding!.addressOf(buf);
+      let inside = false;
+      for (const line of fs.readFileSync('/proc/self/smaps', 'utf8').split('\n')) {
+        const m = /^([0-9a-f]+)-([0-9a-f]+) /.exec(line);
+        if (m) inside = addr >= BigInt(`0x${m[1]}`) && addr < BigInt(`0x${m[2]}`);
+        else if (inside && line.startsWith('VmFlags:')) return line.split(/\s+/).includes('mg');
+      }
+      throw new Error('mapping not found in smaps');
+    };
+    const check = (expected: boolean) => {
+      expect(vmFlagMg()).toBe(expected);
+      expect(bufferStats(buf).mergeable).toBe(expected);
+      expect(bufferStats(buf, { method: 'pagemap' }).mergeable).toBe(expected);
+    };
+    expect(binding!.info(buf.buffer as ArrayBuffer)!.mergeable).toBe(true);
+    check(true);
+    setMergeable(buf, false);
+    expect(binding!.info(buf.buffer as ArrayBuffer)!.mergeable).toBe(false);
+    check(false);
+    // Advice by address to one of our own buffers: the record no longer claims to know.
+    markMergeable(buf);
+    expect(binding!.info(buf.buffer as ArrayBuffer)!.mergeable).toBeNull();
+    check(true);
+    free(buf);
+  });
+});
