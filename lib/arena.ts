@@ -43,7 +43,6 @@
  *   through a FinalizationRegistry would cost a registration per buffer and is not
  *   reliable: in this project's test runs its callbacks stopped for the whole process.)
  */
-import { markAsUntransferable } from 'node:worker_threads';
 import { native, type NativeBinding } from './binding';
 import { KsmError, invalidArgType, validateBoolean, validateInteger } from './errors';
 import { arrayBufferOf, maxAllocSize, type BinaryLike } from './memory';
@@ -212,7 +211,6 @@ export class Arena {
       this.#freeRun(chunk, start, pages);
       throw err;
     }
-    markAsUntransferable(view);
     const id = chunk.slot + start * SLOT_SPAN;
     this.#owned.set(view, id);
     this.#liveBuffers++;
@@ -283,7 +281,6 @@ export class Arena {
   #allocDedicated(size: number, pages: number): Buffer {
     const slot = this.#freeSlot();
     const ab = this.#b.alloc(size, this.mergeable);
-    markAsUntransferable(ab);
     this.#slots[slot] = { dedicated: true, slot, size, pages, ab };
     this.#owned.set(ab, slot);
     this.#liveBuffers++;

@@ -3,7 +3,6 @@
  * madvise on any ArrayBuffer, and process-wide merging (prctl).
  */
 import { constants as bufferConstants } from 'node:buffer';
-import { markAsUntransferable } from 'node:worker_threads';
 import { binding, native } from './binding';
 import { KsmError, invalidArgType, validateBoolean, validateInteger } from './errors';
 
@@ -59,8 +58,6 @@ export function alloc(size: number, options: AllocOptions = {}): Buffer {
   } catch (err) {
     throw unsupportedIfEinval(err, 'MADV_MERGEABLE');
   }
-  // Moving the memory to another thread would let it outlive free(); forbid it.
-  markAsUntransferable(ab);
   return Buffer.from(ab, b.mode === 'window' ? b.info(ab)!.bufferOffset : 0, size);
 }
 
