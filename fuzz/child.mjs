@@ -482,7 +482,7 @@ const OPS = [
     } catch (err) {
       check(err?.name === 'DataCloneError', `transfer threw ${err?.name}`);
     }
-    // markAsUntransferable: the message gets a copy, the buffer stays where it is.
+    // External memory never moves: Node 20 sends a copy, Node >= 22 refuses (DataCloneError).
     check(ab.byteLength === before, 'a node-ksm ArrayBuffer was transferred (detached by structuredClone)');
     check(copy === undefined || copy !== ab, 'structuredClone returned the same ArrayBuffer');
   }],
@@ -507,6 +507,11 @@ const OPS = [
       owned.push({ buf, fill: 0, touched: 0 });
     }
     if (r.ok && fn === 'view') views.push(r.value);
+    if (r.ok && fn === 'madvise' && args[3] === binding.advice.DONTNEED) {
+      // Legitimately zeroes pages of whatever mapping that was: contents are unknown now.
+      for (const o of owned) o.fill = null;
+      for (const a of arenas) for (const b of a.bufs) b.fill = null;
+    }
   }],
   [3, 'drop', () => {
     // Forget something without freeing it: the GC's finalizer must unmap it.

@@ -1,0 +1,134 @@
+/**
+ * Global-state faults: several processes boosting the scanner at once, killed at random
+ * moments by SIGKILL or SIGTERM or dying of an uncaught exception, some in the middle of
+ * boost() or release(). Afterwards every /sys/kernel/mm/ksm value must equal what it was:
+ * by itself when no process was SIGKILLed (the exit and signal handlers restore), and
+ * after restore() when one was (no handler sees SIGKILL). The whole test holds the
+ * machine-wide test lock, and the boosts use a private state directory, so nobody
+ * else's boost is touched.
+ */
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { boostState, restore } from '../lib/boost';
+import { lockKsm, requireKsm } from './helpers/ksm';
+import { diff, restore as putBack, snapshot } from './helpers/sysfs';
+
+const ROOT = path.join(__dirname, '..');
+const DIST = path.join(ROOT, 'dist');
+
+beforeAll(async () => {
+  const probe = path.join(DIST, 'boost.js');
+  const newest = Math.max(...fs.readdirSync(path.join(ROOT, 'lib')).filter((f) => f.endsWith('.ts')).map((f) => fs.statSync(path.join(ROOT, 'lib', f)).mtimeMs));
+  if (!fs.existsSync(probe) || fs.statSync(probe).mtimeMs < newest) {
+    await new Promise((resolve) => spawn('npx', ['tsc', '-p', '.'], { cwd: ROOT, stdio: 'ignore' }).on('exit', resolve));
+  }
+  expect(fs.existsSync(probe)).toBe(true);
+}, 120_000);
+
+/**
+ * A boosting child. `hold`: boost and wait to be killed. `throw`: boost, then throw after
+ * `delay` ms. `churn`: boost and release in a loop with varying requests, so a kill lands
+ * inside boost() or release() as often as between them.
+ */
+const CHILD = `
+const b = require(${JSON.stringify(`${DIST}/boost.js`)});
+const [mode, stateDir, delay, seed] = process.argv.slice(1);
+let x = Number(seed) >>> 0 || 1;
+const rnd = () => ((x ^= x << 13), (x ^= x >>> 17), (x ^= x << 5), (x >>> 0) / 4294967296);
+(async () => {
+  if (mode === 'churn') {
+    for (;;) {
+      const h = await b.boost({ stateDir, pagesToScan: 1000 + Math.floor(rnd() * 20000), sleepMillisecs: Math.floor(rnd() * 3) });
+      process.stdout.write('boosted\\n');
+      if (rnd() < 0.5) await new Promise((r) => setTimeout(r, Math.floor(rnd() * 5)));
+      await h.release();
+    }
+  }
+  await b.boost({ stateDir, pagesToScan: 5000 + Math.floor(rnd() * 10000) });
+  process.stdout.write('boosted\\n');
+  if (mode === 'throw') setTimeout(() => { throw new Error('uncaught, on purpose'); }, Number(delay));
+  else setInterval(() => {}, 1000);
+})();
+`;
+
+type Fate = 'SIGKILL' | 'SIGTERM' | 'throw';
+
+interface Outcome {
+  fate: Fate;
+  boosted: boolean;
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stderr: string;
+}
+
+let seed = Date.now() % 100000;
+const rnd = () => {
+  seed = (seed * 1103515245 + 12345) % 2147483648;
+  return seed / 2147483648;
+};
+
+function runOne(fate: Fate, stateDir: string): Promise<Outcome> {
+  const mode = fate === 'throw' ? 'throw' : rnd() < 0.5 ? 'churn' : 'hold';
+  const delay = Math.floor(rnd() * 400);
+  const child = spawn(process.execPath, ['-e', CHILD, mode, stateDir, String(delay), String(Math.floor(rnd() * 1e9))], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let boosted = false;
+  let stderr = '';
+  child.stdout.on('data', () => (boosted = true));
+  child.stderr.on('data', (d) => (stderr += d));
+  // Killed at a random moment: before node-ksm has even loaded, while waiting for the
+  // boost lock, between the state file and the knobs, inside release(), or while held.
+  const timer = fate === 'throw' ? null : setTimeout(() => child.kill(fate), delay);
+  const guard = setTimeout(() => child.kill('SIGKILL'), 30_000);
+  return new Promise((resolve) =>
+    child.on('exit', (code, signal) => {
+      if (timer) clearTimeout(timer);
+      clearTimeout(guard);
+      resolve({ fate, boosted, code, signal, stderr });
+    }),
+  );
+}
+
+describe('boosting processes that die at random moments', () => {
+  let stateDir = '';
+
+  for (const withSigkill of [false, true, false, true]) {
+    it(`leave /sys/kernel/mm/ksm as it was ${withSigkill ? 'after restore() (some were SIGKILLed)' : 'by themselves (SIGTERM and uncaught exceptions only)'}`, async (ctx) => {
+      requireKsm(ctx);
+      stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'ksm-boost-faults-'));
+      const unlock = await lockKsm();
+      const before = snapshot();
+      try {
+        const fates: Fate[] = Array.from({ length: 6 }, (_, i) => {
+          const choices: Fate[] = withSigkill ? ['SIGKILL', 'SIGTERM', 'throw'] : ['SIGTERM', 'throw'];
+          // At least one of each kind in every round.
+          return i < choices.length ? choices[i]! : choices[Math.floor(rnd() * choices.length)]!;
+        });
+        const outcomes = await Promise.all(fates.map((f) => runOne(f, stateDir)));
+        ctx.annotate(outcomes.map((o) => `${o.fate}${o.boosted ? ' (had boosted)' : ''} -> ${o.signal ?? `exit ${o.code}`}`).join('; '));
+        for (const o of outcomes) {
+          // Each died the way it was meant to, and of nothing else (no crash of ours).
+          if (o.fate === 'throw') expect(o.stderr).toMatch(/uncaught, on purpose/);
+          else expect(o.signal === o.fate || (o.fate === 'SIGTERM' && o.code !== null && o.code !== 0), o.stderr).toBe(true);
+          expect(o.stderr).not.toMatch(/Segmentation|Abort|FATAL|KsmError/);
+        }
+        expect(outcomes.some((o) => o.boosted)).toBe(true);
+        if (withSigkill) {
+          // A SIGKILLed holder may be left in the state file: restore() finds it dead.
+          await restore({ stateDir });
+        }
+        expect(boostState({ stateDir })).toBeNull();
+        expect(diff(before, snapshot())).toEqual([]);
+      } finally {
+        const changed = diff(before, snapshot());
+        if (changed.length > 0) putBack(before);
+        unlock();
+        fs.rmSync(stateDir, { recursive: true, force: true });
+      }
+    }, 900_000);
+  }
+});
