@@ -96,14 +96,14 @@ function runOne(fate: Fate, stateDir: string): Promise<Outcome> {
 describe('boosting processes that die at random moments', () => {
   let stateDir = '';
 
-  for (const withSigkill of [false, true, false, true]) {
+  for (const withSigkill of [false, true, false, true, false, true, false, true]) {
     it(`leave /sys/kernel/mm/ksm as it was ${withSigkill ? 'after restore() (some were SIGKILLed)' : 'by themselves (SIGTERM and uncaught exceptions only)'}`, async (ctx) => {
       requireKsm(ctx);
       stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'ksm-boost-faults-'));
       const unlock = await lockKsm();
       const before = snapshot();
       try {
-        const fates: Fate[] = Array.from({ length: 6 }, (_, i) => {
+        const fates: Fate[] = Array.from({ length: 8 }, (_, i) => {
           const choices: Fate[] = withSigkill ? ['SIGKILL', 'SIGTERM', 'throw'] : ['SIGTERM', 'throw'];
           // At least one of each kind in every round.
           return i < choices.length ? choices[i]! : choices[Math.floor(rnd() * choices.length)]!;
