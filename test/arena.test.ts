@@ -9,6 +9,7 @@ import { alloc, free, pageSize } from '../lib/memory';
 import { parseSmaps } from '../lib/procfs';
 import { bufferStats } from '../lib/stats';
 import { fillPages, pollUntil, requireKsm, withFastKsm } from './helpers/ksm';
+import { expectCode } from './helpers/expect';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -37,16 +38,6 @@ function peek(address: bigint, length: number): Buffer {
   return out;
 }
 
-function expectCode(fn: () => unknown, ctor: new (...args: never[]) => Error, code: string): void {
-  let caught: unknown;
-  try {
-    fn();
-  } catch (err) {
-    caught = err;
-  }
-  expect(caught, `expected ${ctor.name} ${code}`).toBeInstanceOf(ctor);
-  expect((caught as { code?: string }).code).toBe(code);
-}
 
 async function collect(): Promise<void> {
   for (let i = 0; i < 3; i++) {

@@ -1,5 +1,6 @@
 import fs from 'node:fs';
 import { describe, expect, it } from 'vitest';
+import { expectCode } from './helpers/expect';
 import { binding } from '../lib/binding';
 import { SANITIZED } from './helpers/ksm';
 import { KsmError } from '../lib/errors';
@@ -38,16 +39,6 @@ function vmFlagsAt(buf: Buffer): string[] {
 /** Window mode: the runtime refuses external ArrayBuffers, buffers are windows of V8 memory. */
 const WINDOW = binding?.mode === 'window';
 
-function expectCode(fn: () => unknown, ctor: new (...args: never[]) => Error, code: string): void {
-  let caught: unknown;
-  try {
-    fn();
-  } catch (err) {
-    caught = err;
-  }
-  expect(caught, `expected ${ctor.name} ${code}`).toBeInstanceOf(ctor);
-  expect((caught as { code?: string }).code).toBe(code);
-}
 
 describe('pageSize', () => {
   it('comes from the system', () => {

@@ -4,7 +4,8 @@ import { boostState } from '../lib/boost';
 import { readSettings } from '../lib/control';
 import { alloc, free, pageSize } from '../lib/memory';
 import { expectMerged, toBeMerged, withKsm, type KsmMatchers } from '../lib/testing';
-import { fillPages, lockKsm, requireKsm } from './helpers/ksm';
+import { lockedAndReleased } from './helpers/expect';
+import { fillPages, requireKsm } from './helpers/ksm';
 
 declare module 'vitest' {
   // eslint-disable-next-line @typescript-eslint/no-explicit-any, @typescript-eslint/no-empty-object-type
@@ -14,20 +15,6 @@ expect.extend({ toBeMerged });
 
 const MiB = 1024 * 1024;
 
-async function locked<T>(fn: () => Promise<T>): Promise<T> {
-  const unlock = await lockKsm();
-  const before = readSettings();
-  try {
-    return await fn();
-  } finally {
-    try {
-      expect(boostState()).toBeNull();
-      expect(readSettings()).toEqual(before);
-    } finally {
-      unlock();
-    }
-  }
-}
 
 function buffers(): { dup: Buffer; twin: Buffer; rand: Buffer; free(): void } {
   const dup = alloc(4 * MiB);
@@ -43,7 +30,7 @@ describe('node-ksm/testing', { timeout: 900_000 }, () => {
   beforeEach(({ skip }) => requireKsm({ skip }));
 
   it('withKsm boosts around fn and restores after, also when fn throws', () =>
-    locked(async () => {
+    lockedAndReleased(async () => {
       const inside = await withKsm(() => readSettings());
       expect(inside).toMatchObject({ run: 1, sleepMillisecs: 0, smartScan: 0 });
       const failure = new Error('inside');
@@ -56,7 +43,7 @@ describe('node-ksm/testing', { timeout: 900_000 }, () => {
     }));
 
   it('expectMerged resolves with the figures for duplicates, throws an AssertionError for unique data', () =>
-    locked(async () => {
+    lockedAndReleased(async () => {
       const b = buffers();
       try {
         const r = await expectMerged(b.dup);
@@ -71,7 +58,7 @@ describe('node-ksm/testing', { timeout: 900_000 }, () => {
     }));
 
   it('expectMerged with a time limit that is too short fails as an assertion', () =>
-    locked(async () => {
+    lockedAndReleased(async () => {
       const b = buffers();
       try {
         const err = await expectMerged(b.rand, 0.5, { timeoutMs: 0 }).catch((e: unknown) => e);
@@ -83,7 +70,7 @@ describe('node-ksm/testing', { timeout: 900_000 }, () => {
     }));
 
   it('toBeMerged works as a vitest matcher, with .not', () =>
-    locked(async () => {
+    lockedAndReleased(async () => {
       const b = buffers();
       try {
         await expect(b.dup).toBeMerged();

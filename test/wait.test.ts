@@ -3,25 +3,11 @@ import { boostState } from '../lib/boost';
 import { configure, readSettings } from '../lib/control';
 import { alloc, free, pageSize } from '../lib/memory';
 import { waitForMerge } from '../lib/wait';
-import { fillPages, lockKsm, requireKsm } from './helpers/ksm';
+import { lockedAndReleased } from './helpers/expect';
+import { fillPages, requireKsm } from './helpers/ksm';
 
 const MiB = 1024 * 1024;
 
-/** Under the test lock; the boosts these tests take must all be released by the end. */
-async function locked<T>(fn: () => Promise<T>): Promise<T> {
-  const unlock = await lockKsm();
-  const before = readSettings();
-  try {
-    return await fn();
-  } finally {
-    try {
-      expect(boostState()).toBeNull();
-      expect(readSettings()).toEqual(before);
-    } finally {
-      unlock();
-    }
-  }
-}
 
 function duplicates(bytes: number, seed: number): [Buffer, Buffer] {
   const a = alloc(bytes);
@@ -68,7 +54,7 @@ describe('waitForMerge: with the kernel', { timeout: 900_000 }, () => {
   beforeEach(({ skip }) => requireKsm({ skip }));
 
   it('with ksmd off and boost: false, rejects with ERR_KSM_DISABLED at once', () =>
-    locked(async () => {
+    lockedAndReleased(async () => {
       const prev = configure({ run: 0 });
       const [a, b] = duplicates(MiB, 1);
       try {
@@ -88,7 +74,7 @@ describe('waitForMerge: with the kernel', { timeout: 900_000 }, () => {
     }));
 
   it('duplicate buffers: resolves when merged, with exact figures', () =>
-    locked(async () => {
+    lockedAndReleased(async () => {
       const [a, b] = duplicates(8 * MiB, 2);
       try {
         const seen: number[] = [];
@@ -100,7 +86,7 @@ describe('waitForMerge: with the kernel', { timeout: 900_000 }, () => {
         expect((r.stats as { mergedPages: number }).mergedPages).toBeGreaterThanOrEqual(0.95 * r.totalPages);
         expect(r.elapsedMs).toBeGreaterThan(0);
         for (const n of seen) expect(n).toBeLessThanOrEqual(r.totalPages);
-        // The boost is held only while waiting (checked again by locked()).
+        // The boost is held only while waiting (checked again by lockedAndReleased()).
         expect(boostState()).toBeNull();
         // Already merged: resolves at once, without ksmd.
         const again = await waitForMerge(b, { ratio: 0.9 });
@@ -112,7 +98,7 @@ describe('waitForMerge: with the kernel', { timeout: 900_000 }, () => {
     }));
 
   it('random data: resolves after quiet full scans with a low ratio, not a timeout', () =>
-    locked(async () => {
+    lockedAndReleased(async () => {
       const c = unique(4 * MiB, 3);
       try {
         const r = await waitForMerge(c, { boost: true, timeoutMs: 600_000 });
@@ -126,7 +112,7 @@ describe('waitForMerge: with the kernel', { timeout: 900_000 }, () => {
     }));
 
   it("'process': the share of the process's mergeable memory", () =>
-    locked(async () => {
+    lockedAndReleased(async () => {
       const [a, b] = duplicates(8 * MiB, 4);
       const c = unique(2 * MiB, 5);
       try {
@@ -145,7 +131,7 @@ describe('waitForMerge: with the kernel', { timeout: 900_000 }, () => {
     }));
 
   it('abort while boosting: rejects with the signal reason and releases the boost', () =>
-    locked(async () => {
+    lockedAndReleased(async () => {
       const c = unique(4 * MiB, 6);
       try {
         const controller = new AbortController();
@@ -159,7 +145,7 @@ describe('waitForMerge: with the kernel', { timeout: 900_000 }, () => {
     }));
 
   it('abort while polling a slow scanner: rejects with the signal reason', () =>
-    locked(async () => {
+    lockedAndReleased(async () => {
       // The kernel's default pace (100 pages per 20 ms): 16 MiB takes seconds per full scan.
       const prev = configure({ run: 1, advisorMode: 'none', pagesToScan: 100, sleepMillisecs: 20 });
       const c = unique(16 * MiB, 8);
@@ -176,7 +162,7 @@ describe('waitForMerge: with the kernel', { timeout: 900_000 }, () => {
     }));
 
   it('timeout: ERR_KSM_TIMEOUT with the figures', () =>
-    locked(async () => {
+    lockedAndReleased(async () => {
       const c = unique(MiB, 7);
       try {
         await expect(waitForMerge(c, { boost: true, timeoutMs: 0 })).rejects.toMatchObject({

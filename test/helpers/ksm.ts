@@ -32,6 +32,12 @@ export function requireKsm(ctx: { skip: (note?: string) => void }): void {
 
 const LOCK_DIR = '/run/node-ksm';
 const LOCK_FILE = `${LOCK_DIR}/tests.lock`;
+/**
+ * The settings withFastKsm found, on disk while it runs. The flock goes with a process
+ * that is SIGKILLed (a vitest timeout, `timeout`, Ctrl-C twice) but its `finally` never
+ * runs: the next holder of the lock finds this file and puts the settings back.
+ */
+export const SNAPSHOT_FILE = `${LOCK_DIR}/tests.snapshot.json`;
 
 /** Exclusive machine-wide lock for tests that change /sys/kernel/mm/ksm. */
 export async function lockKsm(timeoutMs = 600_000): Promise<() => void> {
@@ -45,10 +51,24 @@ export async function lockKsm(timeoutMs = 600_000): Promise<() => void> {
     }
     await sleep(20);
   }
+  recoverDeadHolder();
   return () => {
     binding!.flock(fd, 0);
     fs.closeSync(fd);
   };
+}
+
+/** Under the lock: a snapshot left on disk means its writer died holding fast settings. */
+function recoverDeadHolder(): void {
+  let text: string;
+  try {
+    text = fs.readFileSync(SNAPSHOT_FILE, 'utf8');
+  } catch {
+    return;
+  }
+  restore(JSON.parse(text) as Snapshot);
+  fs.rmSync(SNAPSHOT_FILE, { force: true });
+  process.stderr.write(`test harness: a test process died holding fast KSM settings; restored them from ${SNAPSHOT_FILE}\n`);
 }
 
 /**
@@ -79,8 +99,10 @@ function writeSettings(settings: Snapshot): void {
 export async function withFastKsm<T>(fn: () => Promise<T> | T, settings: Snapshot = {}): Promise<T> {
   const unlock = await lockKsm();
   const before = snapshot();
+  fs.writeFileSync(SNAPSHOT_FILE, JSON.stringify(before));
   const onSignal = (sig: NodeJS.Signals) => {
     restore(before);
+    fs.rmSync(SNAPSHOT_FILE, { force: true });
     process.kill(process.pid, sig);
   };
   process.once('SIGINT', onSignal);
@@ -93,6 +115,7 @@ export async function withFastKsm<T>(fn: () => Promise<T> | T, settings: Snapsho
     process.off('SIGTERM', onSignal);
     try {
       restore(before);
+      fs.rmSync(SNAPSHOT_FILE, { force: true });
     } finally {
       unlock();
     }
