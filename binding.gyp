@@ -3,7 +3,7 @@
     {
       "target_name": "ksm",
       "dependencies": [
-        "<!(node -p \"require('node-addon-api').targets\"):node_addon_api_except"
+        "<!(node -p \"require('node-addon-api').targets\"):node_addon_api_except_all"
       ],
       "defines": ["NAPI_VERSION=8"],
       "conditions": [

@@ -90,26 +90,6 @@ function documented(err) {
   return false;
 }
 
-/**
- * Bugs found by this fuzzer in code it may not change, reported to its owners. Each is
- * accepted only in its exact shape (and counted as `known:...`) so the rest of the run
- * still counts; remove an entry when its fix lands.
- */
-function knownIssue(err, target) {
-  // lib/stats.ts bufferStats reads byteOffset of a detached DataView, whose getter throws.
-  if (err instanceof TypeError && err.code === undefined && target instanceof DataView && lenOf(target) === 0 && /detached/.test(err.message)) {
-    histogram['known:bufferStats-detached-DataView'] = (histogram['known:bufferStats-detached-DataView'] ?? 0) + 1;
-    return 'counted';
-  }
-  // native/mapping.cc ViewBytes asks napi_get_arraybuffer_info about a SharedArrayBuffer.
-  const sab = ArrayBuffer.isView(target) && !(target.buffer instanceof ArrayBuffer);
-  if (sab && err?.constructor === Error && err.code === undefined && err.message === 'Invalid argument') {
-    histogram['known:native-SharedArrayBuffer-view'] = (histogram['known:native-SharedArrayBuffer-view'] ?? 0) + 1;
-    return 'counted';
-  }
-  return false;
-}
-
 class Violation extends Error {}
 function check(cond, what) {
   if (!cond) throw new Violation(what);
@@ -123,15 +103,14 @@ function fail(kind, detail) {
 }
 
 /** Runs one API call; documented errors are counted, anything else fails the seed. */
-function call(fn, extraOk) {
+function call(fn) {
   try {
     return { ok: true, value: fn() };
   } catch (err) {
     if (err instanceof Violation) throw err;
-    const extra = extraOk?.(err);
-    if (documented(err) || extra) {
+    if (documented(err)) {
       const key = `${err?.name}:${err?.code}`;
-      if (extra !== 'counted') histogram[key] = (histogram[key] ?? 0) + 1;
+      histogram[key] = (histogram[key] ?? 0) + 1;
       return { ok: false, err };
     }
     fail('UNDOCUMENTED-ERROR', err?.stack ?? String(err));
@@ -453,7 +432,7 @@ const OPS = [
     const t = anyTarget();
     const options = chance(0.8) ? pick([undefined, {}, { method: 'auto' }, { method: 'pagemap' }, { method: 'smaps' }, { method: 'kpageflags' }]) : pick([null, 1, { method: 'x' }]);
     opName = `bufferStats(${describe(t)}, ${describe(options?.method ?? options)})`;
-    const r = call(() => bufferStats(t, options), (err) => knownIssue(err, t));
+    const r = call(() => bufferStats(t, options));
     if (!r.ok) return;
     const s = r.value;
     check(s.bytes === t.byteLength, 'bufferStats.bytes');
@@ -500,7 +479,7 @@ const OPS = [
       default: args = [a(), pick([true, false, undefined, 1])];
     }
     opName = `native.${fn}(${args.map(describe).join(', ')})`;
-    const r = call(() => binding[fn](...args), (err) => knownIssue(err, args[0]));
+    const r = call(() => binding[fn](...args));
     if (r.ok && fn === 'alloc') {
       const buf = Buffer.from(r.value);
       check(r.value.byteLength === args[0], 'native alloc length');

@@ -267,7 +267,15 @@ function acquireLocked(dir: string, holder: BoostHolder): KsmSettings {
         removeState(dir);
       } else writeState(dir, state);
     } catch {
-      // The record stays; restore() can finish the job.
+      try {
+        // A knob that could not be written at all (not root, read-only sysfs) changed
+        // nothing, so there is nothing to restore and no record to keep. Otherwise the
+        // record stays, without this holder, so that restore() can finish the job.
+        if (state.holders.length === 0 && err instanceof KsmError && err.code === 'ERR_KSM_PERMISSION') removeState(dir);
+        else writeState(dir, state);
+      } catch {
+        // Nothing more can be done here; restore() reads whatever the file says.
+      }
     }
     throw err;
   }

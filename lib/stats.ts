@@ -323,10 +323,12 @@ export function bufferStats(buf: ArrayBufferView | ArrayBuffer, options: BufferS
   }
   const b = native();
   const ab = buf instanceof ArrayBuffer ? buf : (buf.buffer as ArrayBuffer);
-  const byteOffset = buf instanceof ArrayBuffer ? 0 : buf.byteOffset;
-  const byteLength = buf.byteLength;
   const info = b.info(ab);
   if (info?.freed) throw new KsmError('This buffer has already been freed', 'ERR_KSM_FREED');
+  // A detached buffer holds no memory (and a detached DataView's getters throw).
+  const empty = ab.byteLength === 0;
+  const byteOffset = buf instanceof ArrayBuffer || empty ? 0 : buf.byteOffset;
+  const byteLength = empty ? 0 : buf.byteLength;
 
   // The whole pages that are this buffer's own, as [offset, offset + length) of the view.
   const address = b.addressOf(buf);

@@ -384,27 +384,11 @@ Napi::Value Madvise(const Napi::CallbackInfo& info) {
 // Pointer and length of the bytes of any ArrayBuffer or view. Who owns them: V8 or this
 // addon; the caller only borrows them for the duration of one synchronous call.
 bool ViewBytes(Napi::Env env, const Napi::Value& v, uint8_t** data, size_t* length) {
-  if (v.IsTypedArray()) {
-    Napi::TypedArray ta = v.As<Napi::TypedArray>();
-    Napi::ArrayBuffer ab = ta.ArrayBuffer();
-    *data = static_cast<uint8_t*>(ab.Data()) + ta.ByteOffset();
-    *length = ta.ByteLength();
-    return true;
-  }
-  if (v.IsDataView()) {
-    Napi::DataView dv = v.As<Napi::DataView>();
-    *data = static_cast<uint8_t*>(dv.ArrayBuffer().Data()) + dv.ByteOffset();
-    *length = dv.ByteLength();
-    return true;
-  }
-  if (v.IsArrayBuffer()) {
-    Napi::ArrayBuffer ab = v.As<Napi::ArrayBuffer>();
-    *data = static_cast<uint8_t*>(ab.Data());
-    *length = ab.ByteLength();
-    return true;
-  }
-  (void)env;
-  return false;
+  Napi::ArrayBuffer ab;
+  size_t offset = 0;
+  if (!ViewOf(env, v, &ab, &offset, length)) return false;
+  *data = static_cast<uint8_t*>(ab.Data()) + offset;
+  return true;
 }
 
 // markMergeable(view, on): madvise the whole pages inside the view's bytes.
@@ -537,6 +521,32 @@ Napi::Value SetErrorClass(const Napi::CallbackInfo& info) {
 }
 
 }  // namespace
+
+bool ViewOf(Napi::Env env, const Napi::Value& v, Napi::ArrayBuffer* ab, size_t* offset, size_t* length) {
+  if (v.IsArrayBuffer()) {
+    *ab = v.As<Napi::ArrayBuffer>();
+    *offset = 0;
+    *length = ab->ByteLength();
+    return true;
+  }
+  if (!v.IsTypedArray() && !v.IsDataView()) return false;
+  // Asked through the "buffer" property first: for a view over a SharedArrayBuffer the
+  // Node-API getters fail, and node-addon-api would throw a code-less Error.
+  Napi::Value buffer = v.As<Napi::Object>().Get("buffer");
+  if (!buffer.IsArrayBuffer()) return false;
+  *ab = buffer.As<Napi::ArrayBuffer>();
+  if (v.IsTypedArray()) {
+    Napi::TypedArray ta = v.As<Napi::TypedArray>();
+    *offset = ta.ByteOffset();
+    *length = ta.ByteLength();
+  } else {
+    Napi::DataView dv = v.As<Napi::DataView>();
+    *offset = dv.ByteOffset();
+    *length = dv.ByteLength();
+  }
+  (void)env;
+  return true;
+}
 
 Region* FindRegion(Napi::Env env, napi_value ab) {
   bool tagged = false;

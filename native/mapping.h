@@ -50,6 +50,11 @@ struct Region {
   uint8_t* data() const { return mapping->base + offset; }
 };
 
+// The ArrayBuffer under a TypedArray, DataView or ArrayBuffer, with the view's offset and
+// length in it. False for anything else, a SharedArrayBuffer view included (the addon
+// cannot own or locate such memory).
+bool ViewOf(Napi::Env env, const Napi::Value& v, Napi::ArrayBuffer* ab, size_t* offset, size_t* length);
+
 // Returns the Region behind an ArrayBuffer made by this addon, or nullptr.
 Region* FindRegion(Napi::Env env, napi_value arrayBuffer);
 

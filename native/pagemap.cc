@@ -81,21 +81,8 @@ Napi::Value PageStates(const Napi::CallbackInfo& info) {
   size_t byteLength = 0;
   size_t viewOffset = 0;
   Napi::ArrayBuffer ab;
-  if (target.IsTypedArray()) {
-    Napi::TypedArray ta = target.As<Napi::TypedArray>();
-    ab = ta.ArrayBuffer();
-    viewOffset = ta.ByteOffset();
-    byteLength = ta.ByteLength();
-  } else if (target.IsDataView()) {
-    Napi::DataView dv = target.As<Napi::DataView>();
-    ab = dv.ArrayBuffer();
-    viewOffset = dv.ByteOffset();
-    byteLength = dv.ByteLength();
-  } else if (target.IsArrayBuffer()) {
-    ab = target.As<Napi::ArrayBuffer>();
-    byteLength = ab.ByteLength();
-  } else {
-    ThrowTypeError(env, "The \"view\" argument must be an ArrayBuffer, TypedArray or DataView");
+  if (!ViewOf(env, target, &ab, &viewOffset, &byteLength)) {
+    ThrowTypeError(env, "The \"view\" argument must be an ArrayBuffer, TypedArray or DataView over an ArrayBuffer");
   }
   size_t offset = ToSize(env, info[1], "offset");
   size_t length = ToSize(env, info[2], "length");

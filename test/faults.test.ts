@@ -305,11 +305,10 @@ describe('read-only /sys/kernel/mm/ksm (private mount namespace)', () => {
     }
   }, 900_000);
 
-  // Open (lib/boost.ts acquireLocked): when configure() fails and no other holder remains,
-  // restoreOriginals() fails the same way and the catch keeps the file, with the failed
-  // holder in it, alive for as long as its process lives: boostState() reports a boost
-  // that never happened and restore() refuses. Fails until fixed; then drop `.fails`.
-  it.fails('a boost that could not write leaves no holder behind', (ctx) => {
+  // Found here (lib/boost.ts acquireLocked): when configure() failed and no other holder
+  // remained, restoreOriginals() failed the same way and the file kept the failed holder,
+  // so boostState() reported a boost that never happened and restore() refused.
+  it('a boost that could not write leaves no holder behind', (ctx) => {
     if (readOnlyResult === null) return ctx.skip('the read-only test did not run');
     expect(readOnlyResult.state).toBeNull();
   });
