@@ -12,17 +12,13 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { binding } from '../lib/binding';
 import { SANITIZED, lockKsm, requireKsm, withFastKsm } from './helpers/ksm';
 import { KSM, diff, snapshot } from './helpers/sysfs';
+import { DIST, ensureDist } from './helpers/dist';
 
-const ROOT = path.join(__dirname, '..');
-const DIST = path.join(ROOT, 'dist');
 const MiB = 1024 * 1024;
 
+// The children load the compiled library.
 beforeAll(() => {
-  // The children load the compiled library; build it when lib/ is newer.
-  const probe = path.join(DIST, 'memory.js');
-  const newest = Math.max(...fs.readdirSync(path.join(ROOT, 'lib')).filter((f) => f.endsWith('.ts')).map((f) => fs.statSync(path.join(ROOT, 'lib', f)).mtimeMs));
-  if (!fs.existsSync(probe) || fs.statSync(probe).mtimeMs < newest) spawnSync('npx', ['tsc', '-p', '.'], { cwd: ROOT, stdio: 'ignore' });
-  expect(fs.existsSync(probe)).toBe(true);
+  expect(ensureDist()).toBe(true);
 }, 120_000);
 
 /** Prelude for child scripts: the library and a compact description of an error. */

@@ -7,20 +7,14 @@
  * (mappings, bytes, live ArrayBuffers) exactly where they were.
  */
 import { spawnSync } from 'node:child_process';
-import fs from 'node:fs';
-import path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { binding } from '../lib/binding';
 import { SANITIZED } from './helpers/ksm';
+import { DIST, ensureDist } from './helpers/dist';
 
-const ROOT = path.join(__dirname, '..');
-const DIST = path.join(ROOT, 'dist');
-
+// The children load the compiled library.
 beforeAll(() => {
-  const probe = path.join(DIST, 'memory.js');
-  const newest = Math.max(...fs.readdirSync(path.join(ROOT, 'lib')).filter((f) => f.endsWith('.ts')).map((f) => fs.statSync(path.join(ROOT, 'lib', f)).mtimeMs));
-  if (!fs.existsSync(probe) || fs.statSync(probe).mtimeMs < newest) spawnSync('npx', ['tsc', '-p', '.'], { cwd: ROOT, stdio: 'ignore' });
-  expect(fs.existsSync(probe)).toBe(true);
+  expect(ensureDist()).toBe(true);
 }, 120_000);
 
 const CHILD = `
