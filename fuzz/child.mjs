@@ -408,7 +408,10 @@ const OPS = [
     }
     // Someone else's buffer, a released one, or garbage.
     const t = chance(0.5) ? anyTarget() : pick(dead);
-    const mine = a.bufs.findIndex((b) => b.buf === t);
+    // Any view of a live buffer's ArrayBuffer stands for that buffer: release() acts on the
+    // ArrayBuffer, as free() does.
+    const ab = t instanceof ArrayBuffer ? t : ArrayBuffer.isView(t) ? t.buffer : undefined;
+    const mine = a.bufs.findIndex((b) => b.buf === t || (ab !== undefined && b.buf.buffer === ab));
     if (mine >= 0) return release(a, mine);
     opName = `arena.release(${describe(t)})`;
     const r = call(() => a.arena.release(t));
