@@ -124,7 +124,7 @@ function run(mode: string, n: number): LeakReport {
   return JSON.parse(r.stdout.trim().split('\n').pop()!) as LeakReport;
 }
 
-function expectBack(rep: LeakReport, ctx: { annotate: (m: string) => void }): void {
+function expectBack(rep: LeakReport, ctx: { annotate: (m: string) => void }, rssFraction = 0.01): void {
   const { before, after } = rep;
   ctx.annotate(
     `maps ${before.maps} -> ${after.maps}, RSS ${(before.rss / 2 ** 20).toFixed(1)} -> ${(after.rss / 2 ** 20).toFixed(1)} MiB, ${rep.ms} ms`,
@@ -135,7 +135,9 @@ function expectBack(rep: LeakReport, ctx: { annotate: (m: string) => void }): vo
   // 300,000 arena operations stay flat within 0.3 MiB, with an occasional 1.7 MiB step of
   // V8's heap that does not recur), which is malloc's and V8's noise, not a leak.
   expect(Math.abs(after.maps - before.maps)).toBeLessThanOrEqual(Math.max(2, before.maps * 0.01));
-  expect(after.rss - before.rss).toBeLessThanOrEqual(Math.max(2 * 2 ** 20, before.rss * 0.01));
+  expect(after.rss - before.rss, `RSS ${before.rss} -> ${after.rss}`).toBeLessThanOrEqual(
+    Math.max(2 * 2 ** 20, before.rss * rssFraction),
+  );
 }
 
 const skip = (ctx: { skip: (note?: string) => void }) => {
@@ -159,8 +161,10 @@ describe('leaks', () => {
     skip(ctx);
     // Not a leak but a high-water mark: each freed buffer's bookkeeping waits for the next
     // event-loop turn, so the allocator grows by ~500 bytes per pair once; a second loop
-    // of the same length must not grow it again.
-    expectBack(run('sync', 200_000), ctx);
+    // of the same length must not grow it again. A leak would be the whole peak again
+    // (~100 MiB on ~170 MiB of RSS); malloc's placement of the second peak moves RSS by
+    // 1.9-2.1 MiB (measured, before and after light arena views), so 3 % here.
+    expectBack(run('sync', 200_000), ctx, 0.03);
   }, 300_000);
 
   it('1,000,000 arena operations leave maps and RSS at their baseline (1 %, 2 MiB floor)', (ctx) => {
