@@ -151,6 +151,15 @@ export class Store {
     this.setOwned(key, value, inArena, expireAt);
   }
 
+  /** set() of the bytes src[start..end), copied: no view of src is kept. */
+  setBytes(key, src, start, end, expireAt) {
+    const len = end - start;
+    const inArena = len >= this.threshold;
+    const value = inArena ? this.arena.alloc(len) : Buffer.allocUnsafe(len);
+    src.copy(value, 0, start, end);
+    this.setOwned(key, value, inArena, expireAt);
+  }
+
   /** @param {number | undefined} expireAt as for set(), but no default: callers say which they mean */
   setOwned(key, value, inArena, expireAt) {
     let e = this.map.get(key);
