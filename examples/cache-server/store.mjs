@@ -14,6 +14,14 @@ import { Arena, pageSize } from 'node-ksm';
 const ENTRY_OVERHEAD = 112;
 /** A small Buffer's object and view, on top of its bytes. */
 const BUFFER_OVERHEAD = 80;
+/**
+ * Arena buffers given up by deleted or overwritten values are kept, up to this many bytes
+ * in all, for the next value of exactly the same length: a SET that replaces a value of
+ * the same size (the usual case for a cache of fixed-size blobs) then skips the Arena's
+ * allocator and its zeroing of reused pages, ~25 us per 64 KiB value. Safe because no
+ * Arena buffer is ever seen outside the store: replies copy them (resp.mjs).
+ */
+const SPARE_MAX = 1024 * 1024;
 /** Keys sampled per eviction (Redis's maxmemory-samples) and the candidate pool kept between evictions. */
 const SAMPLES = 5;
 const POOL_SIZE = 16;
@@ -69,13 +77,36 @@ export class Store {
     this.arenaBytes = 0;
     /** Arena buffers the parser filled with a bulk that no command has adopted yet. */
     this.inbound = new WeakSet();
+    /** @type {Map<number, Buffer[]>} released Arena buffers by length, see SPARE_MAX */
+    this.spare = new Map();
+    this.spareBytes = 0;
     this.stats = { expiredKeys: 0, evictedKeys: 0, hits: 0, misses: 0 };
+  }
+
+  /** An Arena buffer of `len` bytes: a spare one of that length if there is one. */
+  #arenaAlloc(len) {
+    const list = this.spare.get(len);
+    if (list === undefined) return this.arena.alloc(len);
+    const b = list.pop();
+    if (list.length === 0) this.spare.delete(len);
+    this.spareBytes -= len;
+    return b;
+  }
+
+  /** Gives an Arena buffer back: kept as a spare while they fit in SPARE_MAX, else to the Arena. */
+  #arenaFree(b) {
+    const len = b.length;
+    if (len === 0 || this.spareBytes + len > SPARE_MAX) return this.arena.release(b);
+    const list = this.spare.get(len);
+    if (list === undefined) this.spare.set(len, [b]);
+    else list.push(b);
+    this.spareBytes += len;
   }
 
   /** A buffer for an incoming bulk of `len` bytes: in the Arena when it will be stored there. */
   allocInbound(len) {
     if (len < this.threshold) return Buffer.allocUnsafeSlow(len);
-    const b = this.arena.alloc(len);
+    const b = this.#arenaAlloc(len);
     this.inbound.add(b);
     return b;
   }
@@ -84,7 +115,7 @@ export class Store {
   dropInbound(b) {
     if (this.inbound.has(b)) {
       this.inbound.delete(b);
-      this.arena.release(b);
+      this.#arenaFree(b);
     }
   }
 
@@ -98,7 +129,7 @@ export class Store {
       return { value: b, inArena: true };
     }
     if (b.length >= this.threshold) {
-      const a = this.arena.alloc(b.length);
+      const a = this.#arenaAlloc(b.length);
       b.copy(a);
       return { value: a, inArena: true };
     }
@@ -116,7 +147,7 @@ export class Store {
     if (e.inArena) {
       this.arenaValues--;
       this.arenaBytes -= e.value.length;
-      this.arena.release(e.value);
+      this.#arenaFree(e.value);
     }
     e.value = null;
   }
@@ -155,7 +186,7 @@ export class Store {
   setBytes(key, src, start, end, expireAt) {
     const len = end - start;
     const inArena = len >= this.threshold;
-    const value = inArena ? this.arena.alloc(len) : Buffer.allocUnsafe(len);
+    const value = inArena ? this.#arenaAlloc(len) : Buffer.allocUnsafe(len);
     src.copy(value, 0, start, end);
     this.setOwned(key, value, inArena, expireAt);
   }
