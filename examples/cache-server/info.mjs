@@ -67,6 +67,8 @@ const SECTIONS = {
       ['arena_live_buffers', a.liveBuffers],
       ['arena_live_bytes', a.liveBytes],
       ['arena_free_bytes', a.freeBytes],
+      // Released values' buffers kept for reuse (store.mjs, SPARE_MAX): live to the Arena.
+      ['arena_spare_bytes', s.spareBytes],
       ['arena_fragmentation', a.fragmentation.toFixed(3)],
     ];
   },
