@@ -249,8 +249,7 @@ class Client {
     }
     this.lastCommand = 'set';
     if (store.maxmemory !== 0 && !store.evict()) return this.w.error(E.oom);
-    store.get(key); // expires the old value lazily, counted as SET does
-    store.setBytes(key, buf, parser.valueStart, parser.valueEnd, 0);
+    store.setBytes(key, buf, parser.valueStart, parser.valueEnd);
     this.w.ok();
   }
 

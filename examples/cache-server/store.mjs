@@ -182,18 +182,31 @@ export class Store {
     this.setOwned(key, value, inArena, expireAt);
   }
 
-  /** set() of the bytes src[start..end), copied: no view of src is kept. */
-  setBytes(key, src, start, end, expireAt) {
+  /**
+   * A plain SET (no TTL) of the bytes src[start..end), copied: no view of src is kept.
+   * An expired old value is expired first and counted, as get() before set() would.
+   */
+  setBytes(key, src, start, end) {
     const len = end - start;
     const inArena = len >= this.threshold;
     const value = inArena ? this.#arenaAlloc(len) : Buffer.allocUnsafe(len);
     src.copy(value, 0, start, end);
-    this.setOwned(key, value, inArena, expireAt);
+    let e = this.map.get(key);
+    if (e !== undefined && e.expireAt !== 0 && e.expireAt <= Date.now()) {
+      this.delete(key);
+      this.stats.expiredKeys++;
+      e = undefined;
+    }
+    this.#put(e, key, value, inArena, 0);
   }
 
   /** @param {number | undefined} expireAt as for set(), but no default: callers say which they mean */
   setOwned(key, value, inArena, expireAt) {
-    let e = this.map.get(key);
+    this.#put(this.map.get(key), key, value, inArena, expireAt);
+  }
+
+  /** Stores value under key, in e (the key's entry) or a new entry when e is undefined. */
+  #put(e, key, value, inArena, expireAt) {
     if (e === undefined) {
       e = { key, value, inArena, expireAt: 0, lru: 0, seq: this.seq++, slot: this.order.length, cost: 0 };
       this.map.set(key, e);
