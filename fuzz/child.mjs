@@ -279,10 +279,11 @@ const OPS = [
     const info = ab instanceof ArrayBuffer ? binding.info(ab) : null;
     const r = call(() => memory.free(t));
     if (!r.ok) return;
-    check(info !== null, 'free succeeded on a buffer node-ksm did not allocate');
+    // The addon knows an arena buffer only while attached; a released one frees as false.
+    check(info !== null || (memory.isKsmBuffer(t) && r.value === false), 'free succeeded on a buffer node-ksm did not allocate');
     check(typeof r.value === 'boolean', 'free returned a non-boolean');
     detachedEverywhere(ab, 'after free');
-    if (info.owner) {
+    if (info?.owner) {
       // Every ArrayBuffer into the mapping (subarrays, other ArrayBuffers) is detached.
       for (const v of views) if (abOf(v) === ab) check(lenOf(v) === 0, 'view of a freed buffer');
     }
@@ -392,8 +393,10 @@ const OPS = [
     check(binding.addressOf(buf) % BigInt(PAGE) === 0n, 'arena.alloc: not page aligned');
     verifyFill(buf, 0, 'arena.alloc: not zero-filled (stale bytes from a released buffer)');
     // Zero to the end of its last page, so equal blobs make equal pages.
+    // Zero bytes take no page: an empty ArrayBuffer that the addon has no record of.
     const info = binding.info(buf.buffer);
-    check(info !== null && !info.freed, 'arena buffer unknown to the addon');
+    if (size > 0) check(info !== null && !info.freed, 'arena buffer unknown to the addon');
+    else check(info === null, 'a zero-length arena buffer has a mapping');
     a.bufs.push({ buf, size, fill: 0 });
     a.live++;
     a.liveBytes += size;

@@ -10,6 +10,9 @@
  *   slice of the chunk's ArrayBuffer. `release()` detaches it, so a released buffer reads
  *   as length 0 and can never see the pages after another buffer reuses them; and a view
  *   holds its mapping, so a buffer kept after the Arena is dropped is never freed memory.
+ *   The views are light: no tag, wrap or weak reference per buffer (the addon knows an
+ *   attached view by its address), which halves the cost of an allocation; so the arena
+ *   keeps its live views itself, to detach them on `close()`.
  *
  * - Free space: a page-run allocator per chunk with boundary tags (O(1) coalescing with
  *   both neighbours on release) and segregated free lists (exact lists for 1..16 pages,
@@ -45,7 +48,7 @@
  */
 import { native, type NativeBinding } from './binding';
 import { KsmError, invalidArgType, validateBoolean, validateInteger } from './errors';
-import { arrayBufferOf, maxAllocSize, type BinaryLike } from './memory';
+import { ARENA_EMPTY, ARENA_RELEASED, arenaMark, arenaMarkOf, arrayBufferOf, maxAllocSize, type BinaryLike } from './memory';
 
 export interface ArenaOptions {
   /** Bytes per chunk (rounded up to whole pages). Default 64 MiB. */
@@ -83,12 +86,18 @@ export interface ArenaStats {
 
 /** Slots are encoded with the first page in one number: `slot + page * SLOT_SPAN`. */
 const SLOT_SPAN = 65536;
-const RELEASED = -1;
 /** Free lists: exact for 1..16 pages, then four per power of two up to 2^31 pages. */
 const EXACT = 16;
 const CLASSES = EXACT + 27 * 4;
 /** Runs looked at in the request's own (inexact) list before moving to a larger one. */
 const LIST_SCAN = 8;
+
+type Marked = ArrayBuffer & { [arenaMark]?: number };
+
+/** Best effort: a buffer frozen by its user keeps its old mark, and the ownership check refuses it next time. */
+function markReleased(ab: ArrayBuffer): void {
+  Reflect.set(ab, arenaMark, ARENA_RELEASED);
+}
 
 function classOf(pages: number): number {
   if (pages <= EXACT) return pages - 1;
@@ -127,6 +136,8 @@ interface Chunk {
   dirty: Uint8Array;
   /** Released runs (first page, pages) pending a flush; some may be reused since. */
   dirtyRuns: number[];
+  /** The live buffer of each allocated run, by first page (detached by close()). */
+  views: (ArrayBuffer | undefined)[];
 }
 
 export class Arena {
@@ -139,7 +150,8 @@ export class Arena {
   /** Every chunk by slot; regular chunks also in #chunks, in slot order. */
   readonly #slots: (Chunk | Dedicated | undefined)[] = [];
   #chunks: Chunk[] = [];
-  #owned = new WeakMap<ArrayBuffer, number>();
+  /** Live zero-length buffers (they have no pages, so no place in a chunk). */
+  readonly #empty = new Set<ArrayBuffer>();
   #spare: Chunk | null = null;
   #closed = false;
   #liveBuffers = 0;
@@ -174,9 +186,10 @@ export class Arena {
   alloc(size: number): Buffer {
     validateInteger(size, 'size', 0, maxAllocSize);
     if (this.#closed) throw new KsmError('This Arena has been closed', 'ERR_KSM_CLOSED');
+    if (size === 0) return this.#allocEmpty();
     const b = this.#b;
     const page = this.#page;
-    const pages = Math.max(1, Math.ceil(size / page));
+    const pages = Math.ceil(size / page);
     if (pages > this.#chunkPages) return this.#allocDedicated(size, pages);
 
     const k = classOf(pages);
@@ -204,19 +217,20 @@ export class Arena {
     chunk.freePages -= pages;
     if (chunk.dirtyPages > 0) this.#zeroDirty(chunk, start, pages);
 
-    let view: ArrayBuffer;
+    let buf: Buffer;
     try {
-      view = b.view(chunk.ab, start * page, size);
+      buf = b.view(chunk.ab, start * page, size);
     } catch (err) {
       this.#freeRun(chunk, start, pages);
       throw err;
     }
-    const id = chunk.slot + start * SLOT_SPAN;
-    this.#owned.set(view, id);
+    const ab = buf.buffer as ArrayBuffer;
+    (ab as Marked)[arenaMark] = chunk.slot + start * SLOT_SPAN;
+    chunk.views[start] = ab;
     this.#liveBuffers++;
     this.#liveBytes += size;
     this.#livePages += pages;
-    return Buffer.from(view, 0, size);
+    return buf;
   }
 
   /**
@@ -226,13 +240,30 @@ export class Arena {
    */
   release(buf: BinaryLike): void {
     const ab = arrayBufferOf(buf, 'buf');
-    const id = this.#owned.get(ab);
-    if (id === undefined) throw new KsmError('This buffer was not allocated by this Arena', 'ERR_KSM_NOT_OWNED');
+    const id = arenaMarkOf(ab);
+    if (id === undefined) throw new KsmError('This buffer was not allocated by an Arena', 'ERR_KSM_NOT_OWNED');
     if (this.#closed) throw new KsmError('This Arena has been closed', 'ERR_KSM_CLOSED');
-    if (id === RELEASED) throw new KsmError('This buffer has already been released', 'ERR_KSM_FREED');
-    this.#owned.set(ab, RELEASED);
-    // A view is detached; a dedicated buffer owns its mapping, so this unmaps it too.
-    this.#b.free(ab);
+    if (id === ARENA_RELEASED) throw new KsmError('This buffer has already been released', 'ERR_KSM_FREED');
+    if (id === ARENA_EMPTY) {
+      if (!this.#empty.delete(ab)) throw new KsmError('This buffer was not allocated by this Arena', 'ERR_KSM_NOT_OWNED');
+      markReleased(ab);
+      this.#liveBuffers--;
+      return;
+    }
+    // Whose: the chunk slot and page it names must hold this very buffer, in this arena.
+    const slot = id % SLOT_SPAN;
+    const chunk = this.#slots[slot];
+    if (chunk === undefined || (chunk.dedicated ? chunk.ab !== ab : chunk.views[(id - slot) / SLOT_SPAN] !== ab)) {
+      throw new KsmError('This buffer was not allocated by this Arena', 'ERR_KSM_NOT_OWNED');
+    }
+    markReleased(ab);
+    if (chunk.dedicated) {
+      // It owns its mapping: this unmaps it (false if free() already did).
+      this.#b.free(ab);
+    } else {
+      chunk.views[(id - slot) / SLOT_SPAN] = undefined;
+      this.#b.detachView(ab); // false if free() already detached it
+    }
     this.#reclaim(id);
   }
 
@@ -269,20 +300,34 @@ export class Arena {
     this.#closed = true;
     for (const c of this.#slots) {
       if (c === undefined) continue;
+      if (!c.dedicated) for (const view of c.views) if (view !== undefined) this.#b.detachView(view);
       this.#b.free(c.ab);
     }
     this.#slots.length = 0;
+    this.#empty.clear();
     this.#chunks = [];
     this.#spare = null;
     this.#liveBuffers = this.#liveBytes = this.#livePages = 0;
     this.#dirtyPages = this.#dirtyRunCount = 0;
   }
 
+  /**
+   * Zero bytes need no page (and an external ArrayBuffer of length 0 keeps no address the
+   * addon could recognise it by): an ordinary empty ArrayBuffer, counted as live.
+   */
+  #allocEmpty(): Buffer {
+    const ab = new ArrayBuffer(0);
+    (ab as Marked)[arenaMark] = ARENA_EMPTY;
+    this.#empty.add(ab);
+    this.#liveBuffers++;
+    return Buffer.from(ab);
+  }
+
   #allocDedicated(size: number, pages: number): Buffer {
     const slot = this.#freeSlot();
     const ab = this.#b.alloc(size, this.mergeable);
     this.#slots[slot] = { dedicated: true, slot, size, pages, ab };
-    this.#owned.set(ab, slot);
+    (ab as Marked)[arenaMark] = slot;
     this.#liveBuffers++;
     this.#liveBytes += size;
     this.#livePages += pages;
@@ -317,6 +362,7 @@ export class Arena {
       bitmap: new Uint32Array(Math.ceil(CLASSES / 32)),
       dirty: new Uint8Array(n),
       dirtyRuns: [],
+      views: new Array<ArrayBuffer | undefined>(n),
     };
     insertFree(chunk, 0, n);
     this.#slots[slot] = chunk;

@@ -53,7 +53,13 @@ export interface NativeBinding {
   readonly mode: 'external' | 'window';
   readonly advice: { readonly MERGEABLE: number; readonly UNMERGEABLE: number; readonly DONTNEED: number };
   alloc(size: number, mergeable: boolean): ArrayBuffer;
-  view(buffer: ArrayBuffer, offset: number, length: number): ArrayBuffer;
+  /**
+   * A light view (an arena buffer): a Buffer over a page-aligned part of `buffer`'s mapping,
+   * holding the mapping, with no tag or wrap (recognised by its address while attached).
+   */
+  view(buffer: ArrayBuffer, offset: number, length: number): Buffer;
+  /** Detaches a light view: false if already detached, ERR_KSM_NOT_OWNED if not one. */
+  detachView(buffer: ArrayBuffer): boolean;
   free(buffer: ArrayBuffer): boolean;
   madvise(buffer: ArrayBuffer, offset: number, length: number, advice: number): void;
   markMergeable(view: ArrayBufferView | ArrayBuffer, on: boolean): { offset: number; length: number };
@@ -63,7 +69,7 @@ export interface NativeBinding {
   setProcessMerging(on: boolean): void;
   processMerging(): boolean;
   flock(fd: number, op: 0 | 1 | 2): boolean;
-  counters(): { mappings: number; mappedBytes: number; regions: number };
+  counters(): { mappings: number; mappedBytes: number; regions: number; views: number };
   setErrorClass(ctor: new (message: string) => Error): void;
 }
 

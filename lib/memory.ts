@@ -24,6 +24,33 @@ function isBinary(value: unknown): value is BinaryLike {
 }
 
 /** The ArrayBuffer behind a view (or the ArrayBuffer itself). */
+/**
+ * Every ArrayBuffer an Arena hands out carries, under this symbol, where it is (chunk slot
+ * and first page), or ARENA_RELEASED once given back. While attached the addon recognises
+ * an arena buffer by its address; once detached only this mark says it was ours. A
+ * property, not a WeakMap: a WeakMap entry per buffer cost ~3 us per alloc+release
+ * (ephemeron write barriers and GC work), more than half of the arena's time. Changing
+ * it can only make release() refuse the buffer: the arena checks the mark against its
+ * own record of which buffer holds that run.
+ */
+export const arenaMark = Symbol('node-ksm arena buffer');
+export const ARENA_RELEASED = -1;
+/** A zero-length arena buffer: it has no pages, so nothing the addon could recognise. */
+export const ARENA_EMPTY = -2;
+type Marked = ArrayBuffer & { [arenaMark]?: unknown };
+
+/** The arena mark of an ArrayBuffer: a number if an Arena made it, else undefined. */
+export function arenaMarkOf(ab: ArrayBuffer): number | undefined {
+  const id = (ab as Marked)[arenaMark];
+  return typeof id === 'number' ? id : undefined;
+}
+
+/** An arena buffer that holds no memory any more: released, or detached by free(). */
+export function deadArenaView(ab: ArrayBuffer, info: unknown): boolean {
+  const id = arenaMarkOf(ab);
+  return id === ARENA_RELEASED || (id !== undefined && id >= 0 && info === null);
+}
+
 export function arrayBufferOf(value: unknown, name = 'buffer'): ArrayBuffer {
   if (value instanceof ArrayBuffer) return value;
   if (ArrayBuffer.isView(value) && value.buffer instanceof ArrayBuffer) return value.buffer;
@@ -92,14 +119,20 @@ export function from(data: string | BinaryLike, encoding?: BufferEncoding, optio
  * A buffer that node-ksm did not allocate gets `ERR_KSM_NOT_OWNED`.
  */
 export function free(buf: BinaryLike): boolean {
-  return native().free(arrayBufferOf(buf));
+  const ab = arrayBufferOf(buf);
+  const b = native();
+  const id = arenaMarkOf(ab);
+  if (id === undefined) return b.free(ab);
+  // An arena buffer is detached (its pages stay the arena's until release()); one that is
+  // released, empty, or detached already has nothing left to free.
+  return id >= 0 && b.info(ab) !== null ? b.free(ab) : false;
 }
 
 /** True if node-ksm allocated this buffer (freed or not). */
 export function isKsmBuffer(buf: unknown): boolean {
   if (binding === null || !isBinary(buf)) return false;
   const ab = buf instanceof ArrayBuffer ? buf : buf.buffer;
-  return ab instanceof ArrayBuffer && binding.info(ab) !== null;
+  return ab instanceof ArrayBuffer && (arenaMarkOf(ab) !== undefined || binding.info(ab) !== null);
 }
 
 /**
@@ -111,6 +144,7 @@ export function setMergeable(buf: BinaryLike, on: boolean): void {
   validateBoolean(on, 'on');
   const b = native();
   const info = b.info(ab);
+  if (deadArenaView(ab, info) || info?.freed) throw new KsmError('This buffer has already been freed', 'ERR_KSM_FREED');
   if (info === null) throw new KsmError('This buffer was not allocated by node-ksm', 'ERR_KSM_NOT_OWNED');
   if (info.freed) throw new KsmError('This buffer has already been freed', 'ERR_KSM_FREED');
   try {

@@ -6,7 +6,7 @@
 import fs from 'node:fs';
 import { binding, loadError, native, type RegionInfo } from './binding';
 import { KsmError, fromFsError, invalidArgType, validateInteger } from './errors';
-import { pageSize } from './memory';
+import { deadArenaView, pageSize } from './memory';
 import {
   type KsmSysfs,
   type MapsEntry,
@@ -324,7 +324,8 @@ export function bufferStats(buf: ArrayBufferView | ArrayBuffer, options: BufferS
   const b = native();
   const ab = buf instanceof ArrayBuffer ? buf : (buf.buffer as ArrayBuffer);
   const info = b.info(ab);
-  if (info?.freed) throw new KsmError('This buffer has already been freed', 'ERR_KSM_FREED');
+  // The addon knows an arena buffer only while it is attached.
+  if (info?.freed || deadArenaView(ab, info)) throw new KsmError('This buffer has already been freed', 'ERR_KSM_FREED');
   // A detached buffer holds no memory (and a detached DataView's getters throw).
   const empty = ab.byteLength === 0;
   const byteOffset = buf instanceof ArrayBuffer || empty ? 0 : buf.byteOffset;

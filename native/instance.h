@@ -5,8 +5,11 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <map>
 
 namespace ksm {
+
+struct Mapping;
 
 struct Instance {
   // The KsmError class from lib/errors.ts, so native errors are real KsmErrors.
@@ -19,6 +22,10 @@ struct Instance {
   int64_t mappings = 0;     // mmap'd ranges not yet unmapped
   int64_t mappedBytes = 0;  // their total length
   int64_t regions = 0;      // ArrayBuffers over those ranges not yet finalized
+  int64_t views = 0;        // light views (arena buffers) not yet finalized
+  // Our own mmap'd ranges still mapped (window mode has none), by base address: how a
+  // light view, which carries no tag, is recognised from the address of its bytes.
+  std::map<uintptr_t, Mapping*> live;
 
   static Instance* Get(Napi::Env env) { return env.GetInstanceData<Instance>(); }
 };

@@ -4,6 +4,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <map>
 #include <vector>
 
 #include "instance.h"
@@ -11,6 +12,7 @@
 namespace ksm {
 
 struct Region;
+struct ViewRec;
 
 // One mmap'd range. Owned jointly by the backing stores of the ArrayBuffers that point
 // into it: it is unmapped by free() of its owner region, or when the last backing store
@@ -26,6 +28,12 @@ struct Mapping {
   // 1 or 0, or -1 once part of it was advised differently (then only smaps knows).
   int mergeable = -1;
   size_t stores = 0;        // live backing stores pointing into it
+  // Light views (see View in mapping.cc) still attached, by the address of their first
+  // byte: at most one per address, so the address names the view.
+  std::map<uintptr_t, ViewRec*> views;
+  // free() of the owner came while light views were still attached: the pages were given
+  // back with MADV_DONTNEED (the views read zeros), and munmap waits for the last view.
+  bool released = false;
   std::vector<Region*> regions;  // regions whose ArrayBuffer may still be attached
   Instance* inst = nullptr;
 };
@@ -57,6 +65,25 @@ bool ViewOf(Napi::Env env, const Napi::Value& v, Napi::ArrayBuffer* ab, size_t* 
 
 // Returns the Region behind an ArrayBuffer made by this addon, or nullptr.
 Region* FindRegion(Napi::Env env, napi_value arrayBuffer);
+
+// What the addon knows of an ArrayBuffer it made: a Region (alloc, window), or a light view
+// (an arena buffer: an external ArrayBuffer with no tag or wrap, recognised while attached
+// by the address of its bytes, which lies inside one of our live mappings).
+struct Owned {
+  Mapping* mapping = nullptr;  // null once a Region has lost it
+  Region* region = nullptr;    // null for a light view
+  size_t offset = 0;           // from mapping->base
+  size_t abOffset = 0;         // where the bytes start inside the ArrayBuffer (windows)
+  size_t length = 0;
+  size_t extent = 0;
+  bool owner = false;
+  bool freed = false;
+  uint8_t* data() const { return mapping->base + offset; }
+};
+
+// False if the ArrayBuffer is not ours (or is a detached light view: it no longer has an
+// address to be recognised by).
+bool Lookup(Napi::Env env, napi_value arrayBuffer, Owned* out);
 
 void InitMapping(Napi::Env env, Napi::Object exports);
 

@@ -88,10 +88,9 @@ Napi::Value PageStates(const Napi::CallbackInfo& info) {
   size_t length = ToSize(env, info[2], "length");
 
   size_t limit = byteLength;
-  Region* r = FindRegion(env, ab);
-  bool detached = false;
-  napi_is_detached_arraybuffer(env, ab, &detached);
-  if (r != nullptr && (detached || r->detached || r->mapping == nullptr || r->mapping->unmapped)) {
+  Owned own;
+  Owned* r = Lookup(env, ab, &own) ? &own : nullptr;
+  if (r != nullptr && r->freed) {
     throw CodeError(env, "ERR_KSM_FREED", "This buffer has already been freed");
   }
   // Ours: the region's page-rounded extent (its own zero padding) is in bounds too.

@@ -85,7 +85,7 @@ describe('garbage collection', () => {
     await collect();
     const base = binding!.counters();
     let owner: ArrayBuffer | null = binding!.alloc(8 * pageSize, true);
-    const view = new Uint8Array(binding!.view(owner, pageSize, pageSize));
+    const view = binding!.view(owner, pageSize, pageSize);
     view.fill(7);
     owner = null;
     await collect();
