@@ -12,10 +12,16 @@ const page = ksm.pageSize;
 
 function maker() {
   if (side === 'allocUnsafeSlow') return { alloc: () => Buffer.allocUnsafeSlow(SIZE), release: () => {} };
+  // Zero-filled like an arena buffer: the like-for-like baseline.
+  if (side === 'alloc') return { alloc: () => Buffer.alloc(SIZE), release: () => {} };
   if (side === 'mmap') return { alloc: () => ksm.alloc(SIZE), release: (b) => ksm.free(b) };
   if (side === 'arena') {
     const arena = new ksm.Arena();
     return { arena, alloc: () => arena.alloc(SIZE), release: (b) => arena.release(b) };
+  }
+  if (side === 'arenaUnsafe') {
+    const arena = new ksm.Arena();
+    return { arena, alloc: () => arena.allocUnsafe(SIZE), release: (b) => arena.release(b) };
   }
   throw new Error(`unknown side ${side}`);
 }

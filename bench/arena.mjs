@@ -18,7 +18,7 @@ const arg = (name, dflt) => {
 };
 const rounds = arg('rounds', 3);
 const ops = arg('ops', 100_000);
-const sides = ['allocUnsafeSlow', 'arena', 'mmap'];
+const sides = ['allocUnsafeSlow', 'alloc', 'arena', 'arenaUnsafe', 'mmap'];
 
 function child(...args) {
   const out = execFileSync(process.execPath, ['--expose-gc', `${here}arena-child.mjs`, ...args.map(String)], {
@@ -44,19 +44,34 @@ for (const mode of ['fill', 'bare']) {
 }
 
 console.log(`16 KiB buffers, 1,024 live in a ring; median of ${rounds} rounds, each side in a fresh process`);
-console.log('alloc + release (ns per op)         allocUnsafeSlow      arena       mmap   arena/unsafe  arena/mmap');
+console.log(`Node ${process.version}`);
+// Like for like: arena.alloc zero-fills (as Buffer.alloc does), arena.allocUnsafe does not
+// (as allocUnsafeSlow does not).
+const cols = [
+  ['allocUnsafeSlow', 'allocUnsafeSlow'],
+  ['Buffer.alloc', 'alloc'],
+  ['arena.alloc', 'arena'],
+  ['arena.allocUnsafe', 'arenaUnsafe'],
+  ['alloc (mmap)', 'mmap'],
+];
+const ratios = [
+  ['allocUnsafe/unsafeSlow', 'arenaUnsafe', 'allocUnsafeSlow'],
+  ['alloc/Buffer.alloc', 'arena', 'alloc'],
+  ['alloc/unsafeSlow', 'arena', 'allocUnsafeSlow'],
+  ['alloc/mmap', 'arena', 'mmap'],
+];
+console.log(`alloc + release (ns per op)       ${cols.map(([h]) => h.padStart(18)).join('')}${ratios.map(([h]) => h.padStart(24)).join('')}`);
 for (const [mode, label] of [['fill', 'with a 16 KiB write'], ['bare', 'without touching the memory']]) {
   const s = speed[mode];
   console.log(
-    `  ${label.padEnd(32)} ${s.allocUnsafeSlow.toFixed(0).padStart(12)} ${s.arena.toFixed(0).padStart(10)} ${s.mmap.toFixed(0).padStart(10)}` +
-      `   ${(s.arena / s.allocUnsafeSlow).toFixed(2).padStart(10)}x ${(s.arena / s.mmap).toFixed(2).padStart(10)}x`,
+    `  ${label.padEnd(31)}${cols.map(([, k]) => s[k].toFixed(0).padStart(18)).join('')}` +
+      ratios.map(([, a, b]) => `${(s[a] / s[b]).toFixed(2)}x`.padStart(24)).join(''),
   );
 }
-
 console.log('\nSteady state: 20,000 live buffers of 16 KiB after 100,000 random release+alloc (+ 16 KiB write)');
 console.log('  side              process RssAnon over live pages   arena chunks RSS (+ allocator metadata) over live pages');
 const memory = {};
-for (const side of sides) {
+for (const side of sides.filter((s) => s !== 'arenaUnsafe')) {
   memory[side] = child('memory', side);
   const m = memory[side];
   console.log(

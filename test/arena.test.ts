@@ -95,6 +95,33 @@ describe('Arena basics', () => {
     expect(a.stats().chunks).toBeGreaterThan(1);
   });
 
+  it('allocUnsafe skips zeroing the bytes asked for, never the padding after them', () => {
+    const a = arena();
+    const keep = a.alloc(pageSize); // keeps the chunk from being retired
+    const first = a.allocUnsafe(3 * pageSize);
+    expect(first.length).toBe(3 * pageSize);
+    expect(first.every((x) => x === 0)).toBe(true); // fresh pages are zero anyway
+    first.fill(0xee);
+    const where = b.addressOf(first);
+    a.release(first);
+
+    // The dirty run comes back: its bytes are left as they were, its padding is zeroed.
+    const size = 2 * pageSize + 123;
+    const again = a.allocUnsafe(size);
+    expect(b.addressOf(again)).toBe(where);
+    expect(again.length).toBe(size);
+    expect(again.every((x) => x === 0xee)).toBe(true);
+    expect(peek(where + BigInt(size), 3 * pageSize - size).every((x) => x === 0)).toBe(true);
+    a.release(again);
+    // And alloc() on the same dirty run zeroes all of it.
+    const safe = a.alloc(size);
+    expect(b.addressOf(safe)).toBe(where);
+    expect(peek(where, 3 * pageSize).every((x) => x === 0)).toBe(true);
+    expect(a.stats()).toMatchObject({ liveBuffers: 2, liveBytes: pageSize + size });
+    expectCode(() => a.allocUnsafe(-1), RangeError, 'ERR_OUT_OF_RANGE');
+    a.release(keep);
+  });
+
   it('release detaches the buffer and its views; reused pages are zero, padding included', () => {
     const a = arena();
     const keep = a.alloc(pageSize); // keeps the chunk from being retired

@@ -88,6 +88,7 @@ describe('node-ksm', () => {
     expectTypeOf<KsmError['code']>().toEqualTypeOf<string>();
     const arena = new Arena({ chunkSize: 1 << 20 });
     expectTypeOf(arena.alloc(1)).toEqualTypeOf<Buffer>();
+    expectTypeOf(arena.allocUnsafe(1)).toEqualTypeOf<Buffer>();
     expectTypeOf(arena.stats()).toEqualTypeOf<ArenaStats>();
   });
 });
