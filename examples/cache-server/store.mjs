@@ -86,7 +86,9 @@ export class Store {
   /** An Arena buffer of `len` bytes: a spare one of that length if there is one. */
   #arenaAlloc(len) {
     const list = this.spare.get(len);
-    if (list === undefined) return this.arena.alloc(len);
+    // allocUnsafe: the parser writes every byte of it before any command can see it (a
+    // spare is reused the same way); only the padding after it must be zero, for KSM.
+    if (list === undefined) return this.arena.allocUnsafe(len);
     const b = list.pop();
     if (list.length === 0) this.spare.delete(len);
     this.spareBytes -= len;
