@@ -104,6 +104,7 @@ describe('vm.max_map_count exhausted', () => {
       arena.release(arena.alloc(10));
       arena.close();
       const arena2 = new Arena({ chunkSize: 2 ** 20 });
+      arena2.stats();
       shape(new KsmError('warm-up', 'X'));
       m.free(m.alloc(1));
       JSON.stringify(res);
@@ -114,9 +115,19 @@ describe('vm.max_map_count exhausted', () => {
       try {
         for (; n < 200000; n++) keep[n] = m.alloc(4096, { mergeable: n % 2 === 0 });
       } catch (e) { failure = e; }
-      // The map count is full: an arena needing a new chunk must fail the same way.
-      try { arena2.alloc(10); } catch (e) { arenaFailure = e; }
+      // The map count is full: an arena needing a new chunk fails the same way, or gets
+      // one anyway. The kernel refuses a mapping only once the count is above the limit,
+      // and a new chunk whose flags match its neighbour's merges into it as soon as it is
+      // advised, giving the slot back (seen in about one run in four), so both outcomes
+      // are legitimate; what must hold is a documented error and an arena that counts
+      // only what it really handed out. One attempt only, and nothing else, before the
+      // maps go back: with none left, Node and V8 themselves abort on their next mapping
+      // (seen: std::bad_alloc from Node's own code, Zone OOM in V8's compiler).
+      let arenaOk = 0;
+      try { arena2.alloc(10); arenaOk = 1; } catch (e) { arenaFailure = e; }
       for (let i = 0; i < 2000; i++) m.free(keep[i]);
+      res.arenaOk = arenaOk;
+      res.arenaLive = arena2.stats().liveBuffers;
       res.err = failure ? shape(failure) : 'never failed';
       res.arena = arenaFailure ? shape(arenaFailure) : 'allocated';
       res.count = n;
@@ -134,8 +145,11 @@ describe('vm.max_map_count exhausted', () => {
     expect(res.err).toMatchObject({ ksm: true });
     expect(['ENOMEM', 'EAGAIN']).toContain((res.err as { code: string }).code);
     expect(res.count as number).toBeGreaterThan((res.max as number) / 2);
-    expect(res.arena).toMatchObject({ ksm: true });
-    expect(['ENOMEM', 'EAGAIN']).toContain((res.arena as { code: string }).code);
+    if (res.arena !== 'allocated') {
+      expect(res.arena).toMatchObject({ ksm: true });
+      expect(['ENOMEM', 'EAGAIN']).toContain((res.arena as { code: string }).code);
+    }
+    expect(res.arenaLive).toBe(res.arenaOk);
     expect(res.after).toBe(16384);
   });
 });
