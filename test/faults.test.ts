@@ -94,7 +94,7 @@ describe('vm.max_map_count exhausted', () => {
     // Neighbouring buffers alternate their flags so the kernel cannot join them into one
     // VMA: every alloc costs a map until the count (65530 by default) runs out. This
     // fills only the child's own map count; the global sysctl is left alone.
-    const r = runChild(`
+    const attempt = () => runChild(`
       // Once the map count is full, V8 itself cannot map memory either: compiling a
       // function then aborts the process (seen: Zone::Expand under CompileLazy). So all
       // that runs after the fill is compiled first (and kept: --no-flush-bytecode), and
@@ -137,6 +137,15 @@ describe('vm.max_map_count exhausted', () => {
       for (let i = 2000; i < n; i++) m.free(keep[i]);
       out(res);
     `, { flags: ['--no-flush-bytecode'] });
+    // With no map left, Node and V8 abort on their own next mapping (std::bad_alloc from
+    // Node's C++, V8's "out of memory"): seen in one CI run of four and in 2 of ~100 local runs, in their
+    // code, never the addon's. Such a run proves nothing either way and is run again; any
+    // other death (a SIGSEGV above all) fails at once.
+    let r = attempt();
+    for (let i = 1; i < 3 && r.signal === 'SIGABRT' && /std::bad_alloc|out of memory|Allocation failed/.test(r.stderr); i++) {
+      ctx.annotate(`attempt ${i}: Node/V8 aborted for want of a mapping: ${r.stderr.split('\n').find((l) => l.trim()) ?? ''}`);
+      r = attempt();
+    }
     expect(r.signal, r.stderr).toBeNull();
     expect(r.status, r.stderr).toBe(0);
     const res = r.lines[0]!;
