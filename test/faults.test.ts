@@ -9,8 +9,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { binding } from '../lib/binding';
-import { SANITIZED, lockKsm, requireKsm, withFastKsm } from './helpers/ksm';
+import { lockKsm, requireKsm, requireNative, withFastKsm } from './helpers/ksm';
 import { KSM, diff, snapshot } from './helpers/sysfs';
 import { DIST, ensureDist } from './helpers/dist';
 
@@ -50,11 +49,9 @@ function runChild(script: string, options: { args?: string[]; timeoutMs?: number
   return { status: r.status, signal: r.signal, lines, stderr: r.stderr };
 }
 
-const nativeOk = (ctx: { skip: (note?: string) => void }) => {
-  if (binding === null) ctx.skip('the native addon is not loaded');
-  // The sanitizer runtime reserves terabytes of shadow address space and its own maps.
-  if (SANITIZED) ctx.skip('address-space faults are meaningless under AddressSanitizer');
-};
+// The sanitizer runtime reserves terabytes of shadow address space and its own maps.
+const nativeOk = (ctx: { skip: (note?: string) => void }) =>
+  requireNative(ctx, 'address-space faults are meaningless under AddressSanitizer');
 
 describe('address-space limit (prlimit --as)', () => {
   it('alloc and Arena report ENOMEM as a KsmError, and the process keeps working', (ctx) => {
@@ -287,7 +284,6 @@ let readOnlyResult: Record<string, unknown> | null = null;
 describe('read-only /sys/kernel/mm/ksm (private mount namespace)', () => {
   it('configure, boost and restore answer ERR_KSM_PERMISSION; nothing outside changes', async (ctx) => {
     requireKsm(ctx);
-    if (binding === null) return ctx.skip('the native addon is not loaded');
     const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'ksm-ro-'));
     const script = `
       const c = require(${JSON.stringify(`${DIST}/control.js`)});

@@ -10,6 +10,7 @@ import { describe, expect, it } from 'vitest';
 import { binding } from '../lib/binding';
 import { from, markMergeable, pageSize } from '../lib/memory';
 import { bufferStats } from '../lib/stats';
+import { requireNative } from './helpers/ksm';
 
 const ROOT = path.join(__dirname, '..');
 const SEEDS = Number(process.env.FUZZ_SEEDS ?? 20);
@@ -22,7 +23,7 @@ function detached<T extends ArrayBuffer>(ab: T): T {
 
 describe('API fuzzer', () => {
   it(`${SEEDS} seeds × ${OPS} operations: no crash, only documented errors, no mapping left behind`, (ctx) => {
-    if (binding === null) return ctx.skip('the native addon is not loaded');
+    requireNative(ctx);
     // A start that changes each run covers new sequences; a failure prints its replay command.
     const start = 1 + (Date.now() % 1_000_000);
     const r = spawnSync(process.execPath, [path.join(ROOT, 'fuzz/run.mjs'), '--seeds', String(SEEDS), '--ops', String(OPS), '--start', String(start), '--json'], {
@@ -75,10 +76,10 @@ describe('regressions found by the fuzzer', () => {
   // Found by the fuzzer: the addon asked napi_get_arraybuffer_info about the buffer of a
   // view over a SharedArrayBuffer, which fails, and node-addon-api threw a plain Error.
   it('the addon itself refuses a SharedArrayBuffer view with a coded error', (ctx) => {
-    if (binding === null) return ctx.skip('the native addon is not loaded');
+    requireNative(ctx);
     let thrown: unknown;
     try {
-      binding.addressOf(new Uint8Array(new SharedArrayBuffer(pageSize)));
+      binding!.addressOf(new Uint8Array(new SharedArrayBuffer(pageSize)));
     } catch (err) {
       thrown = err;
     }

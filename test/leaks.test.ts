@@ -8,8 +8,7 @@
  */
 import { spawnSync } from 'node:child_process';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { binding } from '../lib/binding';
-import { SANITIZED } from './helpers/ksm';
+import { requireNative } from './helpers/ksm';
 import { DIST, ensureDist } from './helpers/dist';
 
 // The children load the compiled library.
@@ -140,11 +139,8 @@ function expectBack(rep: LeakReport, ctx: { annotate: (m: string) => void }, rss
   );
 }
 
-const skip = (ctx: { skip: (note?: string) => void }) => {
-  if (binding === null) ctx.skip('the native addon is not loaded');
-  // The sanitizer's allocator keeps freed memory in quarantine: RSS means nothing there.
-  if (SANITIZED) ctx.skip('RSS is not comparable under AddressSanitizer');
-};
+// The sanitizer's allocator keeps freed memory in quarantine: RSS means nothing there.
+const skip = (ctx: { skip: (note?: string) => void }) => requireNative(ctx, 'RSS is not comparable under AddressSanitizer');
 
 describe('leaks', () => {
   it('1,000,000 alloc/free pairs leave maps and RSS at their baseline (1 %, 2 MiB floor)', (ctx) => {

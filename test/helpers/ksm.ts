@@ -177,3 +177,12 @@ export function smapsKsmBytes(start: bigint, end: bigint): number {
  * mapping, and PR_SET_MEMORY_MERGE(0) walks all of it to unmerge, for minutes.
  */
 export const SANITIZED = process.env.NODE_KSM_SANITIZED === '1';
+
+/**
+ * Skips a test that needs the native addon; with `underSanitizer`, also when running
+ * against the sanitizer build, saying why its figures mean nothing there.
+ */
+export function requireNative(ctx: { skip: (note?: string) => void }, underSanitizer?: string): void {
+  if (binding === null) ctx.skip('the native addon is not loaded');
+  if (underSanitizer !== undefined && SANITIZED) ctx.skip(underSanitizer);
+}
