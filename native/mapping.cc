@@ -372,6 +372,15 @@ Napi::Value View(const Napi::CallbackInfo& info) {
   return Napi::Value(env, buf);
 }
 
+// Detaches the light view `o` found by Lookup: its address is free for a new view now,
+// and its finalizer (which may run later) knows it was detached.
+Napi::Value DetachLight(Napi::Env env, napi_value ab, const Owned& o) {
+  o.view->attached = false;
+  o.mapping->views.erase(o.view->address);
+  NAPI_THROW_IF_FAILED(env, napi_detach_arraybuffer(env, ab), Napi::Value());
+  return Napi::Boolean::New(env, true);
+}
+
 // detachView(arrayBuffer): detaches a light view. True if it did, false if the
 // ArrayBuffer is already detached (the caller knows it was one of ours); ERR_KSM_NOT_OWNED
 // for anything else, so nobody else's ArrayBuffer is ever detached here.
@@ -382,14 +391,10 @@ Napi::Value DetachView(const Napi::CallbackInfo& info) {
   napi_is_detached_arraybuffer(env, ab, &detached);
   if (detached) return Napi::Boolean::New(env, false);
   Owned o;
-  if (!Lookup(env, ab, &o) || o.region != nullptr) {
+  if (!Lookup(env, ab, &o) || o.view == nullptr) {
     throw CodeError(env, "ERR_KSM_NOT_OWNED", "This buffer is not an arena buffer of node-ksm");
   }
-  auto it = o.mapping->views.find(reinterpret_cast<uintptr_t>(o.data()));
-  it->second->attached = false;
-  o.mapping->views.erase(it);
-  NAPI_THROW_IF_FAILED(env, napi_detach_arraybuffer(env, ab), Napi::Value());
-  return Napi::Boolean::New(env, true);
+  return DetachLight(env, ab, o);
 }
 
 // free(arrayBuffer): true if this call freed it, false if it was already freed.
@@ -398,13 +403,13 @@ Napi::Value DetachView(const Napi::CallbackInfo& info) {
 Napi::Value Free(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Napi::ArrayBuffer ab = ArrayBufferArg(info, 0, "buffer");
-  Region* r = FindRegion(env, ab);
-  if (r == nullptr) {
-    Owned o;
-    if (Lookup(env, ab, &o)) return DetachView(info);  // a light view
+  Owned o;
+  if (!Lookup(env, ab, &o)) {
     throw CodeError(env, "ERR_KSM_NOT_OWNED", "This buffer was not allocated by node-ksm");
   }
-  if (IsFreed(env, ab, r)) return Napi::Boolean::New(env, false);
+  if (o.view != nullptr) return DetachLight(env, ab, o);
+  if (o.freed) return Napi::Boolean::New(env, false);
+  Region* r = o.region;
   Mapping* m = r->mapping;
   if (!r->owner) {
     DetachRegion(env, r);
@@ -667,10 +672,12 @@ bool Lookup(Napi::Env env, napi_value ab, Owned* out) {
   if (it == inst->live.begin()) return false;
   Mapping* m = (--it)->second;
   if (address >= reinterpret_cast<uintptr_t>(m->base) + m->length) return false;
-  if (m->views.count(address) == 0) return false;
+  auto view = m->views.find(address);
+  if (view == m->views.end()) return false;
   size_t offset = address - reinterpret_cast<uintptr_t>(m->base);
   size_t page = inst->pageSize;
   out->region = nullptr;
+  out->view = view->second;
   out->mapping = m;
   out->offset = offset;
   out->abOffset = 0;

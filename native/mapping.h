@@ -72,6 +72,7 @@ Region* FindRegion(Napi::Env env, napi_value arrayBuffer);
 struct Owned {
   Mapping* mapping = nullptr;  // null once a Region has lost it
   Region* region = nullptr;    // null for a light view
+  ViewRec* view = nullptr;     // the light view's record (null for a Region)
   size_t offset = 0;           // from mapping->base
   size_t abOffset = 0;         // where the bytes start inside the ArrayBuffer (windows)
   size_t length = 0;
