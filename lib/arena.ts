@@ -267,8 +267,9 @@ export class Arena {
     }
     // Whose: the chunk slot and page it names must hold this very buffer, in this arena.
     const slot = id % SLOT_SPAN;
+    const start = (id - slot) / SLOT_SPAN;
     const chunk = this.#slots[slot];
-    if (chunk === undefined || (chunk.dedicated ? chunk.ab !== ab : chunk.views[(id - slot) / SLOT_SPAN] !== ab)) {
+    if (chunk === undefined || (chunk.dedicated ? chunk.ab !== ab : chunk.views[start] !== ab)) {
       throw new KsmError('This buffer was not allocated by this Arena', 'ERR_KSM_NOT_OWNED');
     }
     markReleased(ab);
@@ -276,10 +277,10 @@ export class Arena {
       // It owns its mapping: this unmaps it (false if free() already did).
       this.#b.free(ab);
     } else {
-      chunk.views[(id - slot) / SLOT_SPAN] = undefined;
+      chunk.views[start] = undefined;
       this.#b.detachView(ab); // false if free() already detached it
     }
-    this.#reclaim(id);
+    this.#reclaim(chunk, start);
   }
 
   stats(): ArenaStats {
@@ -386,18 +387,15 @@ export class Arena {
     return chunk;
   }
 
-  /** The run named by `id` goes back to the free space (its ArrayBuffer is detached). */
-  #reclaim(id: number): void {
-    const slot = id % SLOT_SPAN;
-    const chunk = this.#slots[slot]!;
+  /** The run at `start` of `chunk` goes back to the free space (its ArrayBuffer is detached). */
+  #reclaim(chunk: Chunk | Dedicated, start: number): void {
     if (chunk.dedicated) {
       this.#liveBuffers--;
       this.#liveBytes -= chunk.size;
       this.#livePages -= chunk.pages;
-      this.#slots[slot] = undefined;
+      this.#slots[chunk.slot] = undefined;
       return;
     }
-    const start = (id - slot) / SLOT_SPAN;
     const pages = chunk.len[start]!;
     this.#liveBuffers--;
     this.#liveBytes -= pages * this.#page - chunk.next[start]!;
