@@ -94,9 +94,16 @@ const LIST_SCAN = 8;
 
 type Marked = ArrayBuffer & { [arenaMark]?: number };
 
-/** Best effort: a buffer frozen by its user keeps its old mark, and the ownership check refuses it next time. */
+/**
+ * Best effort: a buffer frozen by its user keeps its old mark, and the ownership check
+ * refuses it next time. (A plain store in a try: Reflect.set is a call into C++ each time.)
+ */
 function markReleased(ab: ArrayBuffer): void {
-  Reflect.set(ab, arenaMark, ARENA_RELEASED);
+  try {
+    (ab as Marked)[arenaMark] = ARENA_RELEASED;
+  } catch {
+    // frozen or sealed by its user
+  }
 }
 
 function classOf(pages: number): number {

@@ -133,7 +133,8 @@ void WrapFinalize(napi_env env, void* data, void* /*hint*/) {
 // (DetachView) or V8 collects it.
 struct ViewRec {
   Mapping* mapping;
-  uintptr_t address;
+  size_t page;    // index of its first page in the mapping
+  size_t length;  // its byte length
   bool attached = true;
 };
 
@@ -144,9 +145,9 @@ namespace {
 void ViewFinalize(napi_env env, void* /*data*/, void* hint) {
   ViewRec* v = static_cast<ViewRec*>(hint);
   Mapping* m = v->mapping;
-  if (v->attached) {
-    auto it = m->views.find(v->address);
-    if (it != m->views.end() && it->second == v) m->views.erase(it);
+  if (v->attached && m->views[v->page] == v) {
+    m->views[v->page] = nullptr;
+    m->attached--;
   }
   Instance* inst = Instance::Get(Napi::Env(env));
   if (inst != nullptr) inst->views--;
@@ -348,12 +349,16 @@ Napi::Value View(const Napi::CallbackInfo& info) {
     ThrowRangeError(env, "The range is outside the buffer's mapping");
   }
   uint8_t* data = o.data() + offset;
-  uintptr_t address = reinterpret_cast<uintptr_t>(data);
-  // One attached view per address, so that the address names it (arena runs never overlap).
-  if (m->views.count(address) != 0) {
+  size_t index = (o.offset + offset) / page;
+  if (m->views == nullptr) {
+    m->views = static_cast<ViewRec**>(calloc(m->length / page, sizeof(ViewRec*)));
+    if (m->views == nullptr) throw ErrnoError(env, ENOMEM, "view");
+  }
+  // One attached view per page, so that the address names it (arena runs never overlap).
+  if (m->views[index] != nullptr) {
     throw ErrnoError(env, EBUSY, "view");
   }
-  ViewRec* v = new ViewRec{m, address};
+  ViewRec* v = new ViewRec{m, index, length};
   napi_value buf;
 #ifdef NODE_API_NO_EXTERNAL_BUFFERS_ALLOWED
   (void)ViewFinalize;
@@ -367,7 +372,8 @@ Napi::Value View(const Napi::CallbackInfo& info) {
   }
   // From here on the backing store owns v and one store count.
   m->stores++;
-  m->views[address] = v;
+  m->views[index] = v;
+  m->attached++;
   inst->views++;
   return Napi::Value(env, buf);
 }
@@ -376,7 +382,8 @@ Napi::Value View(const Napi::CallbackInfo& info) {
 // and its finalizer (which may run later) knows it was detached.
 Napi::Value DetachLight(Napi::Env env, napi_value ab, const Owned& o) {
   o.view->attached = false;
-  o.mapping->views.erase(o.view->address);
+  o.mapping->views[o.view->page] = nullptr;
+  o.mapping->attached--;
   NAPI_THROW_IF_FAILED(env, napi_detach_arraybuffer(env, ab), Napi::Value());
   return Napi::Boolean::New(env, true);
 }
@@ -419,7 +426,7 @@ Napi::Value Free(const Napi::CallbackInfo& info) {
   // copy) so that a runtime that runs them during detach cannot pull it from under us.
   m->stores++;
   int64_t len = m->window ? 0 : static_cast<int64_t>(m->length);
-  if (!m->views.empty()) {
+  if (m->attached != 0) {
     // Light views are still attached (the arena detaches its buffers before it frees a
     // chunk, so this is only a safety net): never unmap under them. The memory goes back
     // now, they read zeros, and the last one's finalizer unmaps.
@@ -649,43 +656,72 @@ Region* FindRegion(Napi::Env env, napi_value ab) {
   return r->magic == Region::kMagic ? r : nullptr;
 }
 
+namespace {
+
+bool FromRegion(Napi::Env env, napi_value ab, Region* r, Owned* out) {
+  out->region = r;
+  out->mapping = r->mapping;
+  out->offset = r->offset;
+  out->abOffset = r->abOffset;
+  out->length = r->length;
+  out->extent = r->extent;
+  out->owner = r->owner;
+  out->freed = IsFreed(env, ab, r);
+  return true;
+}
+
+bool Tagged(napi_env env, napi_value ab) {
+  bool tagged = false;
+  return napi_check_object_type_tag(env, ab, &kRegionTag, &tagged) == napi_ok && tagged;
+}
+
+}  // namespace
+
 bool Lookup(Napi::Env env, napi_value ab, Owned* out) {
-  if (Region* r = FindRegion(env, ab)) {
-    out->region = r;
-    out->mapping = r->mapping;
-    out->offset = r->offset;
-    out->abOffset = r->abOffset;
-    out->length = r->length;
-    out->extent = r->extent;
-    out->owner = r->owner;
-    out->freed = IsFreed(env, ab, r);
-    return true;
-  }
-  // A light view: attached, and its first byte is where an attached view of one of our
-  // live mappings starts.
+  // By address first: an attached ArrayBuffer whose bytes start in one of our live
+  // mappings is a light view (on a page with an attached view) or the mapping's own
+  // region (at its base: regions always start there). Only the one address both can
+  // share, a mapping's base, needs the type tag to tell them apart. This keeps the tag
+  // and wrap lookups (two private-property reads) off the arena's every alloc and release.
   void* data = nullptr;
   size_t length = 0;
-  if (napi_get_arraybuffer_info(env, ab, &data, &length) != napi_ok || data == nullptr) return false;
+  if (napi_get_arraybuffer_info(env, ab, &data, &length) != napi_ok) return false;
   Instance* inst = Instance::Get(env);
-  uintptr_t address = reinterpret_cast<uintptr_t>(data);
-  auto it = inst->live.upper_bound(address);
-  if (it == inst->live.begin()) return false;
-  Mapping* m = (--it)->second;
-  if (address >= reinterpret_cast<uintptr_t>(m->base) + m->length) return false;
-  auto view = m->views.find(address);
-  if (view == m->views.end()) return false;
-  size_t offset = address - reinterpret_cast<uintptr_t>(m->base);
-  size_t page = inst->pageSize;
-  out->region = nullptr;
-  out->view = view->second;
-  out->mapping = m;
-  out->offset = offset;
-  out->abOffset = 0;
-  out->length = length;
-  out->extent = std::min(std::max(RoundUp(length, page), page), m->length - offset);
-  out->owner = false;
-  out->freed = m->released || m->unmapped;
-  return true;
+  if (data != nullptr && !inst->live.empty()) {
+    uintptr_t address = reinterpret_cast<uintptr_t>(data);
+    auto it = inst->live.upper_bound(address);
+    if (it != inst->live.begin()) {
+      Mapping* m = (--it)->second;
+      uintptr_t base = reinterpret_cast<uintptr_t>(m->base);
+      size_t offset = address - base;
+      size_t page = inst->pageSize;
+      if (offset < m->length && offset % page == 0) {
+        ViewRec* v = m->views != nullptr ? m->views[offset / page] : nullptr;
+        // At the base, a view of another length than the one attached there is the region.
+        bool region = offset == 0 && (v == nullptr || v->length != length || Tagged(env, ab));
+        if (v != nullptr && !region) {
+          out->region = nullptr;
+          out->view = v;
+          out->mapping = m;
+          out->offset = offset;
+          out->abOffset = 0;
+          out->length = length;
+          out->extent = std::min(std::max(RoundUp(length, page), page), m->length - offset);
+          out->owner = false;
+          out->freed = m->released || m->unmapped;
+          return true;
+        }
+        if (region) {
+          for (Region* r : m->regions) {
+            if (r->owner && r->storeLive && r->offset == 0) return FromRegion(env, ab, r, out);
+          }
+        }
+      }
+    }
+  }
+  // Detached, window mode, or not ours at all: only the tag can tell.
+  if (Region* r = FindRegion(env, ab)) return FromRegion(env, ab, r, out);
+  return false;
 }
 
 // Whether this runtime refuses external ArrayBuffers: asked once, with a harmless probe.

@@ -4,7 +4,7 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <map>
+#include <cstdlib>
 #include <vector>
 
 #include "instance.h"
@@ -28,14 +28,22 @@ struct Mapping {
   // 1 or 0, or -1 once part of it was advised differently (then only smaps knows).
   int mergeable = -1;
   size_t stores = 0;        // live backing stores pointing into it
-  // Light views (see View in mapping.cc) still attached, by the address of their first
-  // byte: at most one per address, so the address names the view.
-  std::map<uintptr_t, ViewRec*> views;
+  // Light views (see View in mapping.cc) still attached, by the page their first byte is
+  // on: at most one per page, so the address names the view. One pointer per page of the
+  // mapping (1/512 of its size), allocated with the first view; calloc leaves the pages
+  // of a large table untouched until used.
+  ViewRec** views = nullptr;
+  size_t attached = 0;      // non-null entries of views
   // free() of the owner came while light views were still attached: the pages were given
   // back with MADV_DONTNEED (the views read zeros), and munmap waits for the last view.
   bool released = false;
   std::vector<Region*> regions;  // regions whose ArrayBuffer may still be attached
   Instance* inst = nullptr;
+
+  Mapping() = default;
+  Mapping(const Mapping&) = delete;
+  Mapping& operator=(const Mapping&) = delete;
+  ~Mapping() { std::free(views); }
 };
 
 // One external ArrayBuffer over (part of) a Mapping. Held twice: by the ArrayBuffer
