@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { XMLParser, XMLValidator } from 'fast-xml-parser';
-import { afterEach, beforeAll, describe, expect, test, vi } from 'vitest';
+import { afterEach, beforeAll, describe, expect, onTestFinished, test, vi } from 'vitest';
 import { advise, estimateScan } from '../lib/cli/status';
 import { formatBytes } from '../lib/cli/format';
 import { pageSize } from '../lib/memory';
@@ -316,7 +316,9 @@ describe('top', () => {
 describe('watch', () => {
   test('--duration 3s --svg writes a valid SVG with one point per sample; --json samples agree with systemStats()', async (ctx) => {
     requireKsm(ctx);
-    const svg = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'node-ksm-watch-')), 'out.svg');
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'node-ksm-watch-'));
+    onTestFinished(() => fs.rmSync(dir, { recursive: true, force: true }));
+    const svg = path.join(dir, 'out.svg');
     await locked(async () => {
       const w = start(['watch', '--duration', '3s', '--interval', '1s', '--svg', svg, '--json']);
       expect(await w.exit).toBe(0);

@@ -5,10 +5,11 @@
  */
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import parsePrometheusTextFormat from 'parse-prometheus-text-format';
 import { Registry } from 'prom-client';
-import { afterEach, beforeAll, describe, expect, test, vi } from 'vitest';
+import { afterEach, beforeAll, describe, expect, onTestFinished, test, vi } from 'vitest';
 import { alloc, free, pageSize } from '../lib/memory';
 import { collectKsmMetrics } from '../lib/prometheus';
 import { processStats, systemStats } from '../lib/stats';
@@ -238,7 +239,9 @@ describe('node-ksm exporter', () => {
 
   test('without prom-client: exit 1 saying how to install it; the other commands still work', () => {
     // A preload that makes prom-client impossible to resolve, as for a user who never installed it.
-    const hide = path.join(fs.mkdtempSync('/tmp/node-ksm-noprom-'), 'hide.js');
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'node-ksm-noprom-'));
+    onTestFinished(() => fs.rmSync(dir, { recursive: true, force: true }));
+    const hide = path.join(dir, 'hide.js');
     fs.writeFileSync(
       hide,
       "const M = require('module'); const r = M._resolveFilename; M._resolveFilename = function (req, ...a) { if (req === 'prom-client') { const e = new Error('Cannot find module prom-client'); e.code = 'MODULE_NOT_FOUND'; throw e; } return r.call(this, req, ...a); };",
