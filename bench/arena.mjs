@@ -1,8 +1,8 @@
 // Arena vs Buffer.allocUnsafeSlow vs one mapping per buffer (lib/memory.ts alloc), for
 // 16 KiB buffers. Each side runs in its own fresh child process (bench/arena-child.mjs),
-// the sides take turns for several rounds, and the median of each is reported as a ratio
+// the sides take turns for several rounds, and each is reported as a ratio
 // to allocUnsafeSlow measured in the same run. Needs the compiled library:
-//   npm run build:ts && node bench/arena.mjs [--rounds 3] [--ops 100000]
+//   npm run build:ts && node bench/arena.mjs [--rounds 5] [--ops 100000]
 import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
@@ -16,7 +16,7 @@ const arg = (name, dflt) => {
   const i = process.argv.indexOf(`--${name}`);
   return i > 0 ? Number(process.argv[i + 1]) : dflt;
 };
-const rounds = arg('rounds', 3);
+const rounds = arg('rounds', 5);
 const ops = arg('ops', 100_000);
 const sides = ['allocUnsafeSlow', 'alloc', 'arena', 'arenaUnsafe', 'mmap'];
 
@@ -30,6 +30,10 @@ function child(...args) {
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
 const speed = {};
+// Ratios are taken within a round (the sides of one round run back to back), then the
+// median over rounds: a machine whose speed drifts between rounds moves both sides of a
+// ratio alike.
+const roundRatios = {};
 for (const mode of ['fill', 'bare']) {
   const samples = Object.fromEntries(sides.map((s) => [s, []]));
   for (let r = 0; r < rounds; r++) {
@@ -41,9 +45,13 @@ for (const mode of ['fill', 'bare']) {
     }
   }
   speed[mode] = Object.fromEntries(sides.map((s) => [s, median(samples[s])]));
+  roundRatios[mode] = (a, b) => median(samples[a].map((x, i) => x / samples[b][i]));
 }
 
-console.log(`16 KiB buffers, 1,024 live in a ring; median of ${rounds} rounds, each side in a fresh process`);
+console.log(
+  `16 KiB buffers, 1,024 live in a ring, yielding to the event loop every 1,024 operations; each side in a fresh\n` +
+    `process, ${rounds} rounds; times are medians, ratios the median of each round's ratio`,
+);
 console.log(`Node ${process.version}`);
 // Like for like: arena.alloc zero-fills (as Buffer.alloc does), arena.allocUnsafe does not
 // (as allocUnsafeSlow does not).
@@ -65,7 +73,7 @@ for (const [mode, label] of [['fill', 'with a 16 KiB write'], ['bare', 'without 
   const s = speed[mode];
   console.log(
     `  ${label.padEnd(31)}${cols.map(([, k]) => s[k].toFixed(0).padStart(18)).join('')}` +
-      ratios.map(([, a, b]) => `${(s[a] / s[b]).toFixed(2)}x`.padStart(24)).join(''),
+      ratios.map(([, a, b]) => `${roundRatios[mode](a, b).toFixed(2)}x`.padStart(24)).join(''),
   );
 }
 console.log('\nSteady state: 20,000 live buffers of 16 KiB after 100,000 random release+alloc (+ 16 KiB write)');
@@ -80,4 +88,7 @@ for (const side of sides.filter((s) => s !== 'arenaUnsafe')) {
 }
 console.log('  (process RssAnon also holds the V8 heap: Buffer objects and churn garbage, alike for all sides)');
 if (memory.arena.stats) console.log(`  arena stats: ${JSON.stringify(memory.arena.stats)}`);
-console.log(JSON.stringify({ speed, memory }));
+const ratioTable = Object.fromEntries(
+  ['fill', 'bare'].map((mode) => [mode, Object.fromEntries(ratios.map(([h, a, b]) => [h, roundRatios[mode](a, b)]))]),
+);
+console.log(JSON.stringify({ speed, ratios: ratioTable, memory }));
