@@ -69,6 +69,7 @@ export interface NativeBinding {
   setProcessMerging(on: boolean): void;
   processMerging(): boolean;
   flock(fd: number, op: 0 | 1 | 2): boolean;
+  trimHeap(): boolean;
   counters(): { mappings: number; mappedBytes: number; regions: number; views: number };
   setErrorClass(ctor: new (message: string) => Error): void;
 }

@@ -14,6 +14,7 @@ export {
   markMergeable,
   setProcessMerging,
   processMerging,
+  trimHeap,
   type AllocOptions,
   type BinaryLike,
 } from './memory';

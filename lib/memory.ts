@@ -191,3 +191,15 @@ export function processMerging(): boolean {
     throw unsupportedIfEinval(err, 'PR_GET_MEMORY_MERGE');
   }
 }
+
+/**
+ * Gives the free pages of the C heap back to the system (glibc `malloc_trim(0)`). Node
+ * reads every socket chunk into a fresh C-heap buffer and frees it only when V8 collects
+ * the Buffer; glibc keeps the pages of freed blocks resident unless they sit at the very
+ * top of the heap, so after a burst of I/O a process can hold many MiB of free heap. Call
+ * it when the process goes quiet (after a GC, so that dead Buffers are freed first).
+ * Returns false, doing nothing, where the C library has no such call (musl).
+ */
+export function trimHeap(): boolean {
+  return native().trimHeap();
+}

@@ -6,6 +6,9 @@
 #include <sys/prctl.h>
 #include <sys/file.h>
 #include <unistd.h>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 
 #include <algorithm>
 #include <cerrno>
@@ -575,6 +578,18 @@ Napi::Value ProcessMerging(const Napi::CallbackInfo& info) {
   return Napi::Boolean::New(env, r != 0);
 }
 
+// trimHeap(): gives the C heap's free pages back to the system (glibc's malloc_trim,
+// which also returns whole free pages inside the heap, not only at its top). False where
+// the C library has no such call.
+Napi::Value TrimHeap(const Napi::CallbackInfo& info) {
+#if defined(__GLIBC__)
+  malloc_trim(0);
+  return Napi::Boolean::New(info.Env(), true);
+#else
+  return Napi::Boolean::New(info.Env(), false);
+#endif
+}
+
 // flock(fd, op): non-blocking advisory lock; op 1 shared, 2 exclusive, 0 unlock.
 // Returns false when another process holds a conflicting lock. Used for the machine-wide
 // boost state, because a flock goes away with its process even after SIGKILL.
@@ -751,6 +766,7 @@ void InitMapping(Napi::Env env, Napi::Object exports) {
   exports.Set("setProcessMerging", Napi::Function::New(env, SetProcessMerging, "setProcessMerging"));
   exports.Set("processMerging", Napi::Function::New(env, ProcessMerging, "processMerging"));
   exports.Set("flock", Napi::Function::New(env, Flock, "flock"));
+  exports.Set("trimHeap", Napi::Function::New(env, TrimHeap, "trimHeap"));
   exports.Set("counters", Napi::Function::New(env, Counters, "counters"));
   exports.Set("setErrorClass", Napi::Function::New(env, SetErrorClass, "setErrorClass"));
   Napi::Object advice = Napi::Object::New(env);

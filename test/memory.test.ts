@@ -1,7 +1,9 @@
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { expectCode } from './helpers/expect';
 import { binding } from '../lib/binding';
+import { DIST, ensureDist } from './helpers/dist';
 import { SANITIZED } from './helpers/ksm';
 import { KsmError } from '../lib/errors';
 import {
@@ -15,6 +17,7 @@ import {
   processMerging,
   setMergeable,
   setProcessMerging,
+  trimHeap,
 } from '../lib/memory';
 
 /** The /proc/self/maps line of the mapping that starts at the buffer. */
@@ -252,5 +255,46 @@ describe('process merging', () => {
       setProcessMerging(was);
     }
     expectCode(() => setProcessMerging(1 as never), TypeError, 'ERR_INVALID_ARG_TYPE');
+  });
+});
+
+describe('trimHeap', () => {
+  // In a fresh process, so that the C heap holds only what the child did. 64 MiB of
+  // 32 KiB Buffers (malloc'd, below glibc's mmap threshold), all but the newest dropped
+  // and collected: the newest pins the top of the heap, so glibc's own trimming of the
+  // top cannot give the freed pages back, and trimHeap() must. Measured as the process's
+  // RssAnon: glibc's main heap is usually [heap], but lives in anonymous mappings when
+  // something sits where brk would grow.
+  it.skipIf(SANITIZED)('gives freed C-heap pages back to the system', (ctx) => {
+    if (!ensureDist()) ctx.skip();
+    const script = `
+      const { trimHeap } = require(${JSON.stringify(`${DIST}/memory.js`)});
+      const rssAnon = () => Number(/RssAnon:\\s+(\\d+) kB/.exec(require('fs').readFileSync('/proc/self/status', 'utf8'))[1]) * 1024;
+      const base = rssAnon();
+      let keep = [];
+      for (let i = 0; i < 2048; i++) keep.push(Buffer.allocUnsafeSlow(32 * 1024).fill(i & 255));
+      const pin = keep.pop();
+      const full = rssAnon();
+      keep = null;
+      gc(); gc();
+      setTimeout(() => {
+        gc();
+        const freed = rssAnon();
+        const supported = trimHeap();
+        const trimmed = rssAnon();
+        console.log(JSON.stringify({ base, full, freed, trimmed, supported, pin: pin.length }));
+      }, 200);
+    `;
+    const r = spawnSync(process.execPath, ['--expose-gc', '-e', script], { encoding: 'utf8', timeout: 60_000 });
+    expect(r.status, r.stderr).toBe(0);
+    const { base, full, freed, trimmed, supported } = JSON.parse(r.stdout.trim()) as Record<string, number>;
+    expect(supported).toBe(true);
+    const MiB = 1024 * 1024;
+    const figures = `RssAnon ${base! >> 20} MiB at start, ${full! >> 20} full, ${freed! >> 20} freed, ${trimmed! >> 20} trimmed`;
+    // The 64 MiB were resident, and still are once freed (glibc keeps them) ...
+    expect(full! - base!, figures).toBeGreaterThan(60 * MiB);
+    expect(freed! - base!, figures).toBeGreaterThan(50 * MiB);
+    // ... until trimHeap() gives nearly all of it back.
+    expect(trimmed!, figures).toBeLessThan(freed! - 50 * MiB);
   });
 });
