@@ -777,7 +777,7 @@ describe('cache-server: AUTH, maxclients, maxmemory', () => {
   });
 
   it('rejects bad command-line options without a stack trace', async () => {
-    for (const args of [['--port', 'abc'], ['--maxmemory', 'lots'], ['--workers', '0'], ['--gc-every', 'often'], ['--nosuch']]) {
+    for (const args of [['--port', 'abc'], ['--maxmemory', 'lots'], ['--workers', '0'], ['--gc-every', 'often'], ['--idle-reclaim', '-1'], ['--nosuch']]) {
       const out = await new Promise<{ code: number | null; stderr: string }>((resolve) => {
         const p = spawn(process.execPath, [SERVER, ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
         let stderr = '';
@@ -838,6 +838,52 @@ describe('cache-server: shutdown and workers', () => {
     expect(await srv.exited).toBe(0);
     for (const pid of srv.workerPids) expect(fs.existsSync(`/proc/${pid}`) && !fs.readFileSync(`/proc/${pid}/stat`, 'utf8').includes(') Z')).toBe(false);
     for (const c of clients) c.disconnect();
+  });
+});
+
+/** Resident private anonymous bytes of a process (C heap, V8 heap, Arena). */
+function rssAnon(pid: number): number {
+  return Number(/RssAnon:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'))![1]) * 1024;
+}
+
+describe('cache-server: memory after a burst', () => {
+  // --gc-every 0: read buffers pile up in the C heap as V8 lets them, as they would in
+  // any Node server; the quiet spell after the burst must give them back.
+  async function burst(args: string[]): Promise<{ loaded: number; after: number; reclaims: string[] }> {
+    const srv = await startServer(['--gc-every', '0', ...args]);
+    try {
+      const r = client(srv.port);
+      const value = crypto.randomBytes(256 * KiB);
+      for (let i = 0; i < 160; i += 20) {
+        const p = r.pipeline();
+        for (let j = i; j < i + 20; j++) p.set(`v:${j}`, value);
+        await p.exec();
+      }
+      const loaded = rssAnon(srv.pid);
+      const reclaims = [parseInfo(await r.info('memory')).idle_reclaims!];
+      await sleep(1200); // quiet: only these INFO replies
+      reclaims.push(parseInfo(await r.info('memory')).idle_reclaims!);
+      await sleep(600);
+      reclaims.push(parseInfo(await r.info('memory')).idle_reclaims!);
+      const after = rssAnon(srv.pid);
+      expect((await r.getBuffer('v:159'))!.equals(value)).toBe(true);
+      r.disconnect();
+      return { loaded, after, reclaims };
+    } finally {
+      expect(await srv.stop()).toBe(0);
+    }
+  }
+
+  it('--idle-reclaim 300: once quiet, one full GC and trimHeap() give the burst\'s C heap back', async () => {
+    const { loaded, after, reclaims } = await burst(['--idle-reclaim', '300']);
+    // 40 MiB of SETs went through 64 KiB read buffers: not during the burst, once after it, and not again.
+    expect(reclaims).toEqual(['0', '1', '1']);
+    expect(after, `RssAnon ${(loaded / MiB).toFixed(1)} MiB after the burst, ${(after / MiB).toFixed(1)} MiB after`).toBeLessThan(loaded - 4 * MiB);
+  });
+
+  it('--idle-reclaim 0 leaves memory to V8 and glibc', async () => {
+    const { reclaims } = await burst(['--idle-reclaim', '0']);
+    expect(reclaims).toEqual(['0', '0', '0']);
   });
 });
 

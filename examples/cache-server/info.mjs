@@ -70,6 +70,8 @@ const SECTIONS = {
       // Released values' buffers kept for reuse (store.mjs, SPARE_MAX): live to the Arena.
       ['arena_spare_bytes', s.spareBytes],
       ['arena_fragmentation', a.fragmentation.toFixed(3)],
+      // Full GC + trimHeap() after a burst, once quiet (server.mjs, reclaimTick).
+      ['idle_reclaims', srv.reclaims],
     ];
   },
   stats(srv) {
