@@ -8,6 +8,7 @@
 //               pipeline 1 and 16: goal >= 0.5x redis-server's requests/s in each case.
 //
 //   node bench/cache-server.mjs [--json FILE] [--quick] [--only memory|throughput]
+//     [--server-args="--idle-reclaim 0 ..."]   (extra options for this project's server)
 //
 // PSS for our side: merged pages are shared, and PSS is what they cost this process
 // (a KSM page mapped by 100 values counts 1/100 per mapping). Redis has no shared
@@ -22,7 +23,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { boost } from 'node-ksm';
 
 const { values: opts } = parseArgs({
-  options: { json: { type: 'string' }, quick: { type: 'boolean', default: false }, only: { type: 'string' } },
+  options: { json: { type: 'string' }, quick: { type: 'boolean', default: false }, only: { type: 'string' }, 'server-args': { type: 'string', default: '' } },
 });
 if (opts.only !== undefined && !['memory', 'throughput'].includes(opts.only)) throw new Error('--only takes memory or throughput');
 const part = (name) => opts.only === undefined || opts.only === name;
@@ -69,7 +70,7 @@ function track(proc) {
 }
 
 async function startOurs() {
-  const proc = track(spawn(process.execPath, [SERVER, '--port', '0'], { stdio: ['ignore', 'pipe', 'inherit'] }));
+  const proc = track(spawn(process.execPath, [SERVER, '--port', '0', ...opts['server-args'].split(' ').filter(Boolean)], { stdio: ['ignore', 'pipe', 'inherit'] }));
   const line = await new Promise((resolve, reject) => {
     let out = '';
     proc.stdout.on('data', (d) => {
