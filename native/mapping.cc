@@ -351,7 +351,6 @@ Napi::Value View(const Napi::CallbackInfo& info) {
   if (offset >= o.extent || length > o.extent - offset) {
     ThrowRangeError(env, "The range is outside the buffer's mapping");
   }
-  uint8_t* data = o.data() + offset;
   size_t index = (o.offset + offset) / page;
   if (m->views == nullptr) {
     m->views = static_cast<ViewRec**>(calloc(m->length / page, sizeof(ViewRec*)));
@@ -367,7 +366,7 @@ Napi::Value View(const Napi::CallbackInfo& info) {
   (void)ViewFinalize;
   napi_status status = napi_no_external_buffers_allowed;
 #else
-  napi_status status = napi_create_external_buffer(env, length, data, ViewFinalize, v, &buf);
+  napi_status status = napi_create_external_buffer(env, length, o.data() + offset, ViewFinalize, v, &buf);
 #endif
   if (status != napi_ok) {
     delete v;
