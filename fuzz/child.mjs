@@ -441,7 +441,7 @@ const OPS = [
     const r = call(() => bufferStats(t, options));
     if (!r.ok) return;
     const s = r.value;
-    check(s.bytes === t.byteLength, 'bufferStats.bytes');
+    check(s.bytes === lenOf(t), 'bufferStats.bytes');
     check(s.mergedPages <= s.pages && s.residentPages <= s.pages && s.mergedPages >= 0, 'bufferStats page counts');
   }],
   [1, 'isKsmBuffer', () => {

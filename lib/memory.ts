@@ -51,6 +51,20 @@ export function deadArenaView(ab: ArrayBuffer, info: unknown): boolean {
   return id === ARENA_RELEASED || (id !== undefined && id >= 0 && info === null);
 }
 
+/**
+ * A view's offset and length, or 0 and 0 when it has none to give: a DataView whose
+ * getters throw because its ArrayBuffer was detached, or (resizable) shrunk to end before
+ * the view does. (A TypedArray reports 0 and 0 then by itself.)
+ */
+export function viewRange(buf: ArrayBufferView | ArrayBuffer): { byteOffset: number; byteLength: number } {
+  if (buf instanceof ArrayBuffer) return { byteOffset: 0, byteLength: buf.byteLength };
+  try {
+    return { byteOffset: buf.byteOffset, byteLength: buf.byteLength };
+  } catch {
+    return { byteOffset: 0, byteLength: 0 };
+  }
+}
+
 export function arrayBufferOf(value: unknown, name = 'buffer'): ArrayBuffer {
   if (value instanceof ArrayBuffer) return value;
   if (ArrayBuffer.isView(value) && value.buffer instanceof ArrayBuffer) return value.buffer;
@@ -99,15 +113,15 @@ export function from(data: string | BinaryLike, encoding?: BufferEncoding, optio
     return buf;
   }
   if (!isBinary(data)) throw invalidArgType('data', 'a string, Buffer, TypedArray, DataView or ArrayBuffer', data);
-  const source = data instanceof ArrayBuffer ? data : data.buffer;
   // A detached buffer (one that free() or a transfer took) reads as length 0, so it copies
-  // as nothing; asking a detached view for its offset would throw V8's own TypeError.
+  // as nothing, as does a view its resizable buffer no longer reaches.
+  const { byteOffset, byteLength } = viewRange(data);
   const bytes =
-    source.byteLength === 0
+    byteLength === 0
       ? new Uint8Array(0)
       : data instanceof ArrayBuffer
         ? new Uint8Array(data)
-        : new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+        : new Uint8Array(data.buffer, byteOffset, byteLength);
   const buf = alloc(bytes.byteLength, options);
   buf.set(bytes);
   return buf;

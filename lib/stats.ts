@@ -6,7 +6,7 @@
 import fs from 'node:fs';
 import { binding, loadError, native, type RegionInfo } from './binding';
 import { KsmError, fromFsError, invalidArgType, validateInteger } from './errors';
-import { deadArenaView, pageSize } from './memory';
+import { deadArenaView, pageSize, viewRange } from './memory';
 import {
   type KsmSysfs,
   type MapsEntry,
@@ -326,10 +326,9 @@ export function bufferStats(buf: ArrayBufferView | ArrayBuffer, options: BufferS
   const info = b.info(ab);
   // The addon knows an arena buffer only while it is attached.
   if (info?.freed || deadArenaView(ab, info)) throw new KsmError('This buffer has already been freed', 'ERR_KSM_FREED');
-  // A detached buffer holds no memory (and a detached DataView's getters throw).
-  const empty = ab.byteLength === 0;
-  const byteOffset = buf instanceof ArrayBuffer || empty ? 0 : buf.byteOffset;
-  const byteLength = empty ? 0 : buf.byteLength;
+  // A detached buffer holds no memory, nor does a view its resizable buffer no longer
+  // reaches (a DataView's getters throw then).
+  const { byteOffset, byteLength } = ab.byteLength === 0 ? { byteOffset: 0, byteLength: 0 } : viewRange(buf);
 
   // The whole pages that are this buffer's own, as [offset, offset + length) of the view.
   const address = b.addressOf(buf);

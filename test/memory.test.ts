@@ -138,6 +138,17 @@ describe('from', () => {
     expect(copy.toString()).toBe('cd');
   });
 
+  it('copies nothing from a view its resizable buffer no longer reaches', () => {
+    // A DataView's getters throw then (V8 calls it detached); a TypedArray reads as empty.
+    const ab = new ArrayBuffer(2 * pageSize, { maxByteLength: 4 * pageSize } as never) as ArrayBuffer & { resize(n: number): void };
+    const dv = new DataView(ab, pageSize, 100);
+    const u8 = new Uint8Array(ab, pageSize, 100);
+    ab.resize(pageSize);
+    expect(() => dv.byteLength).toThrow(TypeError);
+    expect(from(dv).length).toBe(0);
+    expect(from(u8).length).toBe(0);
+  });
+
   it('rejects what it cannot copy', () => {
     expectCode(() => from(42 as never), TypeError, 'ERR_INVALID_ARG_TYPE');
     expectCode(() => from('x', 'klingon' as never), TypeError, 'ERR_INVALID_ARG_TYPE');

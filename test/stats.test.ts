@@ -215,6 +215,16 @@ describe('after two duplicate buffers merge (real kernel)', () => {
 });
 
 describe('bufferStats without merging', () => {
+  it('a view its resizable buffer no longer reaches has no bytes (not a TypeError from V8)', () => {
+    const ab = new ArrayBuffer(4 * pageSize, { maxByteLength: 8 * pageSize } as never) as ArrayBuffer & { resize(n: number): void };
+    const dv = new DataView(ab, 2 * pageSize, 100);
+    ab.resize(pageSize);
+    expect(() => dv.byteOffset).toThrow(TypeError);
+    for (const method of ['auto', 'pagemap'] as const) {
+      expect(bufferStats(dv, { method }), method).toMatchObject({ bytes: 0, pages: 0, residentPages: 0, mergedPages: 0 });
+    }
+  });
+
   it('a buffer of its own mapping is measured from smaps, exactly its pages', () => {
     const buf = alloc(3 * pageSize + 1);
     live.push(buf);
