@@ -327,8 +327,8 @@ export function bufferStats(buf: ArrayBufferView | ArrayBuffer, options: BufferS
   // The addon knows an arena buffer only while it is attached.
   if (info?.freed || deadArenaView(ab, info)) throw new KsmError('This buffer has already been freed', 'ERR_KSM_FREED');
   // A detached buffer holds no memory, nor does a view its resizable buffer no longer
-  // reaches (a DataView's getters throw then).
-  const { byteOffset, byteLength } = ab.byteLength === 0 ? { byteOffset: 0, byteLength: 0 } : viewRange(buf);
+  // reaches (viewRange: 0 and 0 for both).
+  const { byteOffset, byteLength } = viewRange(buf);
 
   // The whole pages that are this buffer's own, as [offset, offset + length) of the view.
   const address = b.addressOf(buf);
