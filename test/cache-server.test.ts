@@ -841,11 +841,6 @@ describe('cache-server: shutdown and workers', () => {
   });
 });
 
-/** Resident private anonymous bytes of a process (C heap, V8 heap, Arena). */
-function rssAnon(pid: number): number {
-  return Number(/RssAnon:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'))![1]) * 1024;
-}
-
 describe('cache-server: memory after a burst', () => {
   // --gc-every 0: read buffers pile up in the C heap as V8 lets them, as they would in
   // any Node server; the quiet spell after the burst must give them back.
@@ -859,13 +854,13 @@ describe('cache-server: memory after a burst', () => {
         for (let j = i; j < i + 20; j++) p.set(`v:${j}`, value);
         await p.exec();
       }
-      const loaded = rssAnon(srv.pid);
+      const loaded = rollup(srv.pid, 'Anonymous');
       const reclaims = [parseInfo(await r.info('memory')).idle_reclaims!];
       await sleep(1200); // quiet: only these INFO replies
       reclaims.push(parseInfo(await r.info('memory')).idle_reclaims!);
       await sleep(600);
       reclaims.push(parseInfo(await r.info('memory')).idle_reclaims!);
-      const after = rssAnon(srv.pid);
+      const after = rollup(srv.pid, 'Anonymous');
       expect((await r.getBuffer('v:159'))!.equals(value)).toBe(true);
       r.disconnect();
       return { loaded, after, reclaims };
@@ -878,7 +873,7 @@ describe('cache-server: memory after a burst', () => {
     const { loaded, after, reclaims } = await burst(['--idle-reclaim', '300']);
     // 40 MiB of SETs went through 64 KiB read buffers: not during the burst, once after it, and not again.
     expect(reclaims).toEqual(['0', '1', '1']);
-    expect(after, `RssAnon ${(loaded / MiB).toFixed(1)} MiB after the burst, ${(after / MiB).toFixed(1)} MiB after`).toBeLessThan(loaded - 4 * MiB);
+    expect(after, `anonymous memory ${(loaded / MiB).toFixed(1)} MiB after the burst, ${(after / MiB).toFixed(1)} MiB after`).toBeLessThan(loaded - 4 * MiB);
   });
 
   it('--idle-reclaim 0 leaves memory to V8 and glibc', async () => {
