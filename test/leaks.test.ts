@@ -103,7 +103,16 @@ async function workload(count) {
   const before = { maps: mapsLines(), rss: rss(), counters: binding.counters() };
   await workload(n);
   await collect();
+  // V8 and malloc give pages back lazily (the sweeper and the memory reducer run in the
+  // background), so a line or two of maps can still be on its way out here. The figures
+  // are sampled for up to a second and the lowest kept: a leak stays high in every sample.
   const after = { maps: mapsLines(), rss: rss(), counters: binding.counters() };
+  for (let i = 0; i < 10 && (after.maps > before.maps || after.rss > before.rss + 2 ** 20); i++) {
+    await new Promise((r) => setTimeout(r, 100));
+    await collect();
+    after.maps = Math.min(after.maps, mapsLines());
+    after.rss = Math.min(after.rss, rss());
+  }
   process.stdout.write(JSON.stringify({ mode, n, before, after, ms: Date.now() - t0 }) + '\\n');
 })();
 `;
