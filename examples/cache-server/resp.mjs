@@ -23,6 +23,7 @@ export const FAST_SET = 2;
 
 const CR = 13;
 const LF = 10;
+const EMPTY = Buffer.alloc(0);
 
 /**
  * Redis's string2ll for protocol headers: optional '-', digits, no '+', no spaces.
@@ -59,7 +60,7 @@ export class RespParser {
     this.allocLarge = allocLarge;
     this.authenticated = true;
     /** @type {Buffer} */
-    this.buf = Buffer.alloc(0);
+    this.buf = EMPTY;
     this.pos = 0;
     /** @type {Buffer[] | null} the command being assembled */
     this.argv = null;
@@ -84,6 +85,34 @@ export class RespParser {
     if (this.pos >= this.buf.length) this.buf = chunk;
     else this.buf = Buffer.concat([this.buf.subarray(this.pos), chunk]);
     this.pos = 0;
+  }
+
+  /**
+   * Where the next socket read should land: the rest of the large bulk being streamed,
+   * once everything received before it is parsed (so bytes stay in order), or null for
+   * the reader's own buffer. Reading there saves the copy #stream() would make.
+   */
+  readTarget() {
+    return this.target !== null && this.pos >= this.buf.length ? this.target.subarray(this.targetPos) : null;
+  }
+
+  /** `n` bytes were read straight into readTarget(); next() completes the bulk. */
+  filled(n) {
+    this.targetPos += n;
+  }
+
+  /**
+   * `shared` (a read buffer fed in part) is about to be reused: copy what this parser still
+   * holds of it -- the unparsed rest, and the arguments so far of a command not complete yet.
+   */
+  unshare(shared) {
+    const ab = shared.buffer;
+    if (this.buf.buffer === ab) {
+      this.buf = this.pos < this.buf.length ? Buffer.from(this.buf.subarray(this.pos)) : EMPTY;
+      this.pos = 0;
+    }
+    const argv = this.argv;
+    if (argv !== null) for (let i = 0; i < argv.length; i++) if (argv[i].buffer === ab) argv[i] = Buffer.from(argv[i]);
   }
 
   /** Bytes received and not yet parsed (an incomplete frame). */
