@@ -465,6 +465,93 @@ describe('cache-server: the wire protocol', () => {
     expect(r2.data.toString()).toBe(want);
   });
 
+  it('a reply keeps its Arena value even if a later command of the batch overwrites or deletes it', async () => {
+    // Large Arena values are sent by reference (the writer pins them, Writer in resp.mjs):
+    // a SET of the same length reuses a released buffer at once, so without the pin the
+    // first GET would send the second value, or a detached (empty) buffer.
+    const v1 = crypto.randomBytes(64 * KiB);
+    const v2 = crypto.randomBytes(64 * KiB);
+    const batch = Buffer.concat([resp('SET', 'pk', v1), resp('GET', 'pk'), resp('SET', 'pk', v2), resp('GET', 'pk'), resp('DEL', 'pk'), resp('SET', 'pk2', v1), resp('GET', 'pk2')]);
+    const want = Buffer.concat([
+      Buffer.from(`+OK\r\n$${v1.length}\r\n`), v1, Buffer.from(`\r\n+OK\r\n$${v2.length}\r\n`), v2,
+      Buffer.from(`\r\n:1\r\n+OK\r\n$${v1.length}\r\n`), v1, Buffer.from('\r\n'),
+    ]);
+    const { data } = await raw(srv.port, [batch], (got) => got.length >= want.length);
+    expect(data.equals(want)).toBe(true);
+  });
+
+  it('replies still queued for a client that does not read keep their Arena value while others delete and reuse it', async () => {
+    const size = 256 * KiB;
+    const v1 = crypto.randomBytes(size);
+    const other = client(srv.port);
+    await other.set('slow', v1);
+    // 100 GETs (25 MiB of replies) from a client that reads nothing yet: the server sends
+    // until the socket is full and stops reading at its output limit (4 MiB queued), so
+    // dozens of replies wait in the socket, each referring to the value's pages.
+    const s = net.connect(srv.port, '127.0.0.1');
+    await new Promise((r) => s.once('connect', r));
+    s.pause();
+    s.write(Buffer.concat(Array.from({ length: 100 }, () => resp('GET', 'slow'))));
+    await sleep(500);
+    // Meanwhile the value goes, and its pages would be the first to be reused.
+    await other.del('slow');
+    for (let i = 0; i < 20; i++) await other.set(`reuse:${i}`, crypto.randomBytes(size));
+    const chunks: Buffer[] = [];
+    s.on('data', (d) => chunks.push(d));
+    s.resume();
+    const header = Buffer.from(`$${size}\r\n`);
+    const nil = Buffer.from('$-1\r\n');
+    let got = Buffer.alloc(0);
+    let values = 0;
+    let nils = 0;
+    const deadline = Date.now() + 20_000;
+    while (values + nils < 100 && Date.now() < deadline) {
+      await sleep(20);
+      got = Buffer.concat([got, ...chunks.splice(0)]);
+      for (;;) {
+        if (got.subarray(0, nil.length).equals(nil)) {
+          nils++;
+          got = got.subarray(nil.length);
+        } else if (got.length >= header.length + size + 2) {
+          // Every value reply is the value whole: queued before the DEL, sent after it.
+          expect(got.subarray(0, header.length).equals(header)).toBe(true);
+          expect(nils, 'a value after a nil').toBe(0);
+          expect(got.subarray(header.length, header.length + size).equals(v1)).toBe(true);
+          values++;
+          got = got.subarray(header.length + size + 2);
+        } else break;
+      }
+    }
+    s.destroy();
+    expect(values + nils).toBe(100);
+    expect(values).toBeGreaterThanOrEqual(16);
+    // Every pin went with its write, and the deleted value's pages went back.
+    const mem = parseInfo(await other.info('memory'));
+    expect([mem.arena_pinned_buffers, mem.arena_pinned_gone]).toEqual(['0', '0']);
+    other.disconnect();
+  });
+
+  it('a client that disconnects with replies queued leaves no pinned value behind', async () => {
+    const size = 256 * KiB;
+    const other = client(srv.port);
+    await other.set('gone', crypto.randomBytes(size));
+    const s = net.connect(srv.port, '127.0.0.1');
+    await new Promise((r) => s.once('connect', r));
+    s.pause();
+    s.write(Buffer.concat(Array.from({ length: 100 }, () => resp('GET', 'gone'))));
+    await sleep(300);
+    await other.del('gone');
+    expect(Number(parseInfo(await other.info('memory')).arena_pinned_gone)).toBe(1);
+    // Reset with megabytes of replies unsent: the socket calls back every queued write.
+    s.resetAndDestroy();
+    const mem = await pollAsync(async () => {
+      const m = parseInfo(await other.info('memory'));
+      return m.arena_pinned_buffers === '0' && m.arena_pinned_gone === '0' ? m : undefined;
+    }, 5000);
+    expect(mem, 'pins still held 5 s after the client went').toBeDefined();
+    other.disconnect();
+  });
+
   it('plain GET and SET, in any letter case, answer as every other command does', async () => {
     // Plain GET/SET frames are parsed on a shorter path (resp.mjs fast()); anything else
     // about them -- options, arity, odd headers, unknown names -- goes the general way.

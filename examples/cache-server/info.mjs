@@ -69,6 +69,10 @@ const SECTIONS = {
       ['arena_free_bytes', a.freeBytes],
       // Released values' buffers kept for reuse (store.mjs, SPARE_MAX): live to the Arena.
       ['arena_spare_bytes', s.spareBytes],
+      // Values replies still send by reference (Writer, Store.pin), and those of them whose
+      // key is gone: their pages go back once the replies are written.
+      ['arena_pinned_buffers', s.pins.size],
+      ['arena_pinned_gone', s.freeWhenUnpinned.size],
       ['arena_fragmentation', a.fragmentation.toFixed(3)],
       // Full GC + trimHeap() after a burst, once quiet (server.mjs, reclaimTick).
       ['idle_reclaims', srv.reclaims],

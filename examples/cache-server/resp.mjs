@@ -398,13 +398,22 @@ const OWN_BUFFER = 16 * 1024;
  * into the kernel, the usual case), the next batch starts at the beginning again, so a
  * connection reuses one buffer and allocates nothing per reply.
  *
- * Values from the Arena are always copied: a later DEL gives their pages back (the
- * Buffer is detached and its pages reused), and a write still queued in the socket would
- * then send someone else's bytes. Plain Buffers are immutable once stored, so large ones
- * are queued by reference.
+ * Large values are sent by reference, not copied. Plain Buffers are immutable once
+ * stored. Values from the Arena are not: a later DEL or SET gives their pages back (the
+ * Buffer is detached, or its pages reused), and a reply built before that but written
+ * after it -- later in the batch, or while the socket holds the write -- would then send
+ * someone else's bytes. So the writer pins them (Store.pin) from the reply until its
+ * write is done, and the store defers giving back a pinned buffer. GET of 64 KiB values,
+ * 50 clients, pipeline 1, 3 runs: 14.8-24.8k req/s, against 10.3-14.2k copying each one.
  */
 export class Writer {
-  constructor(socket) {
+  /**
+   * @param {import('node:net').Socket} socket
+   * @param {{ pin(b: Buffer): void, unpin(bufs: Buffer[]): void } | null} [pinner] keeps
+   *   Arena buffers from being given back while a reply refers to them (Store); without
+   *   one they are copied
+   */
+  constructor(socket, pinner = null) {
     this.socket = socket;
     this.buf = Buffer.allocUnsafeSlow(CHUNK);
     this.start = 0;
@@ -412,6 +421,18 @@ export class Writer {
     /** @type {Buffer[]} */
     this.parts = [];
     this.queued = 0;
+    this.pinner = pinner;
+    /** Arena buffers in `parts`, pinned until their write is done. @type {Buffer[]} */
+    this.pinned = [];
+  }
+
+  /** Drops what was not sent (the connection is gone), and its pins. */
+  discard() {
+    const pinned = this.pinned;
+    this.parts = [];
+    this.queued = 0;
+    this.pinned = [];
+    if (pinned.length > 0) this.pinner.unpin(pinned);
   }
 
   /** Bytes appended since the last flush. */
@@ -524,7 +545,11 @@ export class Writer {
     this.#room(24);
     this.len = Writer.#header(this.buf, this.len, 36 /* $ */, n);
     this.#cut();
-    if (volatile) {
+    if (volatile && this.pinner !== null) {
+      this.pinner.pin(b);
+      this.pinned.push(b);
+      this.parts.push(b);
+    } else if (volatile) {
       const copy = Buffer.allocUnsafeSlow(n);
       copy.set(b);
       this.parts.push(copy);
@@ -557,14 +582,27 @@ export class Writer {
     if (parts.length === 0) return true;
     this.parts = [];
     this.queued = 0;
+    // The pins go when the last part is written: writes complete in order, and a socket
+    // destroyed before then calls back too (with an error).
+    let done;
+    if (this.pinned.length > 0) {
+      const pinned = this.pinned;
+      this.pinned = [];
+      done = () => this.pinner.unpin(pinned);
+    }
     const s = this.socket;
-    if (s.destroyed) return true;
+    if (s.destroyed) {
+      done?.();
+      return true;
+    }
     let ok;
-    if (parts.length === 1) ok = s.write(parts[0]);
+    if (parts.length === 1) ok = s.write(parts[0], done);
     else {
       s.cork();
       ok = true;
-      for (const p of parts) ok = s.write(p) && ok;
+      const last = parts.length - 1;
+      for (let i = 0; i < last; i++) ok = s.write(parts[i]) && ok;
+      ok = s.write(parts[last], done) && ok;
       s.uncork();
     }
     // Everything went into the kernel: nothing refers to the buffer any more.

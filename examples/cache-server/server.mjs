@@ -175,7 +175,7 @@ class Client {
     this.name = null;
     this.lastCommand = 'NULL';
     this.authenticated = srv.config.requirepass === null;
-    this.w = new Writer(socket);
+    this.w = new Writer(socket, srv.store);
     this.parser.authenticated = this.authenticated;
     this.blocked = false;
     this.closing = false;
@@ -326,6 +326,7 @@ class Client {
 
   dispose() {
     this.srv.clients.delete(this);
+    this.w.discard();
     const held = this.parser.dispose();
     if (held !== null) this.store.dropInbound(held);
     for (const b of this.parser.large) this.store.dropInbound(b);

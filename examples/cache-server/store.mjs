@@ -80,6 +80,10 @@ export class Store {
     /** @type {Map<number, Buffer[]>} released Arena buffers by length, see SPARE_MAX */
     this.spare = new Map();
     this.spareBytes = 0;
+    /** Arena buffers a reply refers to (see pin()), with how many replies do. @type {Map<Buffer, number>} */
+    this.pins = new Map();
+    /** Pinned buffers whose value is gone: given back when the last reply lets go. @type {Set<Buffer>} */
+    this.freeWhenUnpinned = new Set();
     this.stats = { expiredKeys: 0, evictedKeys: 0, hits: 0, misses: 0 };
   }
 
@@ -95,8 +99,34 @@ export class Store {
     return b;
   }
 
+  /**
+   * A reply is about to send Arena buffer `b` by reference (Writer.bulk): until unpin(),
+   * its pages are not given back or reused, even if its value is deleted or overwritten
+   * by a later command of the same batch, or while the socket still holds the write.
+   */
+  pin(b) {
+    this.pins.set(b, (this.pins.get(b) ?? 0) + 1);
+  }
+
+  /** The replies that pinned these buffers are written (or dropped). */
+  unpin(bufs) {
+    for (const b of bufs) {
+      const n = this.pins.get(b) - 1;
+      if (n > 0) {
+        this.pins.set(b, n);
+        continue;
+      }
+      this.pins.delete(b);
+      if (this.freeWhenUnpinned.delete(b)) this.#arenaFree(b);
+    }
+  }
+
   /** Gives an Arena buffer back: kept as a spare while they fit in SPARE_MAX, else to the Arena. */
   #arenaFree(b) {
+    if (this.pins.has(b)) {
+      this.freeWhenUnpinned.add(b);
+      return;
+    }
     const len = b.length;
     if (len === 0 || this.spareBytes + len > SPARE_MAX) return this.arena.release(b);
     const list = this.spare.get(len);
