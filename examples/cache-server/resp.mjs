@@ -424,6 +424,8 @@ export class Writer {
     this.pinner = pinner;
     /** Arena buffers in `parts`, pinned until their write is done. @type {Buffer[]} */
     this.pinned = [];
+    /** Bytes of buffers allocated since the owner last took this (garbage to come). */
+    this.fresh = 0;
   }
 
   /** Drops what was not sent (the connection is gone), and its pins. */
@@ -444,6 +446,7 @@ export class Writer {
     if (this.len + n <= this.buf.length) return;
     this.#cut();
     this.buf = Buffer.allocUnsafeSlow(Math.max(CHUNK, n));
+    this.fresh += this.buf.length;
     this.start = this.len = 0;
   }
 
@@ -551,6 +554,7 @@ export class Writer {
       this.parts.push(b);
     } else if (volatile) {
       const copy = Buffer.allocUnsafeSlow(n);
+      this.fresh += n;
       copy.set(b);
       this.parts.push(copy);
     } else {

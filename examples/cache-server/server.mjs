@@ -221,6 +221,7 @@ class Client {
   /** A chunk from a 'data' event: a fresh buffer for every read. */
   onData(chunk) {
     this.srv.stats.netIn += chunk.length;
+    this.srv.traffic += chunk.length;
     this.srv.churn(chunk.length);
     if (this.closing) return;
     this.parser.feed(chunk);
@@ -277,7 +278,11 @@ class Client {
     const n = this.w.size;
     if (n === 0) return;
     this.srv.stats.netOut += n;
-    this.srv.churn(n);
+    this.srv.traffic += n;
+    if (this.w.fresh > 0) {
+      this.srv.churn(this.w.fresh);
+      this.w.fresh = 0;
+    }
     this.w.flush();
     if (this.socket.writableLength > OUTPUT_LIMIT && !this.closing) {
       this.blocked = true;
@@ -365,10 +370,10 @@ class CacheServer {
   }
 
   /**
-   * Counts bytes that went through short-lived buffers (replies, and socket reads where
-   * they come as 'data' chunks) and asks V8 for a young-generation GC after every
-   * `--gc-every` of them, once this turn of the event loop is over. (Reads in place, see
-   * adopt(), allocate nothing.)
+   * Counts bytes of short-lived buffers (socket reads where they come as 'data' chunks,
+   * and the writer's new reply buffers) and asks V8 for a young-generation GC after every
+   * `--gc-every` of them, once this turn of the event loop is over. Reads in place (see
+   * adopt()) and large values sent by reference allocate nothing.
    *
    * Why: every 'data' chunk is a fresh buffer from the C heap (malloc), garbage as soon as
    * it is parsed, but freed only when V8 next collects -- and V8 lets up to ~32 MiB of
@@ -378,7 +383,6 @@ class CacheServer {
    * little survives, which is the case for buffers already parsed.
    */
   churn(n) {
-    this.traffic += n;
     if (this.gcEvery === 0) return;
     this.sinceGc += n;
     if (this.sinceGc < this.gcEvery || this.gcPending) return;
