@@ -39,8 +39,8 @@
  *   space and one VMA, no memory. Any further chunk that empties is unmapped at once.
  *   Allocations larger than a chunk get a mapping of their own (an `alloc` buffer).
  *
- * - Bookkeeping per buffer is one WeakMap entry (ArrayBuffer -> small number naming the
- *   chunk and first page); the run's length and padding live in per-chunk typed arrays
+ * - Bookkeeping per buffer is one property on its ArrayBuffer (`arenaMark` in memory.ts:
+ *   a small number naming the chunk and first page); the run's length and padding live in per-chunk typed arrays
  *   (17 bytes per page of chunk, about 0.4 %). Like malloc, the arena is explicit: a
  *   buffer dropped without `release()` keeps its pages until `close()`. (GC reclaim
  *   through a FinalizationRegistry would cost a registration per buffer and is not

@@ -23,7 +23,6 @@ function isBinary(value: unknown): value is BinaryLike {
   return ArrayBuffer.isView(value) || value instanceof ArrayBuffer;
 }
 
-/** The ArrayBuffer behind a view (or the ArrayBuffer itself). */
 /**
  * Every ArrayBuffer an Arena hands out carries, under this symbol, where it is (chunk slot
  * and first page), or ARENA_RELEASED once given back. While attached the addon recognises
@@ -65,6 +64,7 @@ export function viewRange(buf: ArrayBufferView | ArrayBuffer): { byteOffset: num
   }
 }
 
+/** The ArrayBuffer behind a view (or the ArrayBuffer itself). */
 export function arrayBufferOf(value: unknown, name = 'buffer'): ArrayBuffer {
   if (value instanceof ArrayBuffer) return value;
   if (ArrayBuffer.isView(value) && value.buffer instanceof ArrayBuffer) return value.buffer;
