@@ -141,7 +141,7 @@ const READ_BUFFER = Buffer.allocUnsafeSlow(64 * 1024);
  * arrive paused (pauseOnConnect) and their handle moves to a socket constructed with
  * `onread`: no buffer is allocated per read (so no garbage for V8 and the C heap to
  * hold), and the bulk of a large value is read straight into its Arena buffer. Measured
- * against reading 'data' chunks, redis-benchmark, 50 clients, same runs: SET 64 KiB 12.7-15.2k
+ * against reading 'data' chunks, redis-benchmark, 50 clients, same runs: SET 64 KiB pipeline 1 12.7-15.2k
  * req/s against 10.4-11.5k; SET 1 KiB pipeline 16 370-390k against 320-370k.
  *
  * Returns null when there is no handle to move (another runtime), or with
