@@ -409,11 +409,10 @@ const OWN_BUFFER = 16 * 1024;
 export class Writer {
   /**
    * @param {import('node:net').Socket} socket
-   * @param {{ pin(b: Buffer): void, unpin(bufs: Buffer[]): void } | null} [pinner] keeps
-   *   Arena buffers from being given back while a reply refers to them (Store); without
-   *   one they are copied
+   * @param {{ pin(b: Buffer): void, unpin(bufs: Buffer[]): void }} pinner keeps Arena
+   *   buffers from being given back while a reply refers to them (Store)
    */
-  constructor(socket, pinner = null) {
+  constructor(socket, pinner) {
     this.socket = socket;
     this.buf = Buffer.allocUnsafeSlow(CHUNK);
     this.start = 0;
@@ -528,7 +527,7 @@ export class Writer {
   }
   /**
    * @param {Buffer | null | undefined} b
-   * @param {boolean} [volatile] b is an Arena buffer: copy it (see the class comment)
+   * @param {boolean} [volatile] b is an Arena buffer: pin it (see the class comment)
    */
   bulk(b, volatile = false) {
     if (b == null) return this.nil();
@@ -548,18 +547,11 @@ export class Writer {
     this.#room(24);
     this.len = Writer.#header(this.buf, this.len, 36 /* $ */, n);
     this.#cut();
-    if (volatile && this.pinner !== null) {
+    if (volatile) {
       this.pinner.pin(b);
       this.pinned.push(b);
-      this.parts.push(b);
-    } else if (volatile) {
-      const copy = Buffer.allocUnsafeSlow(n);
-      this.fresh += n;
-      copy.set(b);
-      this.parts.push(copy);
-    } else {
-      this.parts.push(b);
     }
+    this.parts.push(b);
     this.queued += n;
     this.#room(2);
     this.buf[this.len] = 13;
