@@ -134,6 +134,8 @@ function flushPending() {
  * reference), and the parser copies what it holds of it before the next read (unshare).
  */
 const READ_BUFFER = Buffer.allocUnsafeSlow(64 * 1024);
+/** Read with 'data' events anyway (see adopt()). */
+const DATA_READS = process.env.CACHE_SERVER_READS === 'data';
 
 /**
  * Node reads into buffers of the caller's choosing (the `onread` option) only for sockets
@@ -149,7 +151,7 @@ const READ_BUFFER = Buffer.allocUnsafeSlow(64 * 1024);
  */
 function adopt(orig, onread) {
   const handle = orig._handle;
-  if (process.env.CACHE_SERVER_READS === 'data' || handle == null || typeof handle.readStart !== 'function') return null;
+  if (DATA_READS || handle == null || typeof handle.readStart !== 'function') return null;
   orig._handle = null;
   const socket = new net.Socket({ handle, allowHalfOpen: true, readable: true, writable: true, onread });
   // The old socket object lets go without closing the handle; the server's count of
