@@ -154,6 +154,15 @@ async function pollAsync<T>(check: () => Promise<T>, timeoutMs: number, interval
   return v;
 }
 
+/** A raw connection that sends `count` GETs of `key` and reads nothing until resumed. */
+async function stalledReader(port: number, key: string, count: number): Promise<net.Socket> {
+  const s = net.connect(port, '127.0.0.1');
+  await new Promise((r) => s.once('connect', r));
+  s.pause();
+  s.write(Buffer.concat(Array.from({ length: count }, () => resp('GET', key))));
+  return s;
+}
+
 function client(port: number, opts: Record<string, unknown> = {}): Redis {
   return new Redis({ port, host: '127.0.0.1', maxRetriesPerRequest: 0, retryStrategy: () => null, lazyConnect: false, ...opts });
 }
@@ -488,10 +497,7 @@ describe('cache-server: the wire protocol', () => {
     // 100 GETs (25 MiB of replies) from a client that reads nothing yet: the server sends
     // until the socket is full and stops reading at its output limit (4 MiB queued), so
     // dozens of replies wait in the socket, each referring to the value's pages.
-    const s = net.connect(srv.port, '127.0.0.1');
-    await new Promise((r) => s.once('connect', r));
-    s.pause();
-    s.write(Buffer.concat(Array.from({ length: 100 }, () => resp('GET', 'slow'))));
+    const s = await stalledReader(srv.port, 'slow', 100);
     await sleep(500);
     // Meanwhile the value goes, and its pages would be the first to be reused.
     await other.del('slow');
@@ -535,10 +541,7 @@ describe('cache-server: the wire protocol', () => {
     const size = 256 * KiB;
     const other = client(srv.port);
     await other.set('gone', crypto.randomBytes(size));
-    const s = net.connect(srv.port, '127.0.0.1');
-    await new Promise((r) => s.once('connect', r));
-    s.pause();
-    s.write(Buffer.concat(Array.from({ length: 100 }, () => resp('GET', 'gone'))));
+    const s = await stalledReader(srv.port, 'gone', 100);
     await sleep(300);
     await other.del('gone');
     expect(Number(parseInfo(await other.info('memory')).arena_pinned_gone)).toBe(1);
