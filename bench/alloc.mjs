@@ -50,9 +50,13 @@ if (values.side) {
   const self = fileURLToPath(import.meta.url);
   const child = (side) =>
     JSON.parse(
-      execFileSync(process.execPath, ['--expose-gc', self, '--side', side, '--rounds', String(rounds), '--mib', values.mib], {
-        encoding: 'utf8',
-      }),
+      execFileSync(
+        process.execPath,
+        ['--expose-gc', self, '--side', side, '--rounds', String(rounds), '--mib', values.mib],
+        {
+          encoding: 'utf8',
+        },
+      ),
     );
   // Alternate the sides twice and keep each side's best, to damp machine noise.
   const results = { ksm: [], buffer: [] };

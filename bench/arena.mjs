@@ -68,8 +68,13 @@ const ratios = [
   ['alloc/unsafeSlow', 'arena', 'allocUnsafeSlow'],
   ['alloc/mmap', 'arena', 'mmap'],
 ];
-console.log(`alloc + release (ns per op)       ${cols.map(([h]) => h.padStart(18)).join('')}${ratios.map(([h]) => h.padStart(24)).join('')}`);
-for (const [mode, label] of [['fill', 'with a 16 KiB write'], ['bare', 'without touching the memory']]) {
+console.log(
+  `alloc + release (ns per op)       ${cols.map(([h]) => h.padStart(18)).join('')}${ratios.map(([h]) => h.padStart(24)).join('')}`,
+);
+for (const [mode, label] of [
+  ['fill', 'with a 16 KiB write'],
+  ['bare', 'without touching the memory'],
+]) {
   const s = speed[mode];
   console.log(
     `  ${label.padEnd(31)}${cols.map(([, k]) => s[k].toFixed(0).padStart(18)).join('')}` +
@@ -77,7 +82,9 @@ for (const [mode, label] of [['fill', 'with a 16 KiB write'], ['bare', 'without 
   );
 }
 console.log('\nSteady state: 20,000 live buffers of 16 KiB after 100,000 random release+alloc (+ 16 KiB write)');
-console.log('  side              process RssAnon over live pages   arena chunks RSS (+ allocator metadata) over live pages');
+console.log(
+  '  side              process RssAnon over live pages   arena chunks RSS (+ allocator metadata) over live pages',
+);
 const memory = {};
 for (const side of sides.filter((s) => s !== 'arenaUnsafe')) {
   memory[side] = child('memory', side);

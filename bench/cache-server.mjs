@@ -23,9 +23,15 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { boost } from 'node-ksm';
 
 const { values: opts } = parseArgs({
-  options: { json: { type: 'string' }, quick: { type: 'boolean', default: false }, only: { type: 'string' }, 'server-args': { type: 'string', default: '' } },
+  options: {
+    json: { type: 'string' },
+    quick: { type: 'boolean', default: false },
+    only: { type: 'string' },
+    'server-args': { type: 'string', default: '' },
+  },
 });
-if (opts.only !== undefined && !['memory', 'throughput'].includes(opts.only)) throw new Error('--only takes memory or throughput');
+if (opts.only !== undefined && !['memory', 'throughput'].includes(opts.only))
+  throw new Error('--only takes memory or throughput');
 const part = (name) => opts.only === undefined || opts.only === name;
 const SERVER = fileURLToPath(new URL('../examples/cache-server/server.mjs', import.meta.url));
 const KiB = 1024;
@@ -70,7 +76,11 @@ function track(proc) {
 }
 
 async function startOurs() {
-  const proc = track(spawn(process.execPath, [SERVER, '--port', '0', ...opts['server-args'].split(' ').filter(Boolean)], { stdio: ['ignore', 'pipe', 'inherit'] }));
+  const proc = track(
+    spawn(process.execPath, [SERVER, '--port', '0', ...opts['server-args'].split(' ').filter(Boolean)], {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    }),
+  );
   const line = await new Promise((resolve, reject) => {
     let out = '';
     proc.stdout.on('data', (d) => {
@@ -85,9 +95,13 @@ async function startOurs() {
 async function startRedis() {
   const port = await freePort();
   const proc = track(
-    spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--daemonize', 'no'], {
-      stdio: 'ignore',
-    }),
+    spawn(
+      'redis-server',
+      ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--daemonize', 'no'],
+      {
+        stdio: 'ignore',
+      },
+    ),
   );
   for (let i = 0; i < 100; i++) {
     try {
@@ -202,7 +216,18 @@ async function memoryCase(label, valueOf) {
     }
     const after = rollup(ours.pid);
     const kinds = pssByKind(ours.pid);
-    return { label, logicalBytes: keys * 256 * KiB, redisRss: r.rss, redisPss: r.pss, oursPssBefore: before.pss, oursRss: after.rss, oursPss: after.pss, oursPssByKind: kinds, merged, mergeMs };
+    return {
+      label,
+      logicalBytes: keys * 256 * KiB,
+      redisRss: r.rss,
+      redisPss: r.pss,
+      oursPssBefore: before.pss,
+      oursRss: after.rss,
+      oursPss: after.pss,
+      oursPssByKind: kinds,
+      merged,
+      mergeMs,
+    };
   } finally {
     await stop(ours);
     await stop(redis);
@@ -210,7 +235,25 @@ async function memoryCase(label, valueOf) {
 }
 
 function benchmark(port, size, pipeline, n) {
-  const args = ['-h', '127.0.0.1', '-p', String(port), '-t', 'set,get', '-d', String(size), '-c', '50', '-P', String(pipeline), '-n', String(n), '-r', '1000', '--csv'];
+  const args = [
+    '-h',
+    '127.0.0.1',
+    '-p',
+    String(port),
+    '-t',
+    'set,get',
+    '-d',
+    String(size),
+    '-c',
+    '50',
+    '-P',
+    String(pipeline),
+    '-n',
+    String(n),
+    '-r',
+    '1000',
+    '--csv',
+  ];
   return new Promise((resolve, reject) =>
     execFile('redis-benchmark', args, { maxBuffer: 16 * MiB }, (e, stdout) => {
       if (e) return reject(e);
@@ -251,7 +294,8 @@ async function throughput() {
         const r = await benchmark(s.port, size, pipeline, Math.round(n * q));
         for (const op of ['SET', 'GET']) best[s.name][op] = Math.max(best[s.name][op], r[op] ?? 0);
       }
-      for (const op of ['SET', 'GET']) rows.push({ op, size, pipeline, ours: best['node-ksm'][op], redis: best.redis[op] });
+      for (const op of ['SET', 'GET'])
+        rows.push({ op, size, pipeline, ours: best['node-ksm'][op], redis: best.redis[op] });
     }
   } finally {
     await stop(ours);
@@ -285,10 +329,18 @@ try {
   }
   for (const t of tput) {
     const ratio = t.ours / t.redis;
-    table.push([`${t.op} ${t.size / KiB} KiB, 50 clients, pipeline ${t.pipeline}`, `${Math.round(t.ours)} req/s`, `${Math.round(t.redis)} req/s`, `${ratio.toFixed(2)}x`, '>= 0.5x', mark(ratio >= 0.5)]);
+    table.push([
+      `${t.op} ${t.size / KiB} KiB, 50 clients, pipeline ${t.pipeline}`,
+      `${Math.round(t.ours)} req/s`,
+      `${Math.round(t.redis)} req/s`,
+      `${ratio.toFixed(2)}x`,
+      '>= 0.5x',
+      mark(ratio >= 0.5),
+    ]);
   }
   const widths = table[0].map((_, i) => Math.max(...table.map((r) => r[i].length)));
-  for (const row of table) console.log(row.map((c, i) => (i === 0 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join('  '));
+  for (const row of table)
+    console.log(row.map((c, i) => (i === 0 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join('  '));
   console.log(
     (dup
       ? `\nduplicates: our PSS ${mib(dup.oursPssBefore)} MiB before merging; after: C heap ${mib(dup.oursPssByKind.heap)}, ` +
@@ -297,8 +349,11 @@ try {
       : '\n') +
       `Load average ${fs.readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ')}; run took ${((Date.now() - started) / 1000).toFixed(0)} s.`,
   );
-  if (opts.json) fs.writeFileSync(opts.json, `${JSON.stringify({ memory: [dup, uniq].filter(Boolean), throughput: tput }, null, 2)}\n`);
+  if (opts.json)
+    fs.writeFileSync(
+      opts.json,
+      `${JSON.stringify({ memory: [dup, uniq].filter(Boolean), throughput: tput }, null, 2)}\n`,
+    );
 } finally {
   for (const c of children) c.kill('SIGKILL');
 }
-

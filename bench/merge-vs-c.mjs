@@ -69,10 +69,15 @@ async function jsChild([mib, ratio, boost, timeoutMs]) {
 
 function run(cmd, args) {
   return new Promise((resolve, reject) => {
-    const p = spawn(cmd, args, { env: { ...process.env, NODE_KSM_BINARY: ADDON }, stdio: ['ignore', 'pipe', 'inherit'] });
+    const p = spawn(cmd, args, {
+      env: { ...process.env, NODE_KSM_BINARY: ADDON },
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
     let out = '';
     p.stdout.on('data', (d) => (out += d));
-    p.on('exit', (code) => (code === 0 ? resolve(JSON.parse(out.trim().split('\n').pop())) : reject(new Error(`${cmd} exited with ${code}`))));
+    p.on('exit', (code) =>
+      code === 0 ? resolve(JSON.parse(out.trim().split('\n').pop())) : reject(new Error(`${cmd} exited with ${code}`)),
+    );
   });
 }
 
@@ -86,7 +91,21 @@ async function main() {
 
   // Compiled here rather than in dist/, which other runs may be rebuilding.
   try {
-    execFileSync(process.execPath, [path.join(root, 'node_modules/typescript/bin/tsc'), '-p', 'tsconfig.json', '--outDir', LIB, '--declaration', 'false', '--sourceMap', 'false'], { cwd: root, stdio: 'pipe' });
+    execFileSync(
+      process.execPath,
+      [
+        path.join(root, 'node_modules/typescript/bin/tsc'),
+        '-p',
+        'tsconfig.json',
+        '--outDir',
+        LIB,
+        '--declaration',
+        'false',
+        '--sourceMap',
+        'false',
+      ],
+      { cwd: root, stdio: 'pipe' },
+    );
   } catch (err) {
     if (!fs.existsSync(path.join(LIB, 'wait.js'))) throw err;
   }
@@ -134,16 +153,34 @@ async function main() {
             await handle.release();
           }
         } else {
-          js.push(await run(process.execPath, [fileURLToPath(import.meta.url), 'js-child', String(mib), String(ratio), '1', '120000']));
+          js.push(
+            await run(process.execPath, [
+              fileURLToPath(import.meta.url),
+              'js-child',
+              String(mib),
+              String(ratio),
+              '1',
+              '120000',
+            ]),
+          );
         }
         const last = side === 'c' ? c.at(-1) : js.at(-1);
-        process.stderr.write(`run ${i + 1} ${side.padEnd(2)}: ${last.ms.toFixed(0)} ms (${last.merged}/${last.pages} merged)\n`);
+        process.stderr.write(
+          `run ${i + 1} ${side.padEnd(2)}: ${last.ms.toFixed(0)} ms (${last.merged}/${last.pages} merged)\n`,
+        );
       }
     }
     // The kernel's defaults, as a machine that nobody tuned has them.
     const prev = ksm.configure({ advisorMode: 'none', pagesToScan: 100, sleepMillisecs: 20, smartScan: 1, run: 1 });
     try {
-      slow = await run(process.execPath, [fileURLToPath(import.meta.url), 'js-child', String(mib), String(ratio), '0', String(defaultLimitMs)]);
+      slow = await run(process.execPath, [
+        fileURLToPath(import.meta.url),
+        'js-child',
+        String(mib),
+        String(ratio),
+        '0',
+        String(defaultLimitMs),
+      ]);
     } finally {
       ksm.configure(prev);
     }
@@ -175,17 +212,28 @@ async function main() {
     jsOverC: Number((jsMs / cMs).toFixed(3)),
     c: c.map((r) => Math.round(r.ms)),
     js: js.map((r) => Math.round(r.ms)),
-    defaultSettings: { ms: Math.round(slow.ms), done: slow.done, mergedShare: Number((slow.merged / slow.pages).toFixed(3)), limitMs: defaultLimitMs },
+    defaultSettings: {
+      ms: Math.round(slow.ms),
+      done: slow.done,
+      mergedShare: Number((slow.merged / slow.pages).toFixed(3)),
+      limitMs: defaultLimitMs,
+    },
   };
   fs.mkdirSync(path.join(here, 'out'), { recursive: true });
   fs.writeFileSync(path.join(here, 'out/merge-vs-c.json'), `${JSON.stringify(result, null, 2)}\n`);
-  console.log(`merge ${mib} MiB of duplicate pages to ${ratio * 100} %, boosted (${JSON.stringify(ksm.BOOST_POLICY)}), median of ${runs}:`);
+  console.log(
+    `merge ${mib} MiB of duplicate pages to ${ratio * 100} %, boosted (${JSON.stringify(ksm.BOOST_POLICY)}), median of ${runs}:`,
+  );
   console.log(`  C (merge.c)                      ${cMs.toFixed(0).padStart(7)} ms  ${mibPerS(cMs)} MiB/s`);
-  console.log(`  waitForMerge(buf, {boost: true}) ${jsMs.toFixed(0).padStart(7)} ms  ${mibPerS(jsMs)} MiB/s  = ${(jsMs / cMs).toFixed(2)}x C (goal <= 1.25)`);
+  console.log(
+    `  waitForMerge(buf, {boost: true}) ${jsMs.toFixed(0).padStart(7)} ms  ${mibPerS(jsMs)} MiB/s  = ${(jsMs / cMs).toFixed(2)}x C (goal <= 1.25)`,
+  );
   const slowText = slow.done
     ? `${slow.ms.toFixed(0)} ms  ${mibPerS(slow.ms)} MiB/s  = ${(slow.ms / jsMs).toFixed(0)}x the boosted time`
     : `not done after ${(defaultLimitMs / 1000).toFixed(0)} s: ${((slow.merged / slow.pages) * 100).toFixed(1)} % merged (~${((slow.merged * ksm.pageSize) / 2 ** 20 / (slow.ms / 1000)).toFixed(1)} MiB/s)`;
-  console.log(`  fastest runs: C ${result.cMinMs} ms, waitForMerge ${result.jsMinMs} ms = ${(result.jsMinMs / result.cMinMs).toFixed(2)}x`);
+  console.log(
+    `  fastest runs: C ${result.cMinMs} ms, waitForMerge ${result.jsMinMs} ms = ${(result.jsMinMs / result.cMinMs).toFixed(2)}x`,
+  );
   console.log(`  kernel defaults (no boost)       ${slowText}`);
 }
 

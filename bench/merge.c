@@ -23,7 +23,7 @@ static double now_ms(void) {
 }
 
 static long merging_pages(void) {
-  FILE *f = fopen("/proc/self/ksm_merging_pages", "r");
+  FILE* f = fopen("/proc/self/ksm_merging_pages", "r");
   long n = -1;
   if (f == NULL) return -1;
   if (fscanf(f, "%ld", &n) != 1) n = -1;
@@ -32,7 +32,7 @@ static long merging_pages(void) {
 }
 
 /* The same xorshift stream per page as test/helpers/ksm.ts fillPages and the JS side. */
-static void fill_page(uint32_t *w, size_t words, uint32_t seed, uint32_t p) {
+static void fill_page(uint32_t* w, size_t words, uint32_t seed, uint32_t p) {
   uint32_t x = ((seed + 1) * 0x9e3779b1u) ^ ((p + 1) * 0x85ebca6bu);
   if (x == 0) x = 1;
   for (size_t i = 0; i < words; i++) {
@@ -43,7 +43,7 @@ static void fill_page(uint32_t *w, size_t words, uint32_t seed, uint32_t p) {
   }
 }
 
-int main(int argc, char **argv) {
+int main(int argc, char** argv) {
   if (argc != 5) {
     fprintf(stderr, "usage: %s <MiB> <ratio> <poll-ms> <timeout-ms>\n", argv[0]);
     return 2;
@@ -55,24 +55,34 @@ int main(int argc, char **argv) {
   long page = sysconf(_SC_PAGESIZE);
   size_t pages = bytes / (size_t)page, half = pages / 2;
 
-  uint8_t *mem = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (mem == MAP_FAILED) { perror("mmap"); return 1; }
-  if (madvise(mem, bytes, MADV_NOHUGEPAGE) != 0) { perror("madvise(NOHUGEPAGE)"); return 1; }
+  uint8_t* mem = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (mem == MAP_FAILED) {
+    perror("mmap");
+    return 1;
+  }
+  if (madvise(mem, bytes, MADV_NOHUGEPAGE) != 0) {
+    perror("madvise(NOHUGEPAGE)");
+    return 1;
+  }
   for (size_t p = 0; p < pages; p++) {
-    fill_page((uint32_t *)(mem + p * (size_t)page), (size_t)page / 4, 1, (uint32_t)(p % half));
+    fill_page((uint32_t*)(mem + p * (size_t)page), (size_t)page / 4, 1, (uint32_t)(p % half));
   }
 
   long want = (long)(ratio * (double)pages + 0.999999);
   double t0 = now_ms();
-  if (madvise(mem, bytes, MADV_MERGEABLE) != 0) { perror("madvise(MERGEABLE)"); return 1; }
-  struct timespec pause = { poll_ms / 1000, (poll_ms % 1000) * 1000000L };
+  if (madvise(mem, bytes, MADV_MERGEABLE) != 0) {
+    perror("madvise(MERGEABLE)");
+    return 1;
+  }
+  struct timespec pause = {poll_ms / 1000, (poll_ms % 1000) * 1000000L};
   long merged = merging_pages();
   while (merged < want && now_ms() - t0 < timeout_ms) {
     nanosleep(&pause, NULL);
     merged = merging_pages();
   }
   double ms = now_ms() - t0;
-  printf("{\"ms\": %.1f, \"merged\": %ld, \"pages\": %zu, \"done\": %s}\n", ms, merged, pages, merged >= want ? "true" : "false");
+  printf("{\"ms\": %.1f, \"merged\": %ld, \"pages\": %zu, \"done\": %s}\n", ms, merged, pages,
+         merged >= want ? "true" : "false");
   munmap(mem, bytes);
   return 0;
 }

@@ -42,7 +42,21 @@ const { values } = parseArgs({
 });
 
 try {
-  execFileSync(process.execPath, [path.join(root, 'node_modules/typescript/bin/tsc'), '-p', 'tsconfig.json', '--outDir', LIB, '--declaration', 'false', '--sourceMap', 'false'], { cwd: root, stdio: 'pipe' });
+  execFileSync(
+    process.execPath,
+    [
+      path.join(root, 'node_modules/typescript/bin/tsc'),
+      '-p',
+      'tsconfig.json',
+      '--outDir',
+      LIB,
+      '--declaration',
+      'false',
+      '--sourceMap',
+      'false',
+    ],
+    { cwd: root, stdio: 'pipe' },
+  );
 } catch (err) {
   // Type errors elsewhere in lib/ still emit; only a missing output is fatal.
   if (!fs.existsSync(path.join(LIB, 'cli/bench.js'))) throw err;

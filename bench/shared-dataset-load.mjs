@@ -27,7 +27,9 @@ function get(id) {
       .get({ host: '127.0.0.1', port, path: `/item/${id}`, agent }, (res) => {
         const chunks = [];
         res.on('data', (c) => chunks.push(c));
-        res.on('end', () => (res.statusCode === 200 ? resolve(chunks) : reject(new Error(`HTTP ${res.statusCode} for item ${id}`))));
+        res.on('end', () =>
+          res.statusCode === 200 ? resolve(chunks) : reject(new Error(`HTTP ${res.statusCode} for item ${id}`)),
+        );
       })
       .on('error', reject);
   });
@@ -45,7 +47,8 @@ const nextId = () => {
 const probe = nextId();
 const got = JSON.parse(Buffer.concat(await get(probe)).toString());
 const want = expectedItem(probe);
-if (got.id !== want.id || got.features.join() !== want.features.join()) throw new Error(`wrong answer for item ${probe}`);
+if (got.id !== want.id || got.features.join() !== want.features.join())
+  throw new Error(`wrong answer for item ${probe}`);
 
 let counting = false;
 let requests = 0;

@@ -94,7 +94,8 @@ function startService(workers, side) {
         const e = events.find((x) => x.event === name);
         if (e) return e;
         const bad = events.find((x) => x.event === 'error' || x.event === 'merge-stalled');
-        if (bad || exited || Date.now() > deadline) throw new Error(`${side} × ${workers}: no "${name}" (${JSON.stringify(bad ?? { exited })})`);
+        if (bad || exited || Date.now() > deadline)
+          throw new Error(`${side} × ${workers}: no "${name}" (${JSON.stringify(bad ?? { exited })})`);
         await new Promise((r) => {
           wake = r;
           setTimeout(r, 500);
@@ -137,7 +138,8 @@ const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
 async function memoryRun(workers, side) {
   const need = workers * bytes * 1.2 + 1024 * MiB;
-  if (memAvailable() < need) throw new Error(`${workers} × ${mib} MiB needs about ${fmt(need)}; only ${fmt(memAvailable())} available`);
+  if (memAvailable() < need)
+    throw new Error(`${workers} × ${mib} MiB needs about ${fmt(need)}; only ${fmt(memAvailable())} available`);
   const unlock = await lockTests();
   const svc = startService(workers, side);
   try {
@@ -166,7 +168,17 @@ async function memoryRun(workers, side) {
 function load(port, seconds = values.seconds) {
   const out = execFileSync(
     process.execPath,
-    [LOAD, '--port', String(port), '--records', String(bytes / RECORD_BYTES), '--seconds', String(seconds), '--connections', values.connections],
+    [
+      LOAD,
+      '--port',
+      String(port),
+      '--records',
+      String(bytes / RECORD_BYTES),
+      '--seconds',
+      String(seconds),
+      '--connections',
+      values.connections,
+    ],
     { encoding: 'utf8' },
   );
   return JSON.parse(out).rps;
@@ -210,7 +222,9 @@ if (parts.includes('memory')) {
       table.push(r);
       console.log(
         `${String(n).padStart(2)} × ${mib} MiB ${side.padEnd(5)}: PSS ${fmt(r.pssTotal).padStart(9)} (table ${fmt(r.pssData)}, rest ${fmt(r.pssOther)})` +
-          (r.mergeMs !== undefined ? `, merged ${(r.mergedRatio * 100).toFixed(1)} % in ${(r.mergeMs / 1000).toFixed(1)} s (95 % in ${(r.merge95Ms / 1000).toFixed(1)} s)` : '') +
+          (r.mergeMs !== undefined
+            ? `, merged ${(r.mergedRatio * 100).toFixed(1)} % in ${(r.mergeMs / 1000).toFixed(1)} s (95 % in ${(r.merge95Ms / 1000).toFixed(1)} s)`
+            : '') +
           `, started in ${(r.startMs / 1000).toFixed(1)} s`,
       );
     }
@@ -234,6 +248,13 @@ if (parts.includes('lookups')) {
   );
 }
 if (values.json) {
-  const summary = { bench: 'shared-dataset', mib, pageSize, memory: table, lookups, goals: 'node-ksm table PSS <= 1.15 × one copy; lookups ratio >= 0.95' };
+  const summary = {
+    bench: 'shared-dataset',
+    mib,
+    pageSize,
+    memory: table,
+    lookups,
+    goals: 'node-ksm table PSS <= 1.15 × one copy; lookups ratio >= 0.95',
+  };
   fs.writeFileSync(values.json, `${JSON.stringify(summary, null, 2)}\n`);
 }

@@ -31,7 +31,7 @@ function fillPages(buf) {
   const words = new Uint32Array(buf.buffer, buf.byteOffset, buf.byteLength / 4);
   const perPage = pageSize / 4;
   for (let p = 0; p * perPage < words.length; p++) {
-    let x = (Math.imul(p + 1, 0x85ebca6b) >>> 0) || 1;
+    let x = Math.imul(p + 1, 0x85ebca6b) >>> 0 || 1;
     for (let i = p * perPage, end = i + perPage; i < end; i++) {
       x ^= x << 13;
       x ^= x >>> 17;
@@ -60,7 +60,12 @@ if (mode === 'alloc-memset') {
   // mapping in smaps (there is no cheaper way to read VmFlags).
   const part = buf.subarray(0, 1 << 20);
   out.part1MiB = { method: bufferStats(part).method, ms: repeat(5, () => bufferStats(part)) };
-  const loop = (n, fn) => (ms(() => { for (let i = 0; i < n; i++) fn(); }) * 1000) / n;
+  const loop = (n, fn) =>
+    (ms(() => {
+      for (let i = 0; i < n; i++) fn();
+    }) *
+      1000) /
+    n;
   out.processStatsUs = loop(2000, () => processStats());
   out.mergingPagesUs = loop(2000, () => mergingPages());
   out.systemStatsUs = loop(500, () => systemStats());

@@ -38,25 +38,61 @@ const fillPages = median(samples.fillPages);
 const pick = (list, f) => median(list.map(f));
 const rows = [];
 const row = (what, ms, method) =>
-  rows.push({ what, method: method ?? '', 'ms/call': ms.toFixed(2), '% of alloc+memset': ((100 * ms) / memset).toFixed(2) });
+  rows.push({
+    what,
+    method: method ?? '',
+    'ms/call': ms.toFixed(2),
+    '% of alloc+memset': ((100 * ms) / memset).toFixed(2),
+  });
 row('alloc(1 GiB) + memset (baseline)', memset);
 row('alloc(1 GiB) + distinct pages', fillPages);
 const s = samples.stats;
-row('bufferStats(1 GiB), auto', pick(s, (x) => x.auto.ms), s[0].auto.method);
-if (s[0].kpageflags) row('bufferStats(1 GiB), kpageflags', pick(s, (x) => x.kpageflags.ms), 'kpageflags');
-row(`bufferStats(1 GiB), pagemap${isRoot ? ' (as root: kpageflags read too)' : ''}`, pick(s, (x) => x.pagemap.ms), 'pagemap');
-row('bufferStats(1 MiB of a 1 GiB mapping)', pick(s, (x) => x.part1MiB.ms), s[0].part1MiB.method);
+row(
+  'bufferStats(1 GiB), auto',
+  pick(s, (x) => x.auto.ms),
+  s[0].auto.method,
+);
+if (s[0].kpageflags)
+  row(
+    'bufferStats(1 GiB), kpageflags',
+    pick(s, (x) => x.kpageflags.ms),
+    'kpageflags',
+  );
+row(
+  `bufferStats(1 GiB), pagemap${isRoot ? ' (as root: kpageflags read too)' : ''}`,
+  pick(s, (x) => x.pagemap.ms),
+  'pagemap',
+);
+row(
+  'bufferStats(1 MiB of a 1 GiB mapping)',
+  pick(s, (x) => x.part1MiB.ms),
+  s[0].part1MiB.method,
+);
 if (samples.nobody.length) {
   const n = samples.nobody;
-  row('as nobody: bufferStats(1 GiB), auto', pick(n, (x) => x.auto.ms), n[0].auto.method);
-  row('as nobody: bufferStats(1 GiB), pagemap', pick(n, (x) => x.pagemap.ms), 'pagemap');
+  row(
+    'as nobody: bufferStats(1 GiB), auto',
+    pick(n, (x) => x.auto.ms),
+    n[0].auto.method,
+  );
+  row(
+    'as nobody: bufferStats(1 GiB), pagemap',
+    pick(n, (x) => x.pagemap.ms),
+    'pagemap',
+  );
 }
 console.table(rows);
 const us = (f) => pick(s, f).toFixed(1);
-console.log(`processStats(): ${us((x) => x.processStatsUs)} µs/call, mergingPages(): ${us((x) => x.mergingPagesUs)} µs/call, systemStats(): ${us((x) => x.systemStatsUs)} µs/call`);
+console.log(
+  `processStats(): ${us((x) => x.processStatsUs)} µs/call, mergingPages(): ${us((x) => x.mergingPagesUs)} µs/call, systemStats(): ${us((x) => x.systemStatsUs)} µs/call`,
+);
 
 const ratio = pick(s, (x) => x.auto.ms) / memset;
 const ok = ratio <= 0.05;
-console.log(`gate: bufferStats(1 GiB) = ${(100 * ratio).toFixed(2)} % of alloc + memset (limit 5 %): ${ok ? 'pass' : 'FAIL'}`);
-console.log(JSON.stringify({ rounds, memsetMs: memset, fillPagesMs: fillPages, stats: samples.stats, nobody: samples.nobody }));
+console.log(
+  `gate: bufferStats(1 GiB) = ${(100 * ratio).toFixed(2)} % of alloc + memset (limit 5 %): ${ok ? 'pass' : 'FAIL'}`,
+);
+console.log(
+  JSON.stringify({ rounds, memsetMs: memset, fillPagesMs: fillPages, stats: samples.stats, nobody: samples.nobody }),
+);
 process.exitCode = ok ? 0 : 1;

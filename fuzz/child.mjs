@@ -37,7 +37,10 @@ if (typeof gc !== 'function') {
 const PAGE = memory.pageSize;
 
 // --- seeded PRNG (sfc32 from a splitmix of the seed: a seed names one sequence) -------
-let s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+let s0 = 0,
+  s1 = 0,
+  s2 = 0,
+  s3 = 0;
 {
   let x = seed >>> 0;
   const mix = () => {
@@ -47,7 +50,10 @@ let s0 = 0, s1 = 0, s2 = 0, s3 = 0;
     z = Math.imul(z ^ (z >>> 13), 0xc2b2ae35);
     return (z ^ (z >>> 16)) >>> 0;
   };
-  s0 = mix(); s1 = mix(); s2 = mix(); s3 = mix();
+  s0 = mix();
+  s1 = mix();
+  s2 = mix();
+  s3 = mix();
 }
 function rand() {
   const t = (((s0 + s1) | 0) + s3) | 0;
@@ -79,8 +85,14 @@ const LIVE_CAP = 192 * 1024 * 1024;
 // --- the errors the API documents -------------------------------------------------------
 const ERRNO = new Set(Object.keys(os.constants.errno));
 const LIB_CODES = new Set([
-  'ERR_KSM_UNSUPPORTED', 'ERR_KSM_NOT_OWNED', 'ERR_KSM_FREED', 'ERR_KSM_DISABLED',
-  'ERR_KSM_PERMISSION', 'ERR_KSM_TIMEOUT', 'ERR_KSM_PARSE', 'ERR_KSM_CLOSED',
+  'ERR_KSM_UNSUPPORTED',
+  'ERR_KSM_NOT_OWNED',
+  'ERR_KSM_FREED',
+  'ERR_KSM_DISABLED',
+  'ERR_KSM_PERMISSION',
+  'ERR_KSM_TIMEOUT',
+  'ERR_KSM_PARSE',
+  'ERR_KSM_CLOSED',
 ]);
 const histogram = {};
 function documented(err) {
@@ -143,15 +155,44 @@ function describeUnsafe(v) {
   if (typeof v === 'number') return Object.is(v, -0) ? '-0' : String(v);
   if (typeof v === 'string') return JSON.stringify(v.length > 20 ? `${v.slice(0, 20)}...` : v);
   if (v instanceof ArrayBuffer) return `ArrayBuffer(${v.byteLength})`;
-  if (typeof SharedArrayBuffer !== 'undefined' && v instanceof SharedArrayBuffer) return `SharedArrayBuffer(${v.byteLength})`;
-  if (ArrayBuffer.isView(v)) return `${v.constructor.name}(off=${v.byteOffset},len=${v.byteLength}${memory.isKsmBuffer(v) ? ',ksm' : ''})`;
+  if (typeof SharedArrayBuffer !== 'undefined' && v instanceof SharedArrayBuffer)
+    return `SharedArrayBuffer(${v.byteLength})`;
+  if (ArrayBuffer.isView(v))
+    return `${v.constructor.name}(off=${v.byteOffset},len=${v.byteLength}${memory.isKsmBuffer(v) ? ',ksm' : ''})`;
   return Array.isArray(v) ? 'array' : 'object';
 }
 
 const WEIRD = () => [
-  -1, -0, 0.5, 1.5, NaN, Infinity, -Infinity, 2 ** 31, 2 ** 32, 2 ** 53, 2 ** 53 + 2, 2 ** 64, -(2 ** 63),
-  Number.MAX_VALUE, Number.MIN_VALUE, '4096', '', null, undefined, {}, [], [4096], 4096n, Symbol('x'),
-  () => 1, true, false, new Date(0), { valueOf: () => 4096 }, new Map(),
+  -1,
+  -0,
+  0.5,
+  1.5,
+  NaN,
+  Infinity,
+  -Infinity,
+  2 ** 31,
+  2 ** 32,
+  2 ** 53,
+  2 ** 53 + 2,
+  2 ** 64,
+  -(2 ** 63),
+  Number.MAX_VALUE,
+  Number.MIN_VALUE,
+  '4096',
+  '',
+  null,
+  undefined,
+  {},
+  [],
+  [4096],
+  4096n,
+  Symbol('x'),
+  () => 1,
+  true,
+  false,
+  new Date(0),
+  { valueOf: () => 4096 },
+  new Map(),
 ];
 
 function sizeArg() {
@@ -183,16 +224,26 @@ function anyTarget() {
 
 function newForeign() {
   switch (int(11)) {
-    case 9: return new ArrayBuffer(PAGE * (1 + int(3)) + int(PAGE), { maxByteLength: PAGE * 64 });
-    case 10: return new Uint8Array(new ArrayBuffer(PAGE * 2, { maxByteLength: PAGE * 64 }));
-    case 0: return Buffer.alloc(int(3 * PAGE));
-    case 1: return Buffer.allocUnsafeSlow(PAGE * (1 + int(4)) + int(PAGE));
-    case 2: return Buffer.from('small pooled buffer');
-    case 3: return new ArrayBuffer(int(4 * PAGE));
-    case 4: return new Float64Array(1 + int(2048));
-    case 5: return new DataView(new ArrayBuffer(PAGE * 3), int(PAGE), int(PAGE));
-    case 6: return new Uint8Array(new SharedArrayBuffer(PAGE * 2));
-    case 7: return new SharedArrayBuffer(PAGE * 2);
+    case 9:
+      return new ArrayBuffer(PAGE * (1 + int(3)) + int(PAGE), { maxByteLength: PAGE * 64 });
+    case 10:
+      return new Uint8Array(new ArrayBuffer(PAGE * 2, { maxByteLength: PAGE * 64 }));
+    case 0:
+      return Buffer.alloc(int(3 * PAGE));
+    case 1:
+      return Buffer.allocUnsafeSlow(PAGE * (1 + int(4)) + int(PAGE));
+    case 2:
+      return Buffer.from('small pooled buffer');
+    case 3:
+      return new ArrayBuffer(int(4 * PAGE));
+    case 4:
+      return new Float64Array(1 + int(2048));
+    case 5:
+      return new DataView(new ArrayBuffer(PAGE * 3), int(PAGE), int(PAGE));
+    case 6:
+      return new Uint8Array(new SharedArrayBuffer(PAGE * 2));
+    case 7:
+      return new SharedArrayBuffer(PAGE * 2);
     default: {
       // A detached ArrayBuffer, and a view of it.
       const ab = new ArrayBuffer(PAGE * 2);
@@ -230,7 +281,8 @@ function verifyFill(buf, fill, what) {
     for (let i = 0; i < n; i++) if (u8[i] !== fill) check(false, `${what}: byte ${i} is ${u8[i]}, expected ${fill}`);
     return;
   }
-  for (const i of [0, n - 1, int(n), int(n), int(n)]) check(u8[i] === fill, `${what}: byte ${i} is ${u8[i]}, expected ${fill}`);
+  for (const i of [0, n - 1, int(n), int(n), int(n)])
+    check(u8[i] === fill, `${what}: byte ${i} is ${u8[i]}, expected ${fill}`);
 }
 
 function dropOwned(i) {
@@ -241,286 +293,435 @@ function dropOwned(i) {
 
 // --- operations -------------------------------------------------------------------------
 const OPS = [
-  [12, 'alloc', () => {
-    const size = sizeArg();
-    const options = chance(0.8) ? (chance(0.5) ? undefined : { mergeable: chance(0.5) }) : pick([null, 1, 'x', { mergeable: 'yes' }, { mergeable: undefined }, {}]);
-    opName = `alloc(${describe(size)}, ${describe(options)})`;
-    const r = call(() => memory.alloc(size, options));
-    if (!r.ok) return;
-    const buf = r.value;
-    check(buf.length === size, `alloc(${size}) gave length ${buf.length}`);
-    check(binding.addressOf(buf) % BigInt(PAGE) === 0n, 'alloc: not page aligned');
-    check(memory.isKsmBuffer(buf), 'alloc: isKsmBuffer false');
-    verifyFill(buf, 0, 'alloc: not zero-filled');
-    owned.push({ buf, fill: 0, touched: 0 });
-  }],
-  [5, 'from', () => {
-    let data;
-    let encoding;
-    switch (int(6)) {
-      case 0: data = 'héllo '.repeat(int(2000)); encoding = pick([undefined, 'utf8', 'latin1', 'base64', 'hex', 'ucs2', 'nope', 1]); break;
-      case 1: data = newForeign(); break;
-      case 2: data = anyTarget(); break;
-      case 3: data = pick(WEIRD()); break;
-      case 4: data = new ArrayBuffer(int(3 * PAGE)); break;
-      default: data = pick(owned)?.buf ?? 'x';
-    }
-    // Copying a lazily mapped 4 GiB buffer would touch all of it.
-    if (lenOf(data) > 16 * 1024 * 1024) data = 'too large to copy';
-    opName = `from(${describe(data)}, ${describe(encoding)})`;
-    const r = call(() => memory.from(data, encoding));
-    if (r.ok) owned.push({ buf: r.value, fill: null, touched: r.value.length });
-    if (r.ok) liveBytes += r.value.length;
-  }],
-  [8, 'free', () => {
-    const t = anyTarget();
-    opName = `free(${describe(t)})`;
-    const ab = abOf(t);
-    const info = ab instanceof ArrayBuffer ? binding.info(ab) : null;
-    const r = call(() => memory.free(t));
-    if (!r.ok) return;
-    // The addon knows an arena buffer only while attached; a released one frees as false.
-    check(info !== null || (memory.isKsmBuffer(t) && r.value === false), 'free succeeded on a buffer node-ksm did not allocate');
-    check(typeof r.value === 'boolean', 'free returned a non-boolean');
-    detachedEverywhere(ab, 'after free');
-    if (info?.owner) {
-      // Every ArrayBuffer into the mapping (subarrays, other ArrayBuffers) is detached.
-      for (const v of views) if (abOf(v) === ab) check(lenOf(v) === 0, 'view of a freed buffer');
-    }
-    const i = owned.findIndex((o) => o.buf.buffer === ab);
-    if (i >= 0) dead.push(dropOwned(i).buf);
-  }],
-  [5, 'setMergeable', () => {
-    const t = anyTarget();
-    const on = chance(0.85) ? chance(0.5) : pick(WEIRD());
-    opName = `setMergeable(${describe(t)}, ${describe(on)})`;
-    call(() => memory.setMergeable(t, on));
-  }],
-  [5, 'markMergeable', () => {
-    const t = anyTarget();
-    const on = chance(0.8) ? (chance(0.5) ? undefined : chance(0.5)) : pick(WEIRD());
-    opName = `markMergeable(${describe(t)}, ${describe(on)})`;
-    const r = call(() => memory.markMergeable(t, on));
-    if (!r.ok) return;
-    const { offset, length } = r.value;
-    check(Number.isInteger(offset) && Number.isInteger(length) && offset >= 0 && length >= 0, 'markMergeable: bad result');
-    check(length % PAGE === 0 && offset + length <= lenOf(t), `markMergeable: {${offset}, ${length}} outside a view of ${lenOf(t)}`);
-  }],
-  [6, 'subarray', () => {
-    const src = chance(0.7) ? pick(owned)?.buf : anyTarget();
-    const ab = abOf(src);
-    opName = `subarray(${describe(src)})`;
-    if (ab === null || ab === undefined) return;
-    const n = ab.byteLength;
-    const off = chance(0.5) ? int(n + 1) : Math.min(n, PAGE * int(4));
-    const len = int(n - off + 1);
-    let v;
-    try {
-      switch (int(5)) {
-        case 0: v = Buffer.from(ab, off, len); break;
-        case 1: v = new DataView(ab, off, len); break;
-        case 2: v = new Float64Array(ab, off - (off % 8), Math.floor((n - (off - (off % 8))) / 8)); break;
-        case 3: v = ab; break;
-        default: v = ArrayBuffer.isView(src) && src.subarray ? src.subarray(int(src.length + 1)) : new Uint8Array(ab);
+  [
+    12,
+    'alloc',
+    () => {
+      const size = sizeArg();
+      const options = chance(0.8)
+        ? chance(0.5)
+          ? undefined
+          : { mergeable: chance(0.5) }
+        : pick([null, 1, 'x', { mergeable: 'yes' }, { mergeable: undefined }, {}]);
+      opName = `alloc(${describe(size)}, ${describe(options)})`;
+      const r = call(() => memory.alloc(size, options));
+      if (!r.ok) return;
+      const buf = r.value;
+      check(buf.length === size, `alloc(${size}) gave length ${buf.length}`);
+      check(binding.addressOf(buf) % BigInt(PAGE) === 0n, 'alloc: not page aligned');
+      check(memory.isKsmBuffer(buf), 'alloc: isKsmBuffer false');
+      verifyFill(buf, 0, 'alloc: not zero-filled');
+      owned.push({ buf, fill: 0, touched: 0 });
+    },
+  ],
+  [
+    5,
+    'from',
+    () => {
+      let data;
+      let encoding;
+      switch (int(6)) {
+        case 0:
+          data = 'héllo '.repeat(int(2000));
+          encoding = pick([undefined, 'utf8', 'latin1', 'base64', 'hex', 'ucs2', 'nope', 1]);
+          break;
+        case 1:
+          data = newForeign();
+          break;
+        case 2:
+          data = anyTarget();
+          break;
+        case 3:
+          data = pick(WEIRD());
+          break;
+        case 4:
+          data = new ArrayBuffer(int(3 * PAGE));
+          break;
+        default:
+          data = pick(owned)?.buf ?? 'x';
       }
-    } catch {
-      return; // JavaScript's own refusal (a detached source), not node-ksm's
-    }
-    views.push(v);
-    if (views.length > 200) views.splice(0, 100);
-  }],
-  [8, 'read', () => {
-    const o = pick(owned);
-    if (o) {
-      opName = `read(owned ${describe(o.buf)})`;
-      verifyFill(o.buf, o.fill, 'read of an owned buffer');
-    }
-    const a = pick(arenas);
-    const b = a && pick(a.bufs);
-    if (b) {
-      opName = `read(arena ${describe(b.buf)})`;
-      verifyFill(b.buf, b.fill, 'read of an arena buffer');
-    }
-    // Anything, even freed: a freed view reads as length 0 and never touches the memory.
-    const t = anyTarget();
-    opName = `read(${describe(t)})`;
-    if (ArrayBuffer.isView(t) && lenOf(t) > 0) {
-      const u8 = new Uint8Array(t.buffer, t.byteOffset, Math.min(t.byteLength, 1024 * 1024));
-      let sum = 0;
-      for (let i = 0; i < u8.length; i += 512) sum += u8[i];
-      return sum;
-    }
-  }],
-  [6, 'write', () => {
-    const byte = 1 + int(255);
-    if (chance(0.6)) {
+      // Copying a lazily mapped 4 GiB buffer would touch all of it.
+      if (lenOf(data) > 16 * 1024 * 1024) data = 'too large to copy';
+      opName = `from(${describe(data)}, ${describe(encoding)})`;
+      const r = call(() => memory.from(data, encoding));
+      if (r.ok) owned.push({ buf: r.value, fill: null, touched: r.value.length });
+      if (r.ok) liveBytes += r.value.length;
+    },
+  ],
+  [
+    8,
+    'free',
+    () => {
+      const t = anyTarget();
+      opName = `free(${describe(t)})`;
+      const ab = abOf(t);
+      const info = ab instanceof ArrayBuffer ? binding.info(ab) : null;
+      const r = call(() => memory.free(t));
+      if (!r.ok) return;
+      // The addon knows an arena buffer only while attached; a released one frees as false.
+      check(
+        info !== null || (memory.isKsmBuffer(t) && r.value === false),
+        'free succeeded on a buffer node-ksm did not allocate',
+      );
+      check(typeof r.value === 'boolean', 'free returned a non-boolean');
+      detachedEverywhere(ab, 'after free');
+      if (info?.owner) {
+        // Every ArrayBuffer into the mapping (subarrays, other ArrayBuffers) is detached.
+        for (const v of views) if (abOf(v) === ab) check(lenOf(v) === 0, 'view of a freed buffer');
+      }
+      const i = owned.findIndex((o) => o.buf.buffer === ab);
+      if (i >= 0) dead.push(dropOwned(i).buf);
+    },
+  ],
+  [
+    5,
+    'setMergeable',
+    () => {
+      const t = anyTarget();
+      const on = chance(0.85) ? chance(0.5) : pick(WEIRD());
+      opName = `setMergeable(${describe(t)}, ${describe(on)})`;
+      call(() => memory.setMergeable(t, on));
+    },
+  ],
+  [
+    5,
+    'markMergeable',
+    () => {
+      const t = anyTarget();
+      const on = chance(0.8) ? (chance(0.5) ? undefined : chance(0.5)) : pick(WEIRD());
+      opName = `markMergeable(${describe(t)}, ${describe(on)})`;
+      const r = call(() => memory.markMergeable(t, on));
+      if (!r.ok) return;
+      const { offset, length } = r.value;
+      check(
+        Number.isInteger(offset) && Number.isInteger(length) && offset >= 0 && length >= 0,
+        'markMergeable: bad result',
+      );
+      check(
+        length % PAGE === 0 && offset + length <= lenOf(t),
+        `markMergeable: {${offset}, ${length}} outside a view of ${lenOf(t)}`,
+      );
+    },
+  ],
+  [
+    6,
+    'subarray',
+    () => {
+      const src = chance(0.7) ? pick(owned)?.buf : anyTarget();
+      const ab = abOf(src);
+      opName = `subarray(${describe(src)})`;
+      if (ab === null || ab === undefined) return;
+      const n = ab.byteLength;
+      const off = chance(0.5) ? int(n + 1) : Math.min(n, PAGE * int(4));
+      const len = int(n - off + 1);
+      let v;
+      try {
+        switch (int(5)) {
+          case 0:
+            v = Buffer.from(ab, off, len);
+            break;
+          case 1:
+            v = new DataView(ab, off, len);
+            break;
+          case 2:
+            v = new Float64Array(ab, off - (off % 8), Math.floor((n - (off - (off % 8))) / 8));
+            break;
+          case 3:
+            v = ab;
+            break;
+          default:
+            v = ArrayBuffer.isView(src) && src.subarray ? src.subarray(int(src.length + 1)) : new Uint8Array(ab);
+        }
+      } catch {
+        return; // JavaScript's own refusal (a detached source), not node-ksm's
+      }
+      views.push(v);
+      if (views.length > 200) views.splice(0, 100);
+    },
+  ],
+  [
+    8,
+    'read',
+    () => {
       const o = pick(owned);
-      if (!o || o.buf.length === 0 || o.buf.length > 1024 * 1024) return;
-      opName = `write(owned ${describe(o.buf)}, ${byte})`;
-      o.buf.fill(byte);
-      o.fill = byte;
-      liveBytes += o.buf.length - o.touched;
-      o.touched = o.buf.length;
-    } else {
+      if (o) {
+        opName = `read(owned ${describe(o.buf)})`;
+        verifyFill(o.buf, o.fill, 'read of an owned buffer');
+      }
       const a = pick(arenas);
       const b = a && pick(a.bufs);
-      if (!b || b.buf.length === 0 || b.buf.length > 1024 * 1024) return;
-      opName = `write(arena ${describe(b.buf)}, ${byte})`;
-      b.buf.fill(byte);
-      b.fill = byte;
-    }
-  }],
-  [2, 'new Arena', () => {
-    const options = chance(0.85)
-      ? { chunkSize: pick([undefined, PAGE, 4 * PAGE, 64 * 1024, 1024 * 1024, 2 ** 20 + 1]), mergeable: pick([undefined, true, false]), maxDirtyBytes: pick([undefined, 0, PAGE, 1 << 20]) }
-      : pick([null, 1, { chunkSize: pick(WEIRD()) }, { maxDirtyBytes: pick(WEIRD()) }, { mergeable: 1 }]);
-    const shown = options && typeof options === 'object' ? Object.entries(options).map(([k, v]) => `${k}: ${describe(v)}`).join(', ') : describe(options);
-    opName = `new Arena(${shown})`;
-    const r = call(() => new Arena(options));
-    if (r.ok) arenas.push({ arena: r.value, bufs: [], live: 0, liveBytes: 0 });
-    if (arenas.length > 6) closeArena(0);
-  }],
-  [10, 'arena.alloc', () => {
-    const a = pick(arenas);
-    if (!a) return;
-    const size = chance(0.9) ? (chance(0.8) ? int(3 * PAGE) : int(2 * (a.arena.chunkSize ?? PAGE))) : sizeArg();
-    opName = `arena.alloc(${describe(size)})${a.arena.closed ? ' [closed]' : ''}`;
-    const r = call(() => a.arena.alloc(size));
-    if (!r.ok) return;
-    const buf = r.value;
-    check(!a.arena.closed, 'alloc on a closed arena succeeded');
-    check(buf.length === size, `arena.alloc(${size}) gave ${buf.length}`);
-    check(binding.addressOf(buf) % BigInt(PAGE) === 0n, 'arena.alloc: not page aligned');
-    verifyFill(buf, 0, 'arena.alloc: not zero-filled (stale bytes from a released buffer)');
-    // Zero to the end of its last page, so equal blobs make equal pages.
-    // Zero bytes take no page: an empty ArrayBuffer that the addon has no record of.
-    const info = binding.info(buf.buffer);
-    if (size > 0) check(info !== null && !info.freed, 'arena buffer unknown to the addon');
-    else check(info === null, 'a zero-length arena buffer has a mapping');
-    a.bufs.push({ buf, size, fill: 0 });
-    a.live++;
-    a.liveBytes += size;
-    if (a.bufs.length > 400) release(a, 0);
-  }],
-  [7, 'arena.release', () => {
-    const a = pick(arenas);
-    if (!a) return;
-    if (chance(0.85) && a.bufs.length) {
-      release(a, int(a.bufs.length));
-      return;
-    }
-    // Someone else's buffer, a released one, or garbage.
-    const t = chance(0.5) ? anyTarget() : pick(dead);
-    // Any view of a live buffer's ArrayBuffer stands for that buffer: release() acts on the
-    // ArrayBuffer, as free() does.
-    const ab = t instanceof ArrayBuffer ? t : ArrayBuffer.isView(t) ? t.buffer : undefined;
-    const mine = a.bufs.findIndex((b) => b.buf === t || (ab !== undefined && b.buf.buffer === ab));
-    if (mine >= 0) return release(a, mine);
-    opName = `arena.release(${describe(t)})`;
-    const r = call(() => a.arena.release(t));
-    if (r.ok) check(false, `release of a buffer that was not this arena's live buffer succeeded: ${describe(t)}`);
-  }],
-  [2, 'arena.stats', () => {
-    const a = pick(arenas);
-    if (!a) return;
-    opName = 'arena.stats()';
-    const s = a.arena.stats();
-    if (a.arena.closed) return check(s.chunks === 0 && s.liveBuffers === 0, 'stats of a closed arena');
-    check(s.liveBuffers === a.live, `stats.liveBuffers ${s.liveBuffers}, expected ${a.live}`);
-    check(s.liveBytes === a.liveBytes, `stats.liveBytes ${s.liveBytes}, expected ${a.liveBytes}`);
-    check(s.fragmentation >= 0 && s.fragmentation <= 1, 'fragmentation out of 0..1');
-    check(s.freeBytes >= 0 && s.dirtyBytes >= 0 && s.mappedBytes >= 0, 'negative stats');
-  }],
-  [1, 'arena.close', () => {
-    if (arenas.length) closeArena(int(arenas.length));
-  }],
-  [3, 'bufferStats', () => {
-    const t = anyTarget();
-    const options = chance(0.8) ? pick([undefined, {}, { method: 'auto' }, { method: 'pagemap' }, { method: 'smaps' }, { method: 'kpageflags' }]) : pick([null, 1, { method: 'x' }]);
-    opName = `bufferStats(${describe(t)}, ${describe(options?.method ?? options)})`;
-    const r = call(() => bufferStats(t, options));
-    if (!r.ok) return;
-    const s = r.value;
-    check(s.bytes === lenOf(t), 'bufferStats.bytes');
-    check(s.mergedPages <= s.pages && s.residentPages <= s.pages && s.mergedPages >= 0, 'bufferStats page counts');
-  }],
-  [1, 'isKsmBuffer', () => {
-    const t = anyTarget();
-    opName = `isKsmBuffer(${describe(t)})`;
-    const r = call(() => memory.isKsmBuffer(t));
-    check(r.ok && typeof r.value === 'boolean', 'isKsmBuffer threw or returned a non-boolean');
-  }],
-  [1, 'processMerging', () => {
-    opName = 'processMerging()';
-    call(() => memory.processMerging());
-  }],
-  [2, 'transfer', () => {
-    // A node-ksm buffer must never move (its memory would outlive free() elsewhere).
-    const t = anyTarget();
-    const ab = abOf(t);
-    opName = `structuredClone(transfer ${describe(t)})`;
-    if (!(ab instanceof ArrayBuffer) || binding.info(ab) === null) return;
-    const before = ab.byteLength;
-    let copy;
-    try {
-      copy = structuredClone(ab, { transfer: [ab] });
-    } catch (err) {
-      check(err?.name === 'DataCloneError', `transfer threw ${err?.name}`);
-    }
-    // External memory never moves: Node 20 sends a copy, Node >= 22 refuses (DataCloneError).
-    check(ab.byteLength === before, 'a node-ksm ArrayBuffer was transferred (detached by structuredClone)');
-    check(copy === undefined || copy !== ab, 'structuredClone returned the same ArrayBuffer');
-  }],
-  [4, 'native', () => {
-    // The addon checks its arguments again: nothing passed straight to it may crash.
-    const fn = pick(['view', 'madvise', 'free', 'info', 'pageStates', 'markMergeable', 'addressOf', 'alloc']);
-    const a = () => (chance(0.5) ? abOf(anyTarget()) ?? anyTarget() : anyTarget());
-    const n = () => (chance(0.6) ? pick([0, PAGE, 2 * PAGE, int(4 * PAGE), PAGE * 1024]) : pick(WEIRD()));
-    let args;
-    switch (fn) {
-      case 'view': args = [a(), n(), n()]; break;
-      case 'madvise': args = [a(), n(), n(), chance(0.7) ? 1 + int(3) : pick([0, 4, -1, 2 ** 40, NaN, '1'])]; break;
-      case 'pageStates': args = [anyTarget(), n(), n()]; break;
-      case 'alloc': args = [chance(0.8) ? int(2 * PAGE) : pick(WEIRD()), chance(0.5)]; break;
-      default: args = [a(), pick([true, false, undefined, 1])];
-    }
-    opName = `native.${fn}(${args.map(describe).join(', ')})`;
-    const r = call(() => binding[fn](...args));
-    if (r.ok && fn === 'alloc') {
-      const buf = Buffer.from(r.value);
-      check(r.value.byteLength === args[0], 'native alloc length');
-      owned.push({ buf, fill: 0, touched: 0 });
-    }
-    if (r.ok && fn === 'view') views.push(r.value);
-    if (r.ok && fn === 'madvise' && args[3] === binding.advice.DONTNEED) {
-      // Legitimately zeroes pages of whatever mapping that was: contents are unknown now.
-      for (const o of owned) o.fill = null;
-      for (const a of arenas) for (const b of a.bufs) b.fill = null;
-    }
-  }],
-  [3, 'drop', () => {
-    // Forget something without freeing it: the GC's finalizer must unmap it.
-    opName = 'drop';
-    if (chance(0.5) && owned.length) dropOwned(int(owned.length));
-    else if (views.length) views.splice(int(views.length), 1);
-    if (dead.length > 100) dead.splice(0, 50);
-    if (foreign.length > 50) foreign.splice(0, 25);
-  }],
-  [1, 'gc', () => {
-    opName = 'gc()';
-    gc();
-  }],
-  [2, 'resize', () => {
-    // Resizable ArrayBuffers change length under views that node-ksm may be handed next.
-    const f = pick(foreign);
-    const ab = f && abOf(f);
-    opName = `resize(${describe(ab)})`;
-    if (ab?.resizable) ab.resize(int(ab.maxByteLength + 1));
-  }],
-  [2, 'keep foreign', () => {
-    opName = 'keep foreign';
-    foreign.push(newForeign());
-  }],
+      if (b) {
+        opName = `read(arena ${describe(b.buf)})`;
+        verifyFill(b.buf, b.fill, 'read of an arena buffer');
+      }
+      // Anything, even freed: a freed view reads as length 0 and never touches the memory.
+      const t = anyTarget();
+      opName = `read(${describe(t)})`;
+      if (ArrayBuffer.isView(t) && lenOf(t) > 0) {
+        const u8 = new Uint8Array(t.buffer, t.byteOffset, Math.min(t.byteLength, 1024 * 1024));
+        let sum = 0;
+        for (let i = 0; i < u8.length; i += 512) sum += u8[i];
+        return sum;
+      }
+    },
+  ],
+  [
+    6,
+    'write',
+    () => {
+      const byte = 1 + int(255);
+      if (chance(0.6)) {
+        const o = pick(owned);
+        if (!o || o.buf.length === 0 || o.buf.length > 1024 * 1024) return;
+        opName = `write(owned ${describe(o.buf)}, ${byte})`;
+        o.buf.fill(byte);
+        o.fill = byte;
+        liveBytes += o.buf.length - o.touched;
+        o.touched = o.buf.length;
+      } else {
+        const a = pick(arenas);
+        const b = a && pick(a.bufs);
+        if (!b || b.buf.length === 0 || b.buf.length > 1024 * 1024) return;
+        opName = `write(arena ${describe(b.buf)}, ${byte})`;
+        b.buf.fill(byte);
+        b.fill = byte;
+      }
+    },
+  ],
+  [
+    2,
+    'new Arena',
+    () => {
+      const options = chance(0.85)
+        ? {
+            chunkSize: pick([undefined, PAGE, 4 * PAGE, 64 * 1024, 1024 * 1024, 2 ** 20 + 1]),
+            mergeable: pick([undefined, true, false]),
+            maxDirtyBytes: pick([undefined, 0, PAGE, 1 << 20]),
+          }
+        : pick([null, 1, { chunkSize: pick(WEIRD()) }, { maxDirtyBytes: pick(WEIRD()) }, { mergeable: 1 }]);
+      const shown =
+        options && typeof options === 'object'
+          ? Object.entries(options)
+              .map(([k, v]) => `${k}: ${describe(v)}`)
+              .join(', ')
+          : describe(options);
+      opName = `new Arena(${shown})`;
+      const r = call(() => new Arena(options));
+      if (r.ok) arenas.push({ arena: r.value, bufs: [], live: 0, liveBytes: 0 });
+      if (arenas.length > 6) closeArena(0);
+    },
+  ],
+  [
+    10,
+    'arena.alloc',
+    () => {
+      const a = pick(arenas);
+      if (!a) return;
+      const size = chance(0.9) ? (chance(0.8) ? int(3 * PAGE) : int(2 * (a.arena.chunkSize ?? PAGE))) : sizeArg();
+      opName = `arena.alloc(${describe(size)})${a.arena.closed ? ' [closed]' : ''}`;
+      const r = call(() => a.arena.alloc(size));
+      if (!r.ok) return;
+      const buf = r.value;
+      check(!a.arena.closed, 'alloc on a closed arena succeeded');
+      check(buf.length === size, `arena.alloc(${size}) gave ${buf.length}`);
+      check(binding.addressOf(buf) % BigInt(PAGE) === 0n, 'arena.alloc: not page aligned');
+      verifyFill(buf, 0, 'arena.alloc: not zero-filled (stale bytes from a released buffer)');
+      // Zero to the end of its last page, so equal blobs make equal pages.
+      // Zero bytes take no page: an empty ArrayBuffer that the addon has no record of.
+      const info = binding.info(buf.buffer);
+      if (size > 0) check(info !== null && !info.freed, 'arena buffer unknown to the addon');
+      else check(info === null, 'a zero-length arena buffer has a mapping');
+      a.bufs.push({ buf, size, fill: 0 });
+      a.live++;
+      a.liveBytes += size;
+      if (a.bufs.length > 400) release(a, 0);
+    },
+  ],
+  [
+    7,
+    'arena.release',
+    () => {
+      const a = pick(arenas);
+      if (!a) return;
+      if (chance(0.85) && a.bufs.length) {
+        release(a, int(a.bufs.length));
+        return;
+      }
+      // Someone else's buffer, a released one, or garbage.
+      const t = chance(0.5) ? anyTarget() : pick(dead);
+      // Any view of a live buffer's ArrayBuffer stands for that buffer: release() acts on the
+      // ArrayBuffer, as free() does.
+      const ab = t instanceof ArrayBuffer ? t : ArrayBuffer.isView(t) ? t.buffer : undefined;
+      const mine = a.bufs.findIndex((b) => b.buf === t || (ab !== undefined && b.buf.buffer === ab));
+      if (mine >= 0) return release(a, mine);
+      opName = `arena.release(${describe(t)})`;
+      const r = call(() => a.arena.release(t));
+      if (r.ok) check(false, `release of a buffer that was not this arena's live buffer succeeded: ${describe(t)}`);
+    },
+  ],
+  [
+    2,
+    'arena.stats',
+    () => {
+      const a = pick(arenas);
+      if (!a) return;
+      opName = 'arena.stats()';
+      const s = a.arena.stats();
+      if (a.arena.closed) return check(s.chunks === 0 && s.liveBuffers === 0, 'stats of a closed arena');
+      check(s.liveBuffers === a.live, `stats.liveBuffers ${s.liveBuffers}, expected ${a.live}`);
+      check(s.liveBytes === a.liveBytes, `stats.liveBytes ${s.liveBytes}, expected ${a.liveBytes}`);
+      check(s.fragmentation >= 0 && s.fragmentation <= 1, 'fragmentation out of 0..1');
+      check(s.freeBytes >= 0 && s.dirtyBytes >= 0 && s.mappedBytes >= 0, 'negative stats');
+    },
+  ],
+  [
+    1,
+    'arena.close',
+    () => {
+      if (arenas.length) closeArena(int(arenas.length));
+    },
+  ],
+  [
+    3,
+    'bufferStats',
+    () => {
+      const t = anyTarget();
+      const options = chance(0.8)
+        ? pick([
+            undefined,
+            {},
+            { method: 'auto' },
+            { method: 'pagemap' },
+            { method: 'smaps' },
+            { method: 'kpageflags' },
+          ])
+        : pick([null, 1, { method: 'x' }]);
+      opName = `bufferStats(${describe(t)}, ${describe(options?.method ?? options)})`;
+      const r = call(() => bufferStats(t, options));
+      if (!r.ok) return;
+      const s = r.value;
+      check(s.bytes === lenOf(t), 'bufferStats.bytes');
+      check(s.mergedPages <= s.pages && s.residentPages <= s.pages && s.mergedPages >= 0, 'bufferStats page counts');
+    },
+  ],
+  [
+    1,
+    'isKsmBuffer',
+    () => {
+      const t = anyTarget();
+      opName = `isKsmBuffer(${describe(t)})`;
+      const r = call(() => memory.isKsmBuffer(t));
+      check(r.ok && typeof r.value === 'boolean', 'isKsmBuffer threw or returned a non-boolean');
+    },
+  ],
+  [
+    1,
+    'processMerging',
+    () => {
+      opName = 'processMerging()';
+      call(() => memory.processMerging());
+    },
+  ],
+  [
+    2,
+    'transfer',
+    () => {
+      // A node-ksm buffer must never move (its memory would outlive free() elsewhere).
+      const t = anyTarget();
+      const ab = abOf(t);
+      opName = `structuredClone(transfer ${describe(t)})`;
+      if (!(ab instanceof ArrayBuffer) || binding.info(ab) === null) return;
+      const before = ab.byteLength;
+      let copy;
+      try {
+        copy = structuredClone(ab, { transfer: [ab] });
+      } catch (err) {
+        check(err?.name === 'DataCloneError', `transfer threw ${err?.name}`);
+      }
+      // External memory never moves: Node 20 sends a copy, Node >= 22 refuses (DataCloneError).
+      check(ab.byteLength === before, 'a node-ksm ArrayBuffer was transferred (detached by structuredClone)');
+      check(copy === undefined || copy !== ab, 'structuredClone returned the same ArrayBuffer');
+    },
+  ],
+  [
+    4,
+    'native',
+    () => {
+      // The addon checks its arguments again: nothing passed straight to it may crash.
+      const fn = pick(['view', 'madvise', 'free', 'info', 'pageStates', 'markMergeable', 'addressOf', 'alloc']);
+      const a = () => (chance(0.5) ? (abOf(anyTarget()) ?? anyTarget()) : anyTarget());
+      const n = () => (chance(0.6) ? pick([0, PAGE, 2 * PAGE, int(4 * PAGE), PAGE * 1024]) : pick(WEIRD()));
+      let args;
+      switch (fn) {
+        case 'view':
+          args = [a(), n(), n()];
+          break;
+        case 'madvise':
+          args = [a(), n(), n(), chance(0.7) ? 1 + int(3) : pick([0, 4, -1, 2 ** 40, NaN, '1'])];
+          break;
+        case 'pageStates':
+          args = [anyTarget(), n(), n()];
+          break;
+        case 'alloc':
+          args = [chance(0.8) ? int(2 * PAGE) : pick(WEIRD()), chance(0.5)];
+          break;
+        default:
+          args = [a(), pick([true, false, undefined, 1])];
+      }
+      opName = `native.${fn}(${args.map(describe).join(', ')})`;
+      const r = call(() => binding[fn](...args));
+      if (r.ok && fn === 'alloc') {
+        const buf = Buffer.from(r.value);
+        check(r.value.byteLength === args[0], 'native alloc length');
+        owned.push({ buf, fill: 0, touched: 0 });
+      }
+      if (r.ok && fn === 'view') views.push(r.value);
+      if (r.ok && fn === 'madvise' && args[3] === binding.advice.DONTNEED) {
+        // Legitimately zeroes pages of whatever mapping that was: contents are unknown now.
+        for (const o of owned) o.fill = null;
+        for (const a of arenas) for (const b of a.bufs) b.fill = null;
+      }
+    },
+  ],
+  [
+    3,
+    'drop',
+    () => {
+      // Forget something without freeing it: the GC's finalizer must unmap it.
+      opName = 'drop';
+      if (chance(0.5) && owned.length) dropOwned(int(owned.length));
+      else if (views.length) views.splice(int(views.length), 1);
+      if (dead.length > 100) dead.splice(0, 50);
+      if (foreign.length > 50) foreign.splice(0, 25);
+    },
+  ],
+  [
+    1,
+    'gc',
+    () => {
+      opName = 'gc()';
+      gc();
+    },
+  ],
+  [
+    2,
+    'resize',
+    () => {
+      // Resizable ArrayBuffers change length under views that node-ksm may be handed next.
+      const f = pick(foreign);
+      const ab = f && abOf(f);
+      opName = `resize(${describe(ab)})`;
+      if (ab?.resizable) ab.resize(int(ab.maxByteLength + 1));
+    },
+  ],
+  [
+    2,
+    'keep foreign',
+    () => {
+      opName = 'keep foreign';
+      foreign.push(newForeign());
+    },
+  ],
 ];
 
 function release(a, i) {
@@ -616,8 +817,14 @@ for (let i = 0; i < 5 && (after.mappings !== baseline.mappings || after.regions 
   await collect();
   after = binding.counters();
 }
-if (after.mappings !== baseline.mappings || after.mappedBytes !== baseline.mappedBytes || after.regions !== baseline.regions) {
+if (
+  after.mappings !== baseline.mappings ||
+  after.mappedBytes !== baseline.mappedBytes ||
+  after.regions !== baseline.regions
+) {
   fail('LEAK', `native counters before ${JSON.stringify(baseline)}, after teardown and GC ${JSON.stringify(after)}`);
 }
 if (profile) for (const k of Object.keys(profile)) profile[k] = Math.round(profile[k]);
-process.stdout.write(`${JSON.stringify({ seed, ops: totalOps, ms: Date.now() - started, errors: histogram, ...(profile ? { profile } : {}) })}\n`);
+process.stdout.write(
+  `${JSON.stringify({ seed, ops: totalOps, ms: Date.now() - started, errors: histogram, ...(profile ? { profile } : {}) })}\n`,
+);

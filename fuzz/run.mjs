@@ -20,7 +20,17 @@ const root = path.join(path.dirname(fileURLToPath(import.meta.url)), '..');
 const CHILD = path.join(root, 'fuzz', 'child.mjs');
 
 function parseArgs(argv) {
-  const o = { seeds: 100, ops: 2000, start: 1, jobs: os.availableParallelism?.() ?? os.cpus().length, sanitized: false, trace: false, json: false, timeoutMs: 300_000, seed: undefined };
+  const o = {
+    seeds: 100,
+    ops: 2000,
+    start: 1,
+    jobs: os.availableParallelism?.() ?? os.cpus().length,
+    sanitized: false,
+    trace: false,
+    json: false,
+    timeoutMs: 300_000,
+    seed: undefined,
+  };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const num = () => {
@@ -38,7 +48,9 @@ function parseArgs(argv) {
     else if (a === '--trace') o.trace = true;
     else if (a === '--json') o.json = true;
     else if (a === '-h' || a === '--help') {
-      console.log('usage: node fuzz/run.mjs [--seeds N] [--ops N] [--start S] [--seed S] [--jobs N] [--timeout SECONDS] [--sanitized] [--trace] [--json]');
+      console.log(
+        'usage: node fuzz/run.mjs [--seeds N] [--ops N] [--start S] [--seed S] [--jobs N] [--timeout SECONDS] [--sanitized] [--trace] [--json]',
+      );
       process.exit(0);
     } else throw new Error(`unknown argument ${a}`);
   }
@@ -58,7 +70,9 @@ function newestTs(dir) {
 function ensureDist() {
   const probe = path.join(root, 'dist', 'memory.js');
   if (fs.existsSync(probe) && fs.statSync(probe).mtimeMs >= newestTs(path.join(root, 'lib'))) return;
-  spawnSync(process.execPath, [path.join(root, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', root], { stdio: 'inherit' });
+  spawnSync(process.execPath, [path.join(root, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', root], {
+    stdio: 'inherit',
+  });
   if (!fs.existsSync(probe)) throw new Error('dist/ could not be built (npm run build:ts)');
 }
 
@@ -101,7 +115,19 @@ function runSeed(seed, o, env, trace) {
         // no summary: the child did not finish
       }
       const ok = !hung && code === 0 && signal === null && summary !== null;
-      const kind = hung ? 'HANG' : signal ? `SIGNAL ${signal}` : code === 3 ? 'CONTRACT' : code === 4 ? 'LEAK' : code !== 0 ? `EXIT ${code}` : summary === null ? 'NO SUMMARY' : 'OK';
+      const kind = hung
+        ? 'HANG'
+        : signal
+          ? `SIGNAL ${signal}`
+          : code === 3
+            ? 'CONTRACT'
+            : code === 4
+              ? 'LEAK'
+              : code !== 0
+                ? `EXIT ${code}`
+                : summary === null
+                  ? 'NO SUMMARY'
+                  : 'OK';
       resolve({ seed, ok, kind, code, signal, summary, stderr });
     });
   });
@@ -139,9 +165,21 @@ export async function main(argv = process.argv.slice(2)) {
       let last = '';
       if (!o.trace && (r.signal || r.kind.startsWith('EXIT') || r.kind === 'HANG')) {
         const again = await runSeed(seed, o, env, true);
-        last = tail(again.stderr.split('\n').filter((l) => /^#\d+ |^ {3}/.test(l)).join('\n'), 4);
+        last = tail(
+          again.stderr
+            .split('\n')
+            .filter((l) => /^#\d+ |^ {3}/.test(l))
+            .join('\n'),
+          4,
+        );
       }
-      failures.push({ seed: r.seed, kind: r.kind, replay: replayCommand(seed, o), stderr: tail(r.stderr, 60), lastOps: last });
+      failures.push({
+        seed: r.seed,
+        kind: r.kind,
+        replay: replayCommand(seed, o),
+        stderr: tail(r.stderr, 60),
+        lastOps: last,
+      });
       process.stderr.write(
         `\nFUZZ FAILURE seed ${seed}: ${r.kind}\n${tail(r.stderr, 60)}\n` +
           (last ? `last operations before the crash:\n${last}\n` : '') +
@@ -162,7 +200,9 @@ export async function main(argv = process.argv.slice(2)) {
     failures,
   };
   const mode = report.sanitized ? ' under ASan+UBSan' : '';
-  console.log(`fuzz: ${seeds.length} seeds × ${o.ops} ops${mode}: ${passed} ok, ${failures.length} failing (${seconds.toFixed(1)} s)`);
+  console.log(
+    `fuzz: ${seeds.length} seeds × ${o.ops} ops${mode}: ${passed} ok, ${failures.length} failing (${seconds.toFixed(1)} s)`,
+  );
   if (!o.json) console.log(`documented errors thrown: ${JSON.stringify(errors)}`);
   for (const f of failures) console.log(`  seed ${f.seed}: ${f.kind} — replay: ${f.replay}`);
   if (o.json) console.log(JSON.stringify(report));

@@ -48,7 +48,15 @@
  */
 import { native, type NativeBinding } from './binding';
 import { KsmError, invalidArgType, validateBoolean, validateInteger } from './errors';
-import { ARENA_EMPTY, ARENA_RELEASED, arenaMark, arenaMarkOf, arrayBufferOf, maxAllocSize, type BinaryLike } from './memory';
+import {
+  ARENA_EMPTY,
+  ARENA_RELEASED,
+  arenaMark,
+  arenaMarkOf,
+  arrayBufferOf,
+  maxAllocSize,
+  type BinaryLike,
+} from './memory';
 
 export interface ArenaOptions {
   /** Bytes per chunk (rounded up to whole pages). Default 64 MiB. */
@@ -173,7 +181,9 @@ export class Arena {
     this.#b = b;
     this.#page = b.pageSize;
     const chunkSize =
-      options.chunkSize === undefined ? 64 * 1024 * 1024 : validateInteger(options.chunkSize, 'options.chunkSize', 1, maxAllocSize);
+      options.chunkSize === undefined
+        ? 64 * 1024 * 1024
+        : validateInteger(options.chunkSize, 'options.chunkSize', 1, maxAllocSize);
     this.#chunkPages = Math.ceil(chunkSize / this.#page);
     this.chunkSize = this.#chunkPages * this.#page;
     this.mergeable = options.mergeable === undefined ? true : validateBoolean(options.mergeable, 'options.mergeable');
@@ -267,7 +277,8 @@ export class Arena {
     if (this.#closed) throw new KsmError('This Arena has been closed', 'ERR_KSM_CLOSED');
     if (id === ARENA_RELEASED) throw new KsmError('This buffer has already been released', 'ERR_KSM_FREED');
     if (id === ARENA_EMPTY) {
-      if (!this.#empty.delete(ab)) throw new KsmError('This buffer was not allocated by this Arena', 'ERR_KSM_NOT_OWNED');
+      if (!this.#empty.delete(ab))
+        throw new KsmError('This buffer was not allocated by this Arena', 'ERR_KSM_NOT_OWNED');
       markReleased(ab);
       this.#liveBuffers--;
       return;
@@ -414,7 +425,8 @@ export class Arena {
     this.#dirtyRunCount++;
     this.#freeRun(chunk, start, pages);
     if (chunk.usedPages === 0) this.#retire(chunk);
-    const budget = this.#maxDirty === undefined ? Math.max(64, this.#livePages >>> 6) : Math.floor(this.#maxDirty / this.#page);
+    const budget =
+      this.#maxDirty === undefined ? Math.max(64, this.#livePages >>> 6) : Math.floor(this.#maxDirty / this.#page);
     // The run list is bounded too: runs reused before a flush leave stale entries.
     if (this.#dirtyPages > budget || this.#dirtyRunCount > Math.max(1024, budget)) this.#flush();
   }

@@ -105,7 +105,7 @@ export interface AutotuneCounters {
 
 /** ksmd's counters from the parsed sysfs (missing files count as 0). */
 export function countersOf(s: Record<string, unknown>): AutotuneCounters {
-  const n = (k: string) => (typeof s[k] === 'number' ? (s[k] as number) : 0);
+  const n = (k: string) => (typeof s[k] === 'number' ? s[k] : 0);
   return {
     fullScans: n('fullScans'),
     pagesShared: n('pagesShared'),
@@ -231,7 +231,11 @@ class ProcessWatch {
 
   private pids(): number[] {
     try {
-      return fs.readdirSync('/proc').filter((e) => e.charCodeAt(0) <= 57).map(Number).filter(Number.isInteger);
+      return fs
+        .readdirSync('/proc')
+        .filter((e) => e.charCodeAt(0) <= 57)
+        .map(Number)
+        .filter(Number.isInteger);
     } catch {
       return [];
     }
@@ -272,7 +276,7 @@ class ProcessWatch {
 function pick(s: KsmSettings, names: readonly KsmSettingName[] = WATCHED): KsmSettings {
   const out: Record<string, unknown> = {};
   for (const k of names) if (s[k] !== undefined) out[k] = s[k];
-  return out as KsmSettings;
+  return out;
 }
 
 function differences(expected: KsmSettings, actual: KsmSettings): string[] {
@@ -281,29 +285,40 @@ function differences(expected: KsmSettings, actual: KsmSettings): string[] {
     .map((k) => `${snakeCase(k)} ${expected[k]} -> ${actual[k]}`);
 }
 
-const matches = (expected: KsmSettings | undefined, actual: KsmSettings) => expected !== undefined && differences(expected, actual).length === 0;
+const matches = (expected: KsmSettings | undefined, actual: KsmSettings) =>
+  expected !== undefined && differences(expected, actual).length === 0;
 
 /** Cheaper than the kernel's defaults, or as cheap: pages per millisecond of sleep. */
 const isLowCost = (s: KsmSettings) =>
-  s.pagesToScan !== undefined && s.sleepMillisecs !== undefined && s.pagesToScan * KERNEL_DEFAULT_SCAN.sleepMillisecs <= KERNEL_DEFAULT_SCAN.pagesToScan * s.sleepMillisecs;
+  s.pagesToScan !== undefined &&
+  s.sleepMillisecs !== undefined &&
+  s.pagesToScan * KERNEL_DEFAULT_SCAN.sleepMillisecs <= KERNEL_DEFAULT_SCAN.pagesToScan * s.sleepMillisecs;
 
 function validateOptions(options: unknown): AutotuneOptions {
   if (options === null || typeof options !== 'object') throw invalidArgType('options', 'of type object', options);
   const o = options as AutotuneOptions;
-  for (const [key, group] of [['idle', o.idle], ['boost', o.boost]] as const) {
+  for (const [key, group] of [
+    ['idle', o.idle],
+    ['boost', o.boost],
+  ] as const) {
     if (group === undefined) continue;
     if (group === null || typeof group !== 'object') throw invalidArgType(`options.${key}`, 'of type object', group);
-    if (group.pagesToScan !== undefined) validateInteger(group.pagesToScan, `options.${key}.pagesToScan`, 1, 2 ** 32 - 1);
-    if (group.sleepMillisecs !== undefined) validateInteger(group.sleepMillisecs, `options.${key}.sleepMillisecs`, 0, 2 ** 32 - 1);
+    if (group.pagesToScan !== undefined)
+      validateInteger(group.pagesToScan, `options.${key}.pagesToScan`, 1, 2 ** 32 - 1);
+    if (group.sleepMillisecs !== undefined)
+      validateInteger(group.sleepMillisecs, `options.${key}.sleepMillisecs`, 0, 2 ** 32 - 1);
   }
   if (o.idleIntervalMs !== undefined) validateInteger(o.idleIntervalMs, 'options.idleIntervalMs', 10, 60_000);
   if (o.boostedIntervalMs !== undefined) validateInteger(o.boostedIntervalMs, 'options.boostedIntervalMs', 10, 60_000);
   if (o.thresholdPages !== undefined) validateInteger(o.thresholdPages, 'options.thresholdPages', 1);
   if (o.quietScans !== undefined) validateInteger(o.quietScans, 'options.quietScans', 1, 1000);
   if (o.quietMs !== undefined) validateInteger(o.quietMs, 'options.quietMs', 0, 3_600_000);
-  if (o.watchProcesses !== undefined && typeof o.watchProcesses !== 'boolean') throw invalidArgType('options.watchProcesses', 'of type boolean', o.watchProcesses);
-  if (o.stateDir !== undefined && (typeof o.stateDir !== 'string' || o.stateDir === '')) throw invalidArgType('options.stateDir', 'a non-empty string', o.stateDir);
-  if (o.onChange !== undefined && typeof o.onChange !== 'function') throw invalidArgType('options.onChange', 'of type function', o.onChange);
+  if (o.watchProcesses !== undefined && typeof o.watchProcesses !== 'boolean')
+    throw invalidArgType('options.watchProcesses', 'of type boolean', o.watchProcesses);
+  if (o.stateDir !== undefined && (typeof o.stateDir !== 'string' || o.stateDir === ''))
+    throw invalidArgType('options.stateDir', 'a non-empty string', o.stateDir);
+  if (o.onChange !== undefined && typeof o.onChange !== 'function')
+    throw invalidArgType('options.onChange', 'of type function', o.onChange);
   return o;
 }
 
@@ -331,14 +346,21 @@ class Autotune extends EventEmitter implements AutotuneHandle {
     const live = boostState({ stateDir: o.stateDir });
     const base = live && live.holders.some((h) => h.alive) ? { ...current, ...live.originals } : current;
     this.originals = pick(base);
-    this.boostSettings = { run: 1, advisorMode: 'none', ...pick({ ...AUTOTUNE_BOOST, ...o.boost }, ['pagesToScan', 'sleepMillisecs', 'smartScan']) };
+    this.boostSettings = {
+      run: 1,
+      advisorMode: 'none',
+      ...pick({ ...AUTOTUNE_BOOST, ...o.boost }, ['pagesToScan', 'sleepMillisecs', 'smartScan']),
+    };
     if (current.smartScan === undefined) delete this.boostSettings.smartScan;
     if (current.advisorMode === undefined) delete this.boostSettings.advisorMode;
     if (current.advisorMode === 'scan-time') {
       // The operator chose the kernel's own auto-tuning; two tuners would fight.
       this.idleSettings = pick(current);
       this.boostSettings = {};
-      this.change('advisor', 'advisor_mode is scan-time (set by the operator): the kernel advisor sets pages_to_scan, so autotune leaves the scanner to it');
+      this.change(
+        'advisor',
+        'advisor_mode is scan-time (set by the operator): the kernel advisor sets pages_to_scan, so autotune leaves the scanner to it',
+      );
       return;
     }
     const scan = o.idle ?? (isLowCost(base) ? {} : KERNEL_DEFAULT_SCAN);
@@ -353,7 +375,10 @@ class Autotune extends EventEmitter implements AutotuneHandle {
     this.idleSettings = pick(readSettings());
     this.procs = o.watchProcesses === false ? undefined : ProcessWatch.create();
     this.detector.reset(readCounters());
-    this.change('idle', `watching for work at pages_to_scan=${this.idleSettings.pagesToScan} sleep_millisecs=${this.idleSettings.sleepMillisecs}`);
+    this.change(
+      'idle',
+      `watching for work at pages_to_scan=${this.idleSettings.pagesToScan} sleep_millisecs=${this.idleSettings.sleepMillisecs}`,
+    );
     this.schedule();
   }
 
@@ -364,7 +389,13 @@ class Autotune extends EventEmitter implements AutotuneHandle {
     } catch {
       // reported as it is: the event matters more than the snapshot
     }
-    const event: AutotuneEvent = { state, previous: this.state, reason, timeMs: Math.round(performance.now() - this.started), settings };
+    const event: AutotuneEvent = {
+      state,
+      previous: this.state,
+      reason,
+      timeMs: Math.round(performance.now() - this.started),
+      settings,
+    };
     this.state = state;
     this.history.push(event);
     if (this.history.length > 1000) this.history.splice(0, this.history.length - 1000);
@@ -433,7 +464,10 @@ class Autotune extends EventEmitter implements AutotuneHandle {
     if (++this.mismatches < 2) return false;
     const what = differences(pick(expected ?? {}), actual).join(', ');
     const advisor = actual.advisorMode === 'scan-time' ? ' (the scan-time advisor was turned on)' : '';
-    this.change('overridden', `settings changed by someone else${advisor}: ${what}; autotune stopped adjusting and leaves them as they are`);
+    this.change(
+      'overridden',
+      `settings changed by someone else${advisor}: ${what}; autotune stopped adjusting and leaves them as they are`,
+    );
     return false;
   }
 
@@ -445,7 +479,12 @@ class Autotune extends EventEmitter implements AutotuneHandle {
 
   private async enterBoost(reason: string): Promise<void> {
     const b = this.boostSettings;
-    this.handle = await boost({ pagesToScan: b.pagesToScan, sleepMillisecs: b.sleepMillisecs, smartScan: b.smartScan, stateDir: this.o.stateDir });
+    this.handle = await boost({
+      pagesToScan: b.pagesToScan,
+      sleepMillisecs: b.sleepMillisecs,
+      smartScan: b.smartScan,
+      stateDir: this.o.stateDir,
+    });
     if (this.stopping) return; // stop() releases it
     this.detector.reset(readCounters(), performance.now());
     this.change('boosted', reason);
@@ -467,7 +506,8 @@ class Autotune extends EventEmitter implements AutotuneHandle {
         const current = readSettings();
         const back: KsmSettings = {};
         for (const k of Object.keys(this.originals) as KsmSettingName[]) {
-          if (current[k] === this.idleSettings[k] && current[k] !== this.originals[k]) (back as Record<string, unknown>)[k] = this.originals[k];
+          if (current[k] === this.idleSettings[k] && current[k] !== this.originals[k])
+            (back as Record<string, unknown>)[k] = this.originals[k];
         }
         if (Object.keys(back).length > 0) configure(back);
       }

@@ -121,7 +121,9 @@ let ticks: { perSecond: number; source: string } | undefined;
 export function clockTicks(): { perSecond: number; source: string } {
   if (ticks) return ticks;
   try {
-    const n = parseInteger(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'], timeout: 5000 }));
+    const n = parseInteger(
+      execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'], timeout: 5000 }),
+    );
     if (n !== undefined && n > 0) return (ticks = { perSecond: n, source: 'getconf CLK_TCK' });
   } catch {
     // fall through
@@ -226,14 +228,24 @@ export async function startWorkers(count: number, mib: number, seed: number, sig
   try {
     const ready: Array<Promise<bigint>> = [];
     for (let i = 0; i < count; i++) {
-      const p = spawn(process.execPath, ['-e', WORKER, addon, String(bytes), String(seed), String(pageSize)], { stdio: ['pipe', 'pipe', 'pipe'] });
+      const p = spawn(process.execPath, ['-e', WORKER, addon, String(bytes), String(seed), String(pageSize)], {
+        stdio: ['pipe', 'pipe', 'pipe'],
+      });
       procs.push(p);
       let stderr = '';
-      p.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+      p.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
       ready.push(
         new Promise<bigint>((resolve, reject) => {
-          readline.createInterface({ input: p.stdout! }).once('line', (line) => resolve(BigInt(line.split(' ')[2] ?? '0')));
-          p.once('exit', (code, sig) => reject(new Error(`bench worker exited (${code ?? sig}) before it was filled: ${stderr.trim().split('\n').pop() ?? ''}`)));
+          readline
+            .createInterface({ input: p.stdout })
+            .once('line', (line) => resolve(BigInt(line.split(' ')[2] ?? '0')));
+          p.once('exit', (code, sig) =>
+            reject(
+              new Error(
+                `bench worker exited (${code ?? sig}) before it was filled: ${stderr.trim().split('\n').pop() ?? ''}`,
+              ),
+            ),
+          );
           p.once('error', reject);
         }),
       );
@@ -321,7 +333,8 @@ export function policySettings(policy: BenchPolicy, current: KsmSettings, adviso
   let s: KsmSettings;
   if (policy === 'default' || policy === 'autotune') s = { ...base, ...KERNEL_DEFAULTS };
   else if (policy === 'advisor') {
-    if (current.advisorMode === undefined) throw new KsmError('This kernel has no scan-time advisor (Linux 6.8+)', 'ERR_KSM_UNSUPPORTED');
+    if (current.advisorMode === undefined)
+      throw new KsmError('This kernel has no scan-time advisor (Linux 6.8+)', 'ERR_KSM_UNSUPPORTED');
     // smart_scan off as for the fixed policies: the comparison is about the rate, not about skipping.
     s = { run: 1, advisorMode: 'scan-time', advisorTargetScanTime, smartScan: 0 };
   } else if (/^\d+$/.test(policy) && Number(policy) >= 1 && Number(policy) <= 2 ** 32 - 1) {
@@ -348,11 +361,15 @@ function validate(options: unknown) {
   const o = options as BenchOptions;
   const workers = o.workers === undefined ? 4 : validateInteger(o.workers, 'options.workers', 2, 256);
   const mib = o.mib === undefined ? 256 : validateInteger(o.mib, 'options.mib', 1, 1 << 20);
-  if (o.policies !== undefined && (!Array.isArray(o.policies) || o.policies.length === 0 || o.policies.some((p) => typeof p !== 'string'))) {
+  if (
+    o.policies !== undefined &&
+    (!Array.isArray(o.policies) || o.policies.length === 0 || o.policies.some((p) => typeof p !== 'string'))
+  ) {
     throw invalidArgType('options.policies', 'a non-empty array of strings', o.policies);
   }
   const ratio = o.ratio ?? 0.95;
-  if (typeof ratio !== 'number' || !(ratio > 0 && ratio <= 1)) throw new RangeError(`options.ratio must be > 0 and <= 1 (received ${String(ratio)})`);
+  if (typeof ratio !== 'number' || !(ratio > 0 && ratio <= 1))
+    throw new RangeError(`options.ratio must be > 0 and <= 1 (received ${String(ratio)})`);
   return {
     workers,
     mib,
@@ -362,7 +379,10 @@ function validate(options: unknown) {
     limitMs: o.limitMs === undefined ? 180_000 : validateInteger(o.limitMs, 'options.limitMs', 100, 2 ** 31 - 1),
     idleMs: o.idleMs === undefined ? 10_000 : validateInteger(o.idleMs, 'options.idleMs', 0, 2 ** 31 - 1),
     sampleMs: o.sampleMs === undefined ? 100 : validateInteger(o.sampleMs, 'options.sampleMs', 10, 60_000),
-    advisorTargetScanTime: o.advisorTargetScanTime === undefined ? 2 : validateInteger(o.advisorTargetScanTime, 'options.advisorTargetScanTime', 1),
+    advisorTargetScanTime:
+      o.advisorTargetScanTime === undefined
+        ? 2
+        : validateInteger(o.advisorTargetScanTime, 'options.advisorTargetScanTime', 1),
     autotune: o.autotune,
     signal: o.signal,
     onProgress: o.onProgress,
@@ -375,7 +395,12 @@ function validate(options: unknown) {
  */
 async function settle(signal?: AbortSignal): Promise<void> {
   const current = readSettings();
-  configure({ ...(current.advisorMode !== undefined ? { advisorMode: 'none' as const } : {}), run: 1, pagesToScan: 10_000, sleepMillisecs: 0 });
+  configure({
+    ...(current.advisorMode !== undefined ? { advisorMode: 'none' as const } : {}),
+    run: 1,
+    pagesToScan: 10_000,
+    sleepMillisecs: 0,
+  });
   const start = readCounter('full_scans');
   const deadline = Date.now() + 10_000;
   while (readCounter('full_scans') < start + 2 && Date.now() < deadline && !signal?.aborted) await sleep(20);
@@ -396,7 +421,9 @@ export async function runBenchmark(options: BenchOptions = {}): Promise<BenchRep
   try {
     // Later rounds run the policies in reverse order, so a drift in the machine's load
     // does not always favour the same ones.
-    const order = Array.from({ length: o.runs }, (_, r) => (r % 2 === 0 ? o.policies : [...o.policies].reverse())).flat();
+    const order = Array.from({ length: o.runs }, (_, r) =>
+      r % 2 === 0 ? o.policies : [...o.policies].reverse(),
+    ).flat();
     for (const [index, policy] of order.entries()) {
       if (o.signal?.aborted) throw o.signal.reason;
       const progress = (phase: BenchProgress['phase'], elapsedMs: number, mergedRatio: number, cpuPercent: number) =>
@@ -456,11 +483,13 @@ export async function runBenchmark(options: BenchOptions = {}): Promise<BenchRep
         lastT = t;
         if (disturbed === undefined) {
           if (tuner) {
-            if (tuner.state === 'overridden' || tuner.state === 'failed') disturbed = `${tuner.history.at(-1)?.reason} (at ${t.toFixed(1)} s)`;
+            if (tuner.state === 'overridden' || tuner.state === 'failed')
+              disturbed = `${tuner.history.at(-1)?.reason} (at ${t.toFixed(1)} s)`;
           } else {
             const now = watchedSettings(readSettings(), policy);
             const diff = (Object.keys(applied) as Array<keyof KsmSettings>).filter((k) => now[k] !== applied[k]);
-            if (diff.length > 0) disturbed = `${diff.map((k) => `${k} ${applied[k]} -> ${now[k]}`).join(', ')} by someone else at ${t.toFixed(1)} s`;
+            if (diff.length > 0)
+              disturbed = `${diff.map((k) => `${k} ${applied[k]} -> ${now[k]}`).join(', ')} by someone else at ${t.toFixed(1)} s`;
           }
         }
         if (merged !== lastMerged) {
@@ -515,7 +544,9 @@ export async function runBenchmark(options: BenchOptions = {}): Promise<BenchRep
         finishedSeconds: +idleStart.toFixed(3),
         fillSeconds: +fillSeconds.toFixed(3),
         settings,
-        ...(policy === 'autotune' ? { transitions: transitions.map(({ at, ...tr }) => ({ t: +((at - t0) / 1000).toFixed(3), ...tr })) } : {}),
+        ...(policy === 'autotune'
+          ? { transitions: transitions.map(({ at, ...tr }) => ({ t: +((at - t0) / 1000).toFixed(3), ...tr })) }
+          : {}),
         ...(disturbed !== undefined ? { disturbed } : {}),
         samples,
       });
@@ -526,11 +557,26 @@ export async function runBenchmark(options: BenchOptions = {}): Promise<BenchRep
     await workers?.kill();
     configure(restorable(originals));
   }
-  return { results: aggregate(results), workers: o.workers, mib: o.mib, runs: o.runs, idleMs: o.idleMs, limitMs: o.limitMs, pageSize, clockTicks: clockTicks(), originals };
+  return {
+    results: aggregate(results),
+    workers: o.workers,
+    mib: o.mib,
+    runs: o.runs,
+    idleMs: o.idleMs,
+    limitMs: o.limitMs,
+    pageSize,
+    clockTicks: clockTicks(),
+    originals,
+  };
 }
 
 function watchedSettings(s: KsmSettings, policy: BenchPolicy): KsmSettings {
-  const out: KsmSettings = { run: s.run, sleepMillisecs: s.sleepMillisecs, smartScan: s.smartScan, advisorMode: s.advisorMode };
+  const out: KsmSettings = {
+    run: s.run,
+    sleepMillisecs: s.sleepMillisecs,
+    smartScan: s.smartScan,
+    advisorMode: s.advisorMode,
+  };
   // The advisor moves pages_to_scan itself.
   if (policy !== 'advisor') out.pagesToScan = s.pagesToScan;
   return out;

@@ -78,15 +78,21 @@ export interface NativeBinding {
 export const packageRoot = path.join(__dirname, '..');
 
 function load(): { binding: NativeBinding | null; loadError: string | null } {
-  if (process.env.NODE_KSM_FORCE_PLATFORM ? process.env.NODE_KSM_FORCE_PLATFORM !== 'linux' : process.platform !== 'linux') {
-    return { binding: null, loadError: `KSM is a Linux feature; this is ${process.env.NODE_KSM_FORCE_PLATFORM ?? process.platform}` };
+  if (
+    process.env.NODE_KSM_FORCE_PLATFORM ? process.env.NODE_KSM_FORCE_PLATFORM !== 'linux' : process.platform !== 'linux'
+  ) {
+    return {
+      binding: null,
+      loadError: `KSM is a Linux feature; this is ${process.env.NODE_KSM_FORCE_PLATFORM ?? process.platform}`,
+    };
   }
   try {
     // NODE_KSM_BINARY selects another build of the same sources (the sanitizer build).
     const explicit = process.env.NODE_KSM_BINARY;
     // eslint-disable-next-line @typescript-eslint/no-require-imports
     const native = explicit ? require(path.resolve(explicit)) : require('node-gyp-build')(packageRoot);
-    if (native.unsupported) return { binding: null, loadError: 'node-ksm was built without KSM support for this platform' };
+    if (native.unsupported)
+      return { binding: null, loadError: 'node-ksm was built without KSM support for this platform' };
     native.setErrorClass(KsmError);
     return { binding: native as NativeBinding, loadError: null };
   } catch (err) {

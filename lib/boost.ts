@@ -80,7 +80,13 @@ export const DEFAULT_STATE_DIR = '/run/node-ksm';
  * smart_scan=0). Smart scan saves CPU on a machine that scans forever; a boost is short
  * and exists to merge everything now.
  */
-export const BOOST_POLICY = { run: 1, advisorMode: 'none', pagesToScan: 10_000, sleepMillisecs: 0, smartScan: 0 } as const;
+export const BOOST_POLICY = {
+  run: 1,
+  advisorMode: 'none',
+  pagesToScan: 10_000,
+  sleepMillisecs: 0,
+  smartScan: 0,
+} as const;
 
 const LOCK_TIMEOUT_MS = 30_000;
 
@@ -98,7 +104,8 @@ function validateOptions(options: unknown): Required<Pick<BoostOptions, 'stateDi
 }
 
 function stateDirOf(options: unknown): string {
-  if (options !== undefined && (options === null || typeof options !== 'object')) throw invalidArgType('options', 'of type object', options);
+  if (options !== undefined && (options === null || typeof options !== 'object'))
+    throw invalidArgType('options', 'of type object', options);
   return validateOptions(options === undefined ? undefined : { stateDir: (options as BoostOptions).stateDir }).stateDir;
 }
 
@@ -137,7 +144,10 @@ function readState(dir: string): StateFile | null {
   } catch {
     // fall through
   }
-  throw new KsmError(`${statePath(dir)} is not a node-ksm boost state file; remove it if the settings are as you want them`, 'ERR_KSM_PARSE');
+  throw new KsmError(
+    `${statePath(dir)} is not a node-ksm boost state file; remove it if the settings are as you want them`,
+    'ERR_KSM_PARSE',
+  );
 }
 
 /** Written to a temporary file and renamed, so a reader (or a crash) never sees half a file. */
@@ -166,7 +176,11 @@ function openLock(dir: string): number {
   } catch (err) {
     const e = err as NodeJS.ErrnoException;
     if (e.code === 'EACCES' || e.code === 'EPERM' || e.code === 'EROFS') {
-      throw new KsmError(`Cannot create ${lockPath(dir)} (${e.code}): boosting KSM needs root (it changes /sys/kernel/mm/ksm for the whole machine)`, 'ERR_KSM_PERMISSION', { cause: err });
+      throw new KsmError(
+        `Cannot create ${lockPath(dir)} (${e.code}): boosting KSM needs root (it changes /sys/kernel/mm/ksm for the whole machine)`,
+        'ERR_KSM_PERMISSION',
+        { cause: err },
+      );
     }
     throw fromFsError(err);
   }
@@ -210,7 +224,9 @@ function withLockSync<T>(dir: string, fn: () => T, timeoutMs = 2000): T {
 
 /** The knobs boost changes that this kernel has. */
 function boostedKnobs(current: KsmSettings): KsmSettingName[] {
-  return (['run', 'advisorMode', 'pagesToScan', 'sleepMillisecs', 'smartScan'] as const).filter((k) => current[k] !== undefined);
+  return (['run', 'advisorMode', 'pagesToScan', 'sleepMillisecs', 'smartScan'] as const).filter(
+    (k) => current[k] !== undefined,
+  );
 }
 
 /** What all holders together need: the most aggressive of their requests. */
@@ -273,7 +289,8 @@ function acquireLocked(dir: string, holder: BoostHolder): KsmSettings {
         // A knob that could not be written at all (not root, read-only sysfs) changed
         // nothing, so there is nothing to restore and no record to keep. Otherwise the
         // record stays, without this holder, so that restore() can finish the job.
-        if (state.holders.length === 0 && err instanceof KsmError && err.code === 'ERR_KSM_PERMISSION') removeState(dir);
+        if (state.holders.length === 0 && err instanceof KsmError && err.code === 'ERR_KSM_PERMISSION')
+          removeState(dir);
         else writeState(dir, state);
       } catch {
         // Nothing more can be done here; restore() reads whatever the file says.
@@ -398,7 +415,10 @@ export async function boost(options?: BoostOptions): Promise<BoostHandle> {
  * power to a container cut). Does nothing while a live holder remains, unless `force`.
  * `settings` are the values written back.
  */
-export async function restore(options?: { stateDir?: string; force?: boolean }): Promise<{ restored: boolean; settings?: KsmSettings }> {
+export async function restore(options?: {
+  stateDir?: string;
+  force?: boolean;
+}): Promise<{ restored: boolean; settings?: KsmSettings }> {
   const dir = stateDirOf(options);
   const force = options?.force === undefined ? false : validateBoolean(options.force, 'options.force');
   native();

@@ -67,7 +67,7 @@ export function readSettings(): KsmSettings {
   const all = parseKsmSysfs(readKsmSysfsFiles(sysfsDir)) as Record<string, unknown>;
   const out: Record<string, unknown> = {};
   for (const name of SETTING_NAMES) if (all[name] !== undefined) out[name] = all[name];
-  return out as KsmSettings;
+  return out;
 }
 
 function invalidValue(name: string, reason: string, value: unknown): TypeError {
@@ -90,7 +90,8 @@ function validate(partial: unknown): Array<[KsmSettingName, number | string]> {
     const name = key as KsmSettingName;
     if (name === 'advisorMode') {
       if (typeof value !== 'string') throw invalidArgType('settings.advisorMode', 'of type string', value);
-      if (value !== 'none' && value !== 'scan-time') throw invalidValue('settings.advisorMode', "must be 'none' or 'scan-time'", value);
+      if (value !== 'none' && value !== 'scan-time')
+        throw invalidValue('settings.advisorMode', "must be 'none' or 'scan-time'", value);
       out.push([name, value]);
       continue;
     }
@@ -146,7 +147,16 @@ function writeOrder(entries: Map<KsmSettingName, number | string>, current: KsmS
   };
   if (entries.get('run') !== 1) add('run');
   if (entries.get('advisorMode') === 'none') add('advisorMode');
-  for (const n of ['pagesToScan', 'sleepMillisecs', 'smartScan', 'useZeroPages', 'stableNodeChainsPruneMillisecs', 'advisorMaxCpu', 'advisorTargetScanTime'] as const) add(n);
+  for (const n of [
+    'pagesToScan',
+    'sleepMillisecs',
+    'smartScan',
+    'useZeroPages',
+    'stableNodeChainsPruneMillisecs',
+    'advisorMaxCpu',
+    'advisorTargetScanTime',
+  ] as const)
+    add(n);
   const min = entries.get('advisorMinPagesToScan') as number | undefined;
   if (min !== undefined && min > (current.advisorMaxPagesToScan ?? Infinity)) add('advisorMaxPagesToScan');
   add('advisorMinPagesToScan');
@@ -179,7 +189,10 @@ export function configure(partial: Partial<KsmSettings>): KsmSettings {
   const current = readSettings();
   for (const name of entries.keys()) {
     if (current[name] === undefined) {
-      throw new KsmError(`This kernel has no ${sysfsDir}/${snakeCase(name)} (a newer kernel, or NUMA for merge_across_nodes, is needed)`, 'ERR_KSM_UNSUPPORTED');
+      throw new KsmError(
+        `This kernel has no ${sysfsDir}/${snakeCase(name)} (a newer kernel, or NUMA for merge_across_nodes, is needed)`,
+        'ERR_KSM_UNSUPPORTED',
+      );
     }
   }
   const advisorAfter = entries.get('advisorMode') ?? current.advisorMode;
@@ -192,7 +205,12 @@ export function configure(partial: Partial<KsmSettings>): KsmSettings {
   }
   const minAfter = (entries.get('advisorMinPagesToScan') as number | undefined) ?? current.advisorMinPagesToScan;
   const maxAfter = (entries.get('advisorMaxPagesToScan') as number | undefined) ?? current.advisorMaxPagesToScan;
-  if ((entries.has('advisorMinPagesToScan') || entries.has('advisorMaxPagesToScan')) && minAfter !== undefined && maxAfter !== undefined && minAfter > maxAfter) {
+  if (
+    (entries.has('advisorMinPagesToScan') || entries.has('advisorMaxPagesToScan')) &&
+    minAfter !== undefined &&
+    maxAfter !== undefined &&
+    minAfter > maxAfter
+  ) {
     throw new RangeError(`advisorMinPagesToScan (${minAfter}) must not exceed advisorMaxPagesToScan (${maxAfter})`);
   }
 
@@ -200,7 +218,8 @@ export function configure(partial: Partial<KsmSettings>): KsmSettings {
   for (const name of entries.keys()) previous[name] = current[name];
   // Leaving or entering the advisor resets pages_to_scan; bring it back too, when it was ours to set.
   const advisorChanges = entries.has('advisorMode') && entries.get('advisorMode') !== current.advisorMode;
-  if (advisorChanges && current.advisorMode === 'none' && !entries.has('pagesToScan')) previous.pagesToScan = current.pagesToScan;
+  if (advisorChanges && current.advisorMode === 'none' && !entries.has('pagesToScan'))
+    previous.pagesToScan = current.pagesToScan;
   // Under scan-time pages_to_scan was the advisor's, and going back to scan-time resets it.
   if (advisorChanges && current.advisorMode === 'scan-time') delete previous.pagesToScan;
   const written: KsmSettingName[] = [];
@@ -214,13 +233,13 @@ export function configure(partial: Partial<KsmSettings>): KsmSettings {
       written.push(name);
     }
   } catch (err) {
-    const failed = rollback(written, previous as KsmSettings);
+    const failed = rollback(written, previous);
     if (failed.length > 0 && err instanceof Error) {
       err.message += ` (and rolling back failed for ${failed.join(', ')}: the machine's KSM settings are now partly changed)`;
     }
     throw err;
   }
-  return previous as KsmSettings;
+  return previous;
 }
 
 /** Puts back the previous values of `written`, in reverse order; returns what failed. */

@@ -46,7 +46,9 @@ async function main(): Promise<number> {
     return 1;
   }
 
-  console.log(`Allocating ${COPIES} × ${mib(SIZE)} of identical data and ${mib(SIZE)} of unique data (page size ${pageSize} B)`);
+  console.log(
+    `Allocating ${COPIES} × ${mib(SIZE)} of identical data and ${mib(SIZE)} of unique data (page size ${pageSize} B)`,
+  );
   const copies = Array.from({ length: COPIES }, () => alloc(SIZE));
   for (const c of copies) fill(c, 1);
   const unique = alloc(SIZE);
@@ -54,7 +56,11 @@ async function main(): Promise<number> {
   const before = systemStats();
 
   const boosted = s.canConfigure ? await boost() : null;
-  console.log(boosted ? 'ksmd boosted (settings are restored when the demo ends)' : 'ksmd running with the current settings (not root: not boosting)');
+  console.log(
+    boosted
+      ? 'ksmd boosted (settings are restored when the demo ends)'
+      : 'ksmd running with the current settings (not root: not boosting)',
+  );
   try {
     let last = 0;
     const result = await waitForMerge('process', {
@@ -63,11 +69,15 @@ async function main(): Promise<number> {
       onProgress: (p) => {
         if (p.elapsedMs - last < 250) return;
         last = p.elapsedMs;
-        process.stdout.write(`\r  merged ${mib(p.mergedPages * pageSize)} after ${(p.elapsedMs / 1000).toFixed(1)} s   `);
+        process.stdout.write(
+          `\r  merged ${mib(p.mergedPages * pageSize)} after ${(p.elapsedMs / 1000).toFixed(1)} s   `,
+        );
       },
     });
     process.stdout.write('\n');
-    console.log(`Merging ${result.complete ? 'complete' : 'reached the target'} in ${(result.elapsedMs / 1000).toFixed(2)} s (${result.fullScans} full scans)`);
+    console.log(
+      `Merging ${result.complete ? 'complete' : 'reached the target'} in ${(result.elapsedMs / 1000).toFixed(2)} s (${result.fullScans} full scans)`,
+    );
   } finally {
     await boosted?.release();
   }
@@ -81,7 +91,9 @@ async function main(): Promise<number> {
   const u = bufferStats(unique);
   console.log(`  unique: ${mib(u.mergedBytes)} of ${mib(u.bytes)} merged`);
   console.log(`This process: ${proc.mergingPages} pages share KSM pages; profit ${mib(proc.profitBytes ?? 0)}`);
-  console.log(`Whole machine: saved ${mib(after.savedBytes)} (was ${mib(before.savedBytes)}); ${COPIES} copies now cost about one`);
+  console.log(
+    `Whole machine: saved ${mib(after.savedBytes)} (was ${mib(before.savedBytes)}); ${COPIES} copies now cost about one`,
+  );
   for (const c of copies) free(c);
   free(unique);
   return 0;

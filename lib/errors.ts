@@ -25,7 +25,11 @@ export class KsmError extends Error {
   /** The file involved, when there is one. */
   path?: string;
 
-  constructor(message: string, code?: string, extra?: { errno?: number; syscall?: string; path?: string; cause?: unknown }) {
+  constructor(
+    message: string,
+    code?: string,
+    extra?: { errno?: number; syscall?: string; path?: string; cause?: unknown },
+  ) {
     super(message, extra?.cause !== undefined ? { cause: extra.cause } : undefined);
     this.name = 'KsmError';
     if (code !== undefined) this.code = code;
@@ -48,7 +52,7 @@ function describe(value: unknown): string {
   if (value === undefined) return 'undefined';
   if (typeof value === 'function') return `function ${(value as { name?: string }).name || '<anonymous>'}`;
   if (typeof value === 'object') {
-    const ctor = (value as object).constructor?.name;
+    const ctor = value.constructor?.name;
     return ctor ? `an instance of ${ctor}` : 'an object';
   }
   let shown = String(value);

@@ -30,12 +30,7 @@ export {
   type Support,
 } from './stats';
 export type { KsmSysfs, KsmStatFields } from './procfs';
-export {
-  readSettings,
-  configure,
-  type KsmSettings,
-  type KsmSettingName,
-} from './control';
+export { readSettings, configure, type KsmSettings, type KsmSettingName } from './control';
 export {
   boost,
   restore,

@@ -177,7 +177,11 @@ export function markMergeable(view: BinaryLike, on = true): { offset: number; le
   if (!isBinary(view)) throw invalidArgType('view', 'an instance of Buffer, TypedArray, DataView or ArrayBuffer', view);
   // The addon cannot locate a SharedArrayBuffer's memory (bufferStats refuses it the same way).
   if (!(view instanceof ArrayBuffer) && !(view.buffer instanceof ArrayBuffer)) {
-    throw invalidArgType('view', 'an instance of Buffer, TypedArray, DataView or ArrayBuffer over an ArrayBuffer (not a SharedArrayBuffer)', view);
+    throw invalidArgType(
+      'view',
+      'an instance of Buffer, TypedArray, DataView or ArrayBuffer over an ArrayBuffer (not a SharedArrayBuffer)',
+      view,
+    );
   }
   validateBoolean(on, 'on');
   try {

@@ -192,7 +192,10 @@ export function parseProcStat(text: string): ProcStat {
   const open = text.indexOf('(');
   const close = text.lastIndexOf(')');
   if (open < 0 || close < open) throw new KsmError('Not a /proc/<pid>/stat line', 'ERR_KSM_PARSE');
-  const rest = text.slice(close + 2).trim().split(/\s+/);
+  const rest = text
+    .slice(close + 2)
+    .trim()
+    .split(/\s+/);
   // rest[0] is field 3 (state); utime is field 14, stime 15, starttime 22.
   const num = (field: number): number => {
     const v = parseInteger(rest[field - 3]);
@@ -201,7 +204,14 @@ export function parseProcStat(text: string): ProcStat {
   };
   const pid = parseInteger(text.slice(0, open));
   if (pid === undefined) throw new KsmError('Not a /proc/<pid>/stat line', 'ERR_KSM_PARSE');
-  return { pid, comm: text.slice(open + 1, close), state: rest[0] ?? '', utime: num(14), stime: num(15), starttime: num(22) };
+  return {
+    pid,
+    comm: text.slice(open + 1, close),
+    state: rest[0] ?? '',
+    utime: num(14),
+    stime: num(15),
+    starttime: num(22),
+  };
 }
 
 /** True when smaps text has the per-VMA `KSM:` line (Linux 6.7+). */
@@ -267,11 +277,29 @@ const SIGNED_FILES = new Set(['general_profit', 'ksm_zero_pages']);
 
 /** Every numeric file this library knows; anything else is a newer kernel's. */
 export const KNOWN_NUMERIC_FILES: readonly string[] = [
-  'run', 'pages_to_scan', 'sleep_millisecs', 'merge_across_nodes', 'use_zero_pages', 'max_page_sharing',
-  'stable_node_chains_prune_millisecs', 'smart_scan', 'advisor_max_cpu', 'advisor_target_scan_time',
-  'advisor_min_pages_to_scan', 'advisor_max_pages_to_scan', 'full_scans', 'pages_scanned', 'pages_shared',
-  'pages_sharing', 'pages_skipped', 'pages_unshared', 'pages_volatile', 'stable_node_chains', 'stable_node_dups',
-  'general_profit', 'ksm_zero_pages',
+  'run',
+  'pages_to_scan',
+  'sleep_millisecs',
+  'merge_across_nodes',
+  'use_zero_pages',
+  'max_page_sharing',
+  'stable_node_chains_prune_millisecs',
+  'smart_scan',
+  'advisor_max_cpu',
+  'advisor_target_scan_time',
+  'advisor_min_pages_to_scan',
+  'advisor_max_pages_to_scan',
+  'full_scans',
+  'pages_scanned',
+  'pages_shared',
+  'pages_sharing',
+  'pages_skipped',
+  'pages_unshared',
+  'pages_volatile',
+  'stable_node_chains',
+  'stable_node_dups',
+  'general_profit',
+  'ksm_zero_pages',
 ];
 const NUMERIC_FILES = new Set(KNOWN_NUMERIC_FILES);
 
@@ -297,5 +325,5 @@ export function parseKsmSysfs(files: Record<string, string>): KsmSysfs {
   for (const [file, text] of Object.entries(files)) {
     out[camelCase(file)] = parseSysfsValue(file, text);
   }
-  return out as KsmSysfs;
+  return out;
 }

@@ -30,7 +30,11 @@ interface Def {
 }
 
 /** Figures computed from pages_sharing rather than read from a file of their own. */
-const DERIVED: Partial<Record<keyof SystemStats, string>> = { savedBytes: 'pages_sharing', sharingRatio: 'pages_shared', pageSize: 'pages_sharing' };
+const DERIVED: Partial<Record<keyof SystemStats, string>> = {
+  savedBytes: 'pages_sharing',
+  sharingRatio: 'pages_shared',
+  pageSize: 'pages_sharing',
+};
 
 // Existence is checked on the files, not on one read of them, so that a read failing by
 // chance at registration cannot leave a metric out for the life of the process.
@@ -51,19 +55,46 @@ const proc = (key: keyof ProcessStats): Pick<Def, 'read' | 'exists'> => {
 
 const SYSTEM: Def[] = [
   { name: 'ksm_pages_shared', help: 'KSM pages in use (pages_shared)', ...sys('pagesShared') },
-  { name: 'ksm_pages_sharing', help: 'Further mappings of KSM pages: pages saved (pages_sharing)', ...sys('pagesSharing') },
+  {
+    name: 'ksm_pages_sharing',
+    help: 'Further mappings of KSM pages: pages saved (pages_sharing)',
+    ...sys('pagesSharing'),
+  },
   { name: 'ksm_pages_unshared', help: 'Unique pages ksmd keeps checking (pages_unshared)', ...sys('pagesUnshared') },
   { name: 'ksm_pages_volatile', help: 'Pages changing too fast to merge (pages_volatile)', ...sys('pagesVolatile') },
   { name: 'ksm_zero_pages', help: 'Pages merged with the zero page (ksm_zero_pages)', ...sys('ksmZeroPages') },
   { name: 'ksm_stable_node_chains', help: 'Stable node chains (stable_node_chains)', ...sys('stableNodeChains') },
   { name: 'ksm_stable_node_dups', help: 'Stable node duplicates (stable_node_dups)', ...sys('stableNodeDups') },
-  { name: 'ksm_saved_bytes', help: 'Memory merging saves: (pages_sharing + ksm_zero_pages) x page size', ...sys('savedBytes') },
-  { name: 'ksm_general_profit_bytes', help: 'Bytes saved minus ksmd bookkeeping (general_profit; may be negative)', ...sys('generalProfit') },
+  {
+    name: 'ksm_saved_bytes',
+    help: 'Memory merging saves: (pages_sharing + ksm_zero_pages) x page size',
+    ...sys('savedBytes'),
+  },
+  {
+    name: 'ksm_general_profit_bytes',
+    help: 'Bytes saved minus ksmd bookkeeping (general_profit; may be negative)',
+    ...sys('generalProfit'),
+  },
   { name: 'ksm_sharing_ratio', help: 'pages_sharing / pages_shared: mappings per KSM page', ...sys('sharingRatio') },
   { name: 'ksm_page_size_bytes', help: 'The system page size', ...sys('pageSize') },
-  { name: 'ksm_full_scans_total', help: 'Full passes ksmd has completed (full_scans)', counter: true, ...sys('fullScans') },
-  { name: 'ksm_pages_scanned_total', help: 'Pages ksmd has scanned (pages_scanned)', counter: true, ...sys('pagesScanned') },
-  { name: 'ksm_pages_skipped_total', help: 'Pages smart scan skipped (pages_skipped)', counter: true, ...sys('pagesSkipped') },
+  {
+    name: 'ksm_full_scans_total',
+    help: 'Full passes ksmd has completed (full_scans)',
+    counter: true,
+    ...sys('fullScans'),
+  },
+  {
+    name: 'ksm_pages_scanned_total',
+    help: 'Pages ksmd has scanned (pages_scanned)',
+    counter: true,
+    ...sys('pagesScanned'),
+  },
+  {
+    name: 'ksm_pages_skipped_total',
+    help: 'Pages smart scan skipped (pages_skipped)',
+    counter: true,
+    ...sys('pagesSkipped'),
+  },
   {
     name: 'ksmd_cpu_seconds_total',
     help: 'CPU time the ksmd thread has used (user + system)',
@@ -91,9 +122,17 @@ const SYSTEM: Def[] = [
 ];
 
 const PROCESS: Def[] = [
-  { name: 'ksm_process_merging_pages', help: 'Pages of this process that share a KSM page (ksm_merging_pages)', ...proc('mergingPages') },
+  {
+    name: 'ksm_process_merging_pages',
+    help: 'Pages of this process that share a KSM page (ksm_merging_pages)',
+    ...proc('mergingPages'),
+  },
   { name: 'ksm_process_merged_bytes', help: 'ksm_merging_pages x page size for this process', ...proc('mergedBytes') },
-  { name: 'ksm_process_profit_bytes', help: 'This process: bytes saved minus bookkeeping (ksm_process_profit)', ...proc('profitBytes') },
+  {
+    name: 'ksm_process_profit_bytes',
+    help: 'This process: bytes saved minus bookkeeping (ksm_process_profit)',
+    ...proc('profitBytes'),
+  },
   { name: 'ksm_process_rmap_items', help: 'Pages of this process ksmd tracks (ksm_rmap_items)', ...proc('rmapItems') },
   { name: 'ksm_process_zero_pages', help: 'Pages of this process merged with the zero page', ...proc('zeroPages') },
   { name: 'ksm_process_merge_any', help: '1 when PR_SET_MEMORY_MERGE is on for this process', ...proc('mergeAny') },

@@ -351,7 +351,13 @@ export function bufferStats(buf: ArrayBufferView | ArrayBuffer, options: BufferS
   const rangeStart = ((address + BigInt(offset)) / page) * page;
   const rangeEnd = length === 0 ? rangeStart : ((address + BigInt(offset + length) + page - 1n) / page) * page;
   const pages = Number((rangeEnd - rangeStart) / page);
-  const result = (how: BufferStatsMethod, resident: number, merged: number, mergeable: boolean, zero?: number): BufferStats => {
+  const result = (
+    how: BufferStatsMethod,
+    resident: number,
+    merged: number,
+    mergeable: boolean,
+    zero?: number,
+  ): BufferStats => {
     const mergedPages = Math.min(merged, pages);
     return {
       bytes: byteLength,
@@ -382,11 +388,18 @@ export function bufferStats(buf: ArrayBufferView | ArrayBuffer, options: BufferS
     // The mappings may have changed between the two reads; then smaps is not exact either.
     if (hasKsm && tiles(entries, rangeStart, rangeEnd)) {
       const sum = (key: string) => entries.reduce((n, e) => n + (e.bytes[key] ?? 0), 0);
-      return result('smaps', Math.round(sum('Rss') / pageSize), Math.round(sum('KSM') / pageSize), mergeableIn(entries, rangeStart, rangeEnd));
+      return result(
+        'smaps',
+        Math.round(sum('Rss') / pageSize),
+        Math.round(sum('KSM') / pageSize),
+        mergeableIn(entries, rangeStart, rangeEnd),
+      );
     }
     if (method === 'smaps') {
       throw new KsmError(
-        hasKsm ? "The buffer's mappings changed while they were read" : "This kernel's smaps has no KSM: line (Linux 6.7+)",
+        hasKsm
+          ? "The buffer's mappings changed while they were read"
+          : "This kernel's smaps has no KSM: line (Linux 6.7+)",
         'ERR_KSM_UNSUPPORTED',
       );
     }
@@ -407,7 +420,8 @@ export function bufferStats(buf: ArrayBufferView | ArrayBuffer, options: BufferS
   const mergeable =
     states.ksm !== null && states.ksm > 0 && maps.length === 1 && covers(maps, rangeStart, rangeEnd)
       ? true
-      : (knownAdvice(info) ?? mergeableIn(parseSmaps(readVmaText('smaps', rangeStart, rangeEnd)), rangeStart, rangeEnd));
+      : (knownAdvice(info) ??
+        mergeableIn(parseSmaps(readVmaText('smaps', rangeStart, rangeEnd)), rangeStart, rangeEnd));
   if (states.ksm !== null && method !== 'pagemap') {
     return result('kpageflags', states.present, states.ksm, mergeable, states.zero ?? 0);
   }
@@ -488,7 +502,15 @@ function firstSmapsEntry(): string {
 /** What this kernel and this process can do, each "no" with its reason. Never throws. */
 export function support(): Support {
   const reasons: string[] = [];
-  const features = { madvise: false, prctl: false, ksmStat: false, smapsKsm: false, advisor: false, smartScan: false, zeroPages: false };
+  const features = {
+    madvise: false,
+    prctl: false,
+    ksmStat: false,
+    smapsKsm: false,
+    advisor: false,
+    smartScan: false,
+    zeroPages: false,
+  };
   const result: Support = { available: false, reasons, features, running: false, canConfigure: false, mode: 'none' };
   if (binding === null) {
     reasons.push(loadError ?? 'The native addon is not loaded');
@@ -515,7 +537,9 @@ export function support(): Support {
   features.madvise = true;
 
   if (!sysfs) {
-    reasons.push(`${KSM_SYSFS} is not visible (/sys not mounted, as in some containers): ksmd is configured and watched on the host`);
+    reasons.push(
+      `${KSM_SYSFS} is not visible (/sys not mounted, as in some containers): ksmd is configured and watched on the host`,
+    );
   } else {
     let run: number | undefined;
     try {
@@ -543,12 +567,15 @@ export function support(): Support {
       );
     }
     features.advisor = fs.existsSync(`${KSM_SYSFS}/advisor_mode`);
-    if (!features.advisor) reasons.push('No scan-time advisor (advisor_mode, Linux 6.8+): ksmd speed is set by pages_to_scan alone');
+    if (!features.advisor)
+      reasons.push('No scan-time advisor (advisor_mode, Linux 6.8+): ksmd speed is set by pages_to_scan alone');
     features.smartScan = fs.existsSync(`${KSM_SYSFS}/smart_scan`);
     if (!features.smartScan) reasons.push('No smart_scan (Linux 6.7+): ksmd rescans pages that never merge');
     features.zeroPages = fs.existsSync(`${KSM_SYSFS}/ksm_zero_pages`);
     if (!features.zeroPages) {
-      reasons.push('ksm_zero_pages is not counted (Linux 6.6+): pages merged into the zero page (use_zero_pages=1) are left out of savedBytes');
+      reasons.push(
+        'ksm_zero_pages is not counted (Linux 6.6+): pages merged into the zero page (use_zero_pages=1) are left out of savedBytes',
+      );
     }
   }
   try {
@@ -562,10 +589,13 @@ export function support(): Support {
     );
   }
   features.ksmStat = fs.existsSync('/proc/self/ksm_stat');
-  if (!features.ksmStat) reasons.push('/proc/<pid>/ksm_stat is missing (Linux 6.1+): process figures come from ksm_merging_pages');
+  if (!features.ksmStat)
+    reasons.push('/proc/<pid>/ksm_stat is missing (Linux 6.1+): process figures come from ksm_merging_pages');
   features.smapsKsm = smapsHasKsm(firstSmapsEntry());
   if (!features.smapsKsm) {
-    reasons.push("smaps has no KSM: line (Linux 6.7+): buffer figures come from kpageflags (root) or a pagemap estimate");
+    reasons.push(
+      'smaps has no KSM: line (Linux 6.7+): buffer figures come from kpageflags (root) or a pagemap estimate',
+    );
   }
   return result;
 }

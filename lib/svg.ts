@@ -27,7 +27,10 @@ export interface LineChart {
 }
 
 function escapeXml(text: string): string {
-  return text.replace(/[<>&"']/g, (c) => ({ '<': '&lt;', '>': '&gt;', '&': '&amp;', '"': '&quot;', "'": '&apos;' })[c]!);
+  return text.replace(
+    /[<>&"']/g,
+    (c) => ({ '<': '&lt;', '>': '&gt;', '&': '&amp;', '"': '&quot;', "'": '&apos;' })[c]!,
+  );
 }
 
 const num = (v: number) => (Number.isFinite(v) ? +v.toFixed(2) : 0);
@@ -81,13 +84,17 @@ export function lineChart(chart: LineChart): string {
     const anchor = side === 'left' ? 'end' : 'start';
     for (let i = 0; i <= 4; i++) {
       const v = a.min + ((a.max - a.min) * i) / 4;
-      out.push(`<text x="${x}" y="${num(py(side, v) + 4)}" text-anchor="${anchor}" fill="${a.color}">${escapeXml(a.format(v))}</text>`);
+      out.push(
+        `<text x="${x}" y="${num(py(side, v) + 4)}" text-anchor="${anchor}" fill="${a.color}">${escapeXml(a.format(v))}</text>`,
+      );
     }
   }
 
   chart.series.forEach((s, i) => {
     const side = s.axis ?? 'left';
-    const points = s.values.map((v, j) => `${num(px(chart.x[j] ?? x0))},${num(py(side, Number.isFinite(v) ? v : 0))}`).join(' ');
+    const points = s.values
+      .map((v, j) => `${num(px(chart.x[j] ?? x0))},${num(py(side, Number.isFinite(v) ? v : 0))}`)
+      .join(' ');
     out.push(
       `<polyline data-series="${escapeXml(s.name)}" fill="none" stroke="${s.color}" stroke-width="2" points="${points}"/>`,
       `<text x="${pad.left + 10 + i * 220}" y="${pad.top - 8}" fill="${s.color}">${escapeXml(s.name)} (${side} axis)</text>`,

@@ -63,7 +63,11 @@ function percent(r: number): string {
 }
 
 /** The assertion: resolves with the wait's result, or an AssertionError saying why not. */
-async function check(buf: unknown, ratio: number, options: ExpectMergedOptions): Promise<{ pass: boolean; result?: WaitResult; message: string }> {
+async function check(
+  buf: unknown,
+  ratio: number,
+  options: ExpectMergedOptions,
+): Promise<{ pass: boolean; result?: WaitResult; message: string }> {
   let result: WaitResult;
   try {
     result = await waitForMerge(buf as ArrayBufferView, {
@@ -81,7 +85,8 @@ async function check(buf: unknown, ratio: number, options: ExpectMergedOptions):
   const figures =
     `${result.mergedPages} of ${result.totalPages} resident pages merged (${percent(result.ratio)}) ` +
     `after ${result.fullScans} full scans in ${Math.round(result.elapsedMs)} ms`;
-  if (result.ratio >= ratio) return { pass: true, result, message: `expected the buffer not to be merged, but ${figures}` };
+  if (result.ratio >= ratio)
+    return { pass: true, result, message: `expected the buffer not to be merged, but ${figures}` };
   return {
     pass: false,
     result,
@@ -97,10 +102,20 @@ async function check(buf: unknown, ratio: number, options: ExpectMergedOptions):
  * (`code: 'ERR_ASSERTION'`) that states them when the share is not reached before
  * merging stops or the time runs out.
  */
-export async function expectMerged(buf: ArrayBufferView, ratio = 0.95, options: ExpectMergedOptions = {}): Promise<WaitResult> {
+export async function expectMerged(
+  buf: ArrayBufferView,
+  ratio = 0.95,
+  options: ExpectMergedOptions = {},
+): Promise<WaitResult> {
   const { pass, result, message } = await check(buf, ratio, options);
   if (!pass) {
-    throw new AssertionError({ message, actual: result?.ratio, expected: ratio, operator: '>=', stackStartFn: expectMerged });
+    throw new AssertionError({
+      message,
+      actual: result?.ratio,
+      expected: ratio,
+      operator: '>=',
+      stackStartFn: expectMerged,
+    });
   }
   return result!;
 }
@@ -122,7 +137,12 @@ export interface MatcherResult {
  * asynchronous, so the `await` is needed. Register it with `expect.extend({ toBeMerged })`
  * and declare its type as shown at the top of this module.
  */
-export async function toBeMerged(this: MatcherContext | void, received: unknown, ratio = 0.95, options: ExpectMergedOptions = {}): Promise<MatcherResult> {
+export async function toBeMerged(
+  this: MatcherContext | void,
+  received: unknown,
+  ratio = 0.95,
+  options: ExpectMergedOptions = {},
+): Promise<MatcherResult> {
   const { pass, result, message } = await check(received, ratio, options);
   return { pass, message: () => message, actual: result?.ratio, expected: ratio };
 }

@@ -181,8 +181,10 @@ function validate(target: unknown, options: unknown) {
   if (typeof ratio !== 'number') throw invalidArgType('options.ratio', 'of type number', ratio);
   if (!(ratio > 0 && ratio <= 1)) throw outOfRange('options.ratio', '> 0 and <= 1', ratio);
   if (o.timeoutMs !== undefined) validateInteger(o.timeoutMs, 'options.timeoutMs', 0, 2 ** 31 - 1);
-  if (o.signal !== undefined && !(o.signal instanceof AbortSignal)) throw invalidArgType('options.signal', 'an instance of AbortSignal', o.signal);
-  if (o.onProgress !== undefined && typeof o.onProgress !== 'function') throw invalidArgType('options.onProgress', 'of type function', o.onProgress);
+  if (o.signal !== undefined && !(o.signal instanceof AbortSignal))
+    throw invalidArgType('options.signal', 'an instance of AbortSignal', o.signal);
+  if (o.onProgress !== undefined && typeof o.onProgress !== 'function')
+    throw invalidArgType('options.onProgress', 'of type function', o.onProgress);
   const boost = o.boost === undefined ? false : validateBoolean(o.boost, 'options.boost');
   return { ratio, timeoutMs: o.timeoutMs, signal: o.signal, onProgress: o.onProgress, boost };
 }
@@ -202,7 +204,10 @@ function validate(target: unknown, options: unknown) {
  * merge are skipped for several scans, so 'stable' may come before everything that
  * could merge has.
  */
-export async function waitForMerge(target: 'process' | ArrayBufferView = 'process', options: WaitOptions = {}): Promise<WaitResult> {
+export async function waitForMerge(
+  target: 'process' | ArrayBufferView = 'process',
+  options: WaitOptions = {},
+): Promise<WaitResult> {
   const o = validate(target, options);
   native();
   const started = performance.now();
@@ -225,7 +230,12 @@ export async function waitForMerge(target: 'process' | ArrayBufferView = 'proces
   }
 }
 
-async function poll(exact: () => Exact, first: Exact, o: ReturnType<typeof validate>, elapsed: () => number): Promise<WaitResult> {
+async function poll(
+  exact: () => Exact,
+  first: Exact,
+  o: ReturnType<typeof validate>,
+  elapsed: () => number,
+): Promise<WaitResult> {
   const deadline = o.timeoutMs === undefined ? Infinity : o.timeoutMs;
   const scans0 = readFullScans();
   let last = first;
@@ -291,7 +301,13 @@ async function poll(exact: () => Exact, first: Exact, o: ReturnType<typeof valid
       if (merged !== lastReported || check) {
         progressAt = at;
         lastReported = merged;
-        o.onProgress({ mergedPages: merged, totalPages: last.total, ratio: last.total === 0 ? 1 : merged / last.total, fullScans: scans - scans0, elapsedMs: at });
+        o.onProgress({
+          mergedPages: merged,
+          totalPages: last.total,
+          ratio: last.total === 0 ? 1 : merged / last.total,
+          fullScans: scans - scans0,
+          elapsedMs: at,
+        });
       }
     }
   }

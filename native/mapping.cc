@@ -2,9 +2,9 @@
 // here: nothing a caller passes may make this code touch memory it does not own.
 #include "mapping.h"
 
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
-#include <sys/file.h>
 #include <unistd.h>
 #if defined(__GLIBC__)
 #include <malloc.h>
@@ -169,8 +169,8 @@ void Register(Napi::Env env, napi_value ab, Region* r) {
 
 // Makes an external ArrayBuffer over [offset, offset+length) of m, owned as described
 // on Region. On failure nothing is left registered.
-Napi::ArrayBuffer MakeRegion(Napi::Env env, Mapping* m, size_t offset, size_t length,
-                             size_t extent, bool owner) {
+Napi::ArrayBuffer MakeRegion(Napi::Env env, Mapping* m, size_t offset, size_t length, size_t extent,
+                             bool owner) {
   Region* r = new Region();
   r->mapping = m;
   r->offset = offset;
@@ -216,7 +216,8 @@ Napi::Value AllocWindow(Napi::Env env, Instance* inst, size_t size, size_t exten
   if (extent > (size_t{1} << 32) - page) {
     ThrowRangeError(env, "The value of \"size\" is out of range: at most 4 GiB in window mode");
   }
-  void* probe = mmap(nullptr, extent + page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  void* probe =
+      mmap(nullptr, extent + page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (probe == MAP_FAILED) throw ErrnoError(env, errno, "mmap");
   munmap(probe, extent + page);
   if (napi_create_arraybuffer(env, extent + page, &data, &ab) != napi_ok || data == nullptr) {
@@ -263,8 +264,7 @@ Napi::ArrayBuffer ArrayBufferArg(const Napi::CallbackInfo& info, size_t i, const
 Owned LiveOwned(Napi::Env env, napi_value ab) {
   Owned o;
   if (!Lookup(env, ab, &o)) {
-    throw CodeError(env, "ERR_KSM_NOT_OWNED",
-                    "This buffer was not allocated by node-ksm");
+    throw CodeError(env, "ERR_KSM_NOT_OWNED", "This buffer was not allocated by node-ksm");
   }
   if (o.freed) throw CodeError(env, "ERR_KSM_FREED", "This buffer has already been freed");
   return o;
@@ -366,7 +366,8 @@ Napi::Value View(const Napi::CallbackInfo& info) {
   (void)ViewFinalize;
   napi_status status = napi_no_external_buffers_allowed;
 #else
-  napi_status status = napi_create_external_buffer(env, length, o.data() + offset, ViewFinalize, v, &buf);
+  napi_status status =
+      napi_create_external_buffer(env, length, o.data() + offset, ViewFinalize, v, &buf);
 #endif
   if (status != napi_ok) {
     delete v;
@@ -465,10 +466,17 @@ Napi::Value Madvise(const Napi::CallbackInfo& info) {
   if (len == 0) return env.Undefined();
   int adv;
   switch (advice) {
-    case kMergeable: adv = MADV_MERGEABLE; break;
-    case kUnmergeable: adv = MADV_UNMERGEABLE; break;
-    case kDontNeed: adv = MADV_DONTNEED; break;
-    default: ThrowRangeError(env, "The value of \"advice\" is out of range");
+    case kMergeable:
+      adv = MADV_MERGEABLE;
+      break;
+    case kUnmergeable:
+      adv = MADV_UNMERGEABLE;
+      break;
+    case kDontNeed:
+      adv = MADV_DONTNEED;
+      break;
+    default:
+      ThrowRangeError(env, "The value of \"advice\" is out of range");
   }
   if (madvise(r->data() + offset, len, adv) != 0) throw ErrnoError(env, errno, "madvise");
   if (advice == kMergeable || advice == kUnmergeable) {
@@ -504,9 +512,8 @@ Napi::Value MarkMergeable(const Napi::CallbackInfo& info) {
   uintptr_t last = end / page * page;
   Napi::Object result = Napi::Object::New(env);
   size_t covered = (data != nullptr && last > first) ? last - first : 0;
-  if (covered > 0 &&
-      madvise(reinterpret_cast<void*>(first), covered, on ? MADV_MERGEABLE : MADV_UNMERGEABLE) !=
-          0) {
+  if (covered > 0 && madvise(reinterpret_cast<void*>(first), covered,
+                             on ? MADV_MERGEABLE : MADV_UNMERGEABLE) != 0) {
     throw ErrnoError(env, errno, "madvise");
   }
   if (covered > 0) {
@@ -517,7 +524,8 @@ Napi::Value MarkMergeable(const Napi::CallbackInfo& info) {
     Owned o;
     if (Lookup(env, ab, &o) && o.mapping != nullptr) o.mapping->mergeable = -1;
   }
-  result.Set("offset", Napi::Number::New(env, covered > 0 ? static_cast<double>(first - start) : 0));
+  result.Set("offset",
+             Napi::Number::New(env, covered > 0 ? static_cast<double>(first - start) : 0));
   result.Set("length", Napi::Number::New(env, static_cast<double>(covered)));
   return result;
 }
@@ -538,13 +546,15 @@ Napi::Value Info(const Napi::CallbackInfo& info) {
   o.Set("mappingOffset", Napi::Number::New(env, static_cast<double>(r->offset)));
   o.Set("bufferOffset", Napi::Number::New(env, static_cast<double>(r->abOffset)));
   if (!freed) {
-    o.Set("address", Napi::BigInt::New(env, static_cast<uint64_t>(
-                                                reinterpret_cast<uintptr_t>(r->data()))));
-    o.Set("mappingAddress", Napi::BigInt::New(env, static_cast<uint64_t>(
-                                                       reinterpret_cast<uintptr_t>(r->mapping->base))));
+    o.Set("address",
+          Napi::BigInt::New(env, static_cast<uint64_t>(reinterpret_cast<uintptr_t>(r->data()))));
+    o.Set("mappingAddress",
+          Napi::BigInt::New(env,
+                            static_cast<uint64_t>(reinterpret_cast<uintptr_t>(r->mapping->base))));
     o.Set("mappingLength", Napi::Number::New(env, static_cast<double>(r->mapping->length)));
-    o.Set("mergeable", r->mapping->mergeable < 0 ? env.Null()
-                                                 : Napi::Boolean::New(env, r->mapping->mergeable == 1));
+    o.Set("mergeable", r->mapping->mergeable < 0
+                           ? env.Null()
+                           : Napi::Boolean::New(env, r->mapping->mergeable == 1));
   }
   return o;
 }
@@ -601,10 +611,17 @@ Napi::Value Flock(const Napi::CallbackInfo& info) {
   int op = info[1].As<Napi::Number>().Int32Value();
   int how;
   switch (op) {
-    case 0: how = LOCK_UN; break;
-    case 1: how = LOCK_SH | LOCK_NB; break;
-    case 2: how = LOCK_EX | LOCK_NB; break;
-    default: ThrowRangeError(env, "The value of \"op\" is out of range");
+    case 0:
+      how = LOCK_UN;
+      break;
+    case 1:
+      how = LOCK_SH | LOCK_NB;
+      break;
+    case 2:
+      how = LOCK_EX | LOCK_NB;
+      break;
+    default:
+      ThrowRangeError(env, "The value of \"op\" is out of range");
   }
   if (flock(fd, how) == 0) return Napi::Boolean::New(env, true);
   if (errno == EWOULDBLOCK) return Napi::Boolean::New(env, false);
@@ -633,7 +650,8 @@ Napi::Value SetErrorClass(const Napi::CallbackInfo& info) {
 
 }  // namespace
 
-bool ViewOf(Napi::Env env, const Napi::Value& v, Napi::ArrayBuffer* ab, size_t* offset, size_t* length) {
+bool ViewOf(Napi::Env env, const Napi::Value& v, Napi::ArrayBuffer* ab, size_t* offset,
+            size_t* length) {
   if (v.IsArrayBuffer()) {
     *ab = v.As<Napi::ArrayBuffer>();
     *offset = 0;
@@ -753,7 +771,8 @@ bool RefusesExternalBuffers(Napi::Env env) {
 
 void InitMapping(Napi::Env env, Napi::Object exports) {
   Instance::Get(env)->windowMode = RefusesExternalBuffers(env);
-  exports.Set("mode", Napi::String::New(env, Instance::Get(env)->windowMode ? "window" : "external"));
+  exports.Set("mode",
+              Napi::String::New(env, Instance::Get(env)->windowMode ? "window" : "external"));
   exports.Set("alloc", Napi::Function::New(env, Alloc, "alloc"));
   exports.Set("view", Napi::Function::New(env, View, "view"));
   exports.Set("detachView", Napi::Function::New(env, DetachView, "detachView"));
@@ -762,7 +781,8 @@ void InitMapping(Napi::Env env, Napi::Object exports) {
   exports.Set("markMergeable", Napi::Function::New(env, MarkMergeable, "markMergeable"));
   exports.Set("info", Napi::Function::New(env, Info, "info"));
   exports.Set("addressOf", Napi::Function::New(env, AddressOf, "addressOf"));
-  exports.Set("setProcessMerging", Napi::Function::New(env, SetProcessMerging, "setProcessMerging"));
+  exports.Set("setProcessMerging",
+              Napi::Function::New(env, SetProcessMerging, "setProcessMerging"));
   exports.Set("processMerging", Napi::Function::New(env, ProcessMerging, "processMerging"));
   exports.Set("flock", Napi::Function::New(env, Flock, "flock"));
   exports.Set("trimHeap", Napi::Function::New(env, TrimHeap, "trimHeap"));

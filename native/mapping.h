@@ -19,7 +19,7 @@ struct ViewRec;
 // is released, whichever comes first, and deleted when the last backing store goes.
 struct Mapping {
   uint8_t* base = nullptr;
-  size_t length = 0;        // whole pages
+  size_t length = 0;  // whole pages
   bool unmapped = false;
   // A page-aligned window inside a V8-owned ArrayBuffer (runtimes that refuse external
   // ArrayBuffers): V8 frees the memory, we only ever madvise it.
@@ -27,13 +27,13 @@ struct Mapping {
   // The MADV_(UN)MERGEABLE advice last given to the whole mapping through this addon:
   // 1 or 0, or -1 once part of it was advised differently (then only smaps knows).
   int mergeable = -1;
-  size_t stores = 0;        // live backing stores pointing into it
+  size_t stores = 0;  // live backing stores pointing into it
   // Light views (see View in mapping.cc) still attached, by the page their first byte is
   // on: at most one per page, so the address names the view. One pointer per page of the
   // mapping (1/512 of its size), allocated with the first view; calloc leaves the pages
   // of a large table untouched until used.
   ViewRec** views = nullptr;
-  size_t attached = 0;      // non-null entries of views
+  size_t attached = 0;  // non-null entries of views
   // free() of the owner came while light views were still attached: the pages were given
   // back with MADV_DONTNEED (the views read zeros), and munmap waits for the last view.
   bool released = false;
@@ -52,12 +52,12 @@ struct Mapping {
 struct Region {
   uint32_t magic = kMagic;
   Mapping* mapping = nullptr;
-  size_t offset = 0;        // from mapping->base, always page aligned
-  size_t abOffset = 0;      // where the region starts inside its ArrayBuffer (windows)
-  size_t length = 0;        // bytes visible through the ArrayBuffer
-  size_t extent = 0;        // page-rounded bytes this region owns (>= one page)
-  bool owner = false;       // made by alloc(): freeing it unmaps the mapping
-  bool detached = false;    // detached by us (free, release, or owner unmapped)
+  size_t offset = 0;      // from mapping->base, always page aligned
+  size_t abOffset = 0;    // where the region starts inside its ArrayBuffer (windows)
+  size_t length = 0;      // bytes visible through the ArrayBuffer
+  size_t extent = 0;      // page-rounded bytes this region owns (>= one page)
+  bool owner = false;     // made by alloc(): freeing it unmaps the mapping
+  bool detached = false;  // detached by us (free, release, or owner unmapped)
   bool storeLive = true;
   napi_ref weak = nullptr;  // to detach the ArrayBuffer when its mapping goes
   int holds = 2;
@@ -69,7 +69,8 @@ struct Region {
 // The ArrayBuffer under a TypedArray, DataView or ArrayBuffer, with the view's offset and
 // length in it. False for anything else, a SharedArrayBuffer view included (the addon
 // cannot own or locate such memory).
-bool ViewOf(Napi::Env env, const Napi::Value& v, Napi::ArrayBuffer* ab, size_t* offset, size_t* length);
+bool ViewOf(Napi::Env env, const Napi::Value& v, Napi::ArrayBuffer* ab, size_t* offset,
+            size_t* length);
 
 // Returns the Region behind an ArrayBuffer made by this addon, or nullptr.
 Region* FindRegion(Napi::Env env, napi_value arrayBuffer);

@@ -82,7 +82,9 @@ Napi::Value PageStates(const Napi::CallbackInfo& info) {
   size_t viewOffset = 0;
   Napi::ArrayBuffer ab;
   if (!ViewOf(env, target, &ab, &viewOffset, &byteLength)) {
-    ThrowTypeError(env, "The \"view\" argument must be an ArrayBuffer, TypedArray or DataView over an ArrayBuffer");
+    ThrowTypeError(
+        env,
+        "The \"view\" argument must be an ArrayBuffer, TypedArray or DataView over an ArrayBuffer");
   }
   size_t offset = ToSize(env, info[1], "offset");
   size_t length = ToSize(env, info[2], "length");
@@ -94,7 +96,8 @@ Napi::Value PageStates(const Napi::CallbackInfo& info) {
     throw CodeError(env, "ERR_KSM_FREED", "This buffer has already been freed");
   }
   // Ours: the region's page-rounded extent (its own zero padding) is in bounds too.
-  if (r != nullptr && viewOffset <= r->abOffset + r->extent) limit = r->abOffset + r->extent - viewOffset;
+  if (r != nullptr && viewOffset <= r->abOffset + r->extent)
+    limit = r->abOffset + r->extent - viewOffset;
   if (offset > limit || length > limit - offset) {
     ThrowRangeError(env, "The range is outside the view");
   }
@@ -134,8 +137,8 @@ Napi::Value PageStates(const Napi::CallbackInfo& info) {
   }
 
   // Frame numbers are hidden (read as 0) without CAP_SYS_ADMIN.
-  bool pfnKnown = !pfns.empty() && std::any_of(pfns.begin(), pfns.end(),
-                                               [](uint64_t p) { return p != 0; });
+  bool pfnKnown =
+      !pfns.empty() && std::any_of(pfns.begin(), pfns.end(), [](uint64_t p) { return p != 0; });
   Napi::Value ksmValue = env.Null();
   Napi::Value zeroValue = env.Null();
   Napi::Value framesValue = env.Null();
@@ -153,7 +156,9 @@ Napi::Value PageStates(const Napi::CallbackInfo& info) {
       bool ok = true;
       for (size_t i = 0; i < unique.size() && ok;) {
         size_t j = i + 1;
-        while (j < unique.size() && unique[j] - unique[i] < kBatch && unique[j] - unique[j - 1] <= 256) j++;
+        while (j < unique.size() && unique[j] - unique[i] < kBatch &&
+               unique[j] - unique[j - 1] <= 256)
+          j++;
         size_t span = static_cast<size_t>(unique[j - 1] - unique[i] + 1);
         run.resize(span);
         ok = ReadEntries(kpageflags.get(), unique[i], span, run.data());
@@ -163,10 +168,13 @@ Napi::Value PageStates(const Napi::CallbackInfo& info) {
       if (ok) {
         uint64_t ksmPages = 0, zeroPages = 0;
         for (uint64_t pfn : pfns) {
-          size_t idx = static_cast<size_t>(std::lower_bound(unique.begin(), unique.end(), pfn) - unique.begin());
+          size_t idx = static_cast<size_t>(std::lower_bound(unique.begin(), unique.end(), pfn) -
+                                           unique.begin());
           uint64_t f = flags[idx];
-          if (f & kKpfKsm) ksmPages++;
-          else if (f & kKpfZeroPage) zeroPages++;
+          if (f & kKpfKsm)
+            ksmPages++;
+          else if (f & kKpfZeroPage)
+            zeroPages++;
         }
         ksmValue = Napi::Number::New(env, static_cast<double>(ksmPages));
         zeroValue = Napi::Number::New(env, static_cast<double>(zeroPages));

@@ -46,5 +46,5 @@ files=(${NODE_KSM_ARM64_TESTS:-test/memory.test.ts test/procfs.test.ts})
 # Node (the trimHeap test), since children cannot exec arm64 binaries here.
 skip=${NODE_KSM_ARM64_SKIP:-mapping mergeable|MADV_MERGEABLE|page-aligned interior|prctl|unmaps now|C-heap pages}
 NODE_KSM_BINARY="$prebuild" NODE_KSM_VITEST_THREADS=1 run --expose-gc node_modules/vitest/vitest.mjs run \
-  --config scripts/vitest.config.ts -t "^(?!.*($skip))" "${files[@]}"
+  --config scripts/vitest.config.mts -t "^(?!.*($skip))" "${files[@]}"
 echo "arm64 check passed in $(( $(date +%s) - started ))s"

@@ -38,7 +38,6 @@ function peek(address: bigint, length: number): Buffer {
   return out;
 }
 
-
 async function collect(): Promise<void> {
   for (let i = 0; i < 3; i++) {
     globalThis.gc!();
@@ -88,7 +87,9 @@ describe('Arena basics', () => {
       buf.fill(i & 0xff);
       return buf;
     });
-    const ranges = bufs.map((buf) => [b.addressOf(buf), b.addressOf(buf) + BigInt(b.info(buf.buffer as ArrayBuffer)!.extent)] as const);
+    const ranges = bufs.map(
+      (buf) => [b.addressOf(buf), b.addressOf(buf) + BigInt(b.info(buf.buffer as ArrayBuffer)!.extent)] as const,
+    );
     ranges.sort((x, y) => (x[0] < y[0] ? -1 : 1));
     for (let i = 1; i < ranges.length; i++) expect(ranges[i]![0] >= ranges[i - 1]![1]).toBe(true);
     bufs.forEach((buf, i) => expect(buf.every((x) => x === (i & 0xff))).toBe(true));
@@ -187,7 +188,14 @@ describe('Arena basics', () => {
     a.release(whole);
     for (let i = 1; i < bufs.length; i += 2) a.release(bufs[i]!);
     const s = a.stats();
-    expect(s).toMatchObject({ chunks: 1, liveBuffers: 0, liveBytes: 0, freeBytes: chunkSize, fragmentation: 0, dirtyBytes: 0 });
+    expect(s).toMatchObject({
+      chunks: 1,
+      liveBuffers: 0,
+      liveBytes: 0,
+      freeBytes: chunkSize,
+      fragmentation: 0,
+      dirtyBytes: 0,
+    });
     expect(b.counters().mappings).toBe(mappings + 1);
     expect(mergeableRss()).toBe(0);
     // The spare serves the next allocation without a new mapping.
@@ -201,7 +209,12 @@ describe('Arena basics', () => {
     const big = a.alloc(16 * pageSize + 1);
     expect(big.length).toBe(16 * pageSize + 1);
     expect(b.info(big.buffer as ArrayBuffer)!.owner).toBe(true);
-    expect(a.stats()).toMatchObject({ chunks: 1, mappedBytes: 17 * pageSize, liveBuffers: 1, liveBytes: 16 * pageSize + 1 });
+    expect(a.stats()).toMatchObject({
+      chunks: 1,
+      mappedBytes: 17 * pageSize,
+      liveBuffers: 1,
+      liveBytes: 16 * pageSize + 1,
+    });
     expect(b.counters().mappings).toBe(mappings + 1);
     a.release(big);
     expect(big.length).toBe(0);
@@ -391,7 +404,12 @@ describe('Arena at scale', () => {
         }).length;
     const live = mapsCount();
     const liveVmas = arenaVmas();
-    expect(a.stats()).toMatchObject({ chunks: 25, mappedBytes: 25 * 64 * MiB, liveBuffers: 100_000, liveBytes: 100_000 * 16 * KiB });
+    expect(a.stats()).toMatchObject({
+      chunks: 25,
+      mappedBytes: 25 * 64 * MiB,
+      liveBuffers: 100_000,
+      liveBytes: 100_000 * 16 * KiB,
+    });
     for (let i = 0; i < bufs.length; i += 2) a.release(bufs[i]!);
     const after = mapsCount();
     const afterVmas = arenaVmas();
@@ -433,7 +451,12 @@ describe('Arena at scale', () => {
       const target = Math.floor(op / 100_000) % 2 === 0 ? 3000 : 300;
       // Sizes log-uniform from 1 B to 256 KiB, some empty, a few larger than a chunk.
       const r = rand();
-      const size = r < 0.01 ? 0 : r > 0.99995 ? chunkSize + Math.floor(rand() * MiB) : Math.floor(Math.exp(rand() * Math.log(256 * KiB)));
+      const size =
+        r < 0.01
+          ? 0
+          : r > 0.99995
+            ? chunkSize + Math.floor(rand() * MiB)
+            : Math.floor(Math.exp(rand() * Math.log(256 * KiB)));
       const buf = a.alloc(size);
       for (let p = 0; p < size; p += pageSize) buf[p] = 1;
       if (size > 0) buf[size - 1] = 2;
@@ -451,7 +474,8 @@ describe('Arena at scale', () => {
         sizes[i] = sizes[sizes.length - 1]!;
         live.pop();
         sizes.pop();
-        if (vsize > 0 && (victim[vsize - 1] !== 2 || (vsize > 1 && victim[0] !== 1))) throw new Error(`buffer corrupted at op ${op}`);
+        if (vsize > 0 && (victim[vsize - 1] !== 2 || (vsize > 1 && victim[0] !== 1)))
+          throw new Error(`buffer corrupted at op ${op}`);
         a.release(victim);
         liveBytes -= vsize;
         livePages -= pagesOf(vsize);
@@ -491,7 +515,8 @@ describe('Arena merging (real KSM)', () => {
     const pages = count * Math.ceil(blobSize / pageSize);
     // KSM pages among the blobs' own pages (kpageflags, as root); the process-wide count
     // would also move with pages of earlier tests that ksmd has not unmerged yet.
-    const merged = (): number => bufs.reduce((sum, buf) => sum + (b.pageStates(buf, 0, pageSize * Math.ceil(blobSize / pageSize)).ksm ?? 0), 0);
+    const merged = (): number =>
+      bufs.reduce((sum, buf) => sum + (b.pageStates(buf, 0, pageSize * Math.ceil(blobSize / pageSize)).ksm ?? 0), 0);
     await withFastKsm(async () => {
       const done = await pollUntil(() => merged() >= 0.95 * pages, 90_000, 200);
       expect(done, `merged pages ${merged()} of ${pages}`).toBeTruthy();

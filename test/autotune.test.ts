@@ -2,7 +2,14 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { WorkDetector, startAutotune, workBetween, type AutotuneCounters, type AutotuneEvent, type AutotuneHandle } from '../lib/autotune';
+import {
+  WorkDetector,
+  startAutotune,
+  workBetween,
+  type AutotuneCounters,
+  type AutotuneEvent,
+  type AutotuneHandle,
+} from '../lib/autotune';
 import { startWorkers, type Workers } from '../lib/benchmark';
 import { readSettings } from '../lib/control';
 import { lockKsm, pollUntil, requireKsm } from './helpers/ksm';
@@ -21,10 +28,16 @@ const c = (o: Partial<AutotuneCounters>): AutotuneCounters => ({
 describe('autotune: the decision', () => {
   it('sees new pages, settling pages and merges as work, and churn and frees as none', () => {
     expect(workBetween(c({}), c({ pagesVolatile: 300 }), 256)).toMatch(/found 300 new/);
-    expect(workBetween(c({ pagesVolatile: 1000 }), c({ pagesVolatile: 500, pagesUnshared: 500 }), 256)).toMatch(/500 pages stopped changing/);
-    expect(workBetween(c({ pagesUnshared: 1000 }), c({ pagesShared: 300, pagesSharing: 400, pagesUnshared: 300 }), 256)).toMatch(/400 pages merged/);
+    expect(workBetween(c({ pagesVolatile: 1000 }), c({ pagesVolatile: 500, pagesUnshared: 500 }), 256)).toMatch(
+      /500 pages stopped changing/,
+    );
+    expect(
+      workBetween(c({ pagesUnshared: 1000 }), c({ pagesShared: 300, pagesSharing: 400, pagesUnshared: 300 }), 256),
+    ).toMatch(/400 pages merged/);
     // Churn: pages flipping between volatile and unshared.
-    expect(workBetween(c({ pagesVolatile: 500, pagesUnshared: 500 }), c({ pagesVolatile: 600, pagesUnshared: 400 }), 256)).toBeUndefined();
+    expect(
+      workBetween(c({ pagesVolatile: 500, pagesUnshared: 500 }), c({ pagesVolatile: 600, pagesUnshared: 400 }), 256),
+    ).toBeUndefined();
     // Memory freed: falls are not work.
     expect(workBetween(c({ pagesShared: 5000, pagesSharing: 5000 }), c({}), 256)).toBeUndefined();
     expect(workBetween(c({}), c({ pagesVolatile: 255 }), 256)).toBeUndefined();
@@ -49,7 +62,9 @@ describe('autotune: the decision', () => {
     expect(d.boosted(c({ fullScans: 12, pagesShared: 2500, pagesSharing: 2500, pagesUnshared: 5000 }))).toBeUndefined(); // quiet 1
     expect(d.boosted(c({ fullScans: 13, pagesShared: 2500, pagesSharing: 3000, pagesUnshared: 4500 }))).toBeUndefined(); // work again
     expect(d.boosted(c({ fullScans: 14, pagesShared: 2500, pagesSharing: 3000, pagesUnshared: 4500 }))).toBeUndefined();
-    expect(d.boosted(c({ fullScans: 15, pagesShared: 2500, pagesSharing: 3000, pagesUnshared: 4500 }))).toMatch(/2 full scans with no change/);
+    expect(d.boosted(c({ fullScans: 15, pagesShared: 2500, pagesSharing: 3000, pagesUnshared: 4500 }))).toMatch(
+      /2 full scans with no change/,
+    );
     // Several quiet scans inside one reading count as several.
     d.reset(c({ fullScans: 20, pagesVolatile: 1000 }));
     expect(d.boosted(c({ fullScans: 21, pagesUnshared: 1000 }))).toBeUndefined();
@@ -61,7 +76,9 @@ describe('autotune: the decision', () => {
     // A boost on a process that marked a page or two: one full scan finds nothing.
     d.reset(c({ fullScans: 5, pagesShared: 10, pagesSharing: 10 }), 0);
     expect(d.boosted(c({ fullScans: 5, pagesShared: 10, pagesSharing: 10, pagesVolatile: 2 }), 50)).toBeUndefined();
-    expect(d.boosted(c({ fullScans: 6, pagesShared: 10, pagesSharing: 10, pagesVolatile: 2 }), 100)).toMatch(/found nothing/);
+    expect(d.boosted(c({ fullScans: 6, pagesShared: 10, pagesSharing: 10, pagesVolatile: 2 }), 100)).toMatch(
+      /found nothing/,
+    );
     d.reset(c({ fullScans: 1, pagesVolatile: 100 }), 0); // 100 volatile pages from before: churn elsewhere
     // Nothing seen yet (ksmd still crossing old memory to reach the new process): no early exit.
     expect(d.boosted(c({ fullScans: 1, pagesVolatile: 100 }), 1000)).toBeUndefined();
@@ -81,10 +98,16 @@ describe('autotune: arguments', () => {
   it('rejects bad options before touching anything', () => {
     expect(() => startAutotune('fast' as never)).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG_TYPE' }));
     expect(() => startAutotune({ thresholdPages: 0 })).toThrow(expect.objectContaining({ code: 'ERR_OUT_OF_RANGE' }));
-    expect(() => startAutotune({ idle: { pagesToScan: -1 } })).toThrow(expect.objectContaining({ code: 'ERR_OUT_OF_RANGE' }));
-    expect(() => startAutotune({ boost: 5 as never })).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG_TYPE' }));
+    expect(() => startAutotune({ idle: { pagesToScan: -1 } })).toThrow(
+      expect.objectContaining({ code: 'ERR_OUT_OF_RANGE' }),
+    );
+    expect(() => startAutotune({ boost: 5 as never })).toThrow(
+      expect.objectContaining({ code: 'ERR_INVALID_ARG_TYPE' }),
+    );
     expect(() => startAutotune({ idleIntervalMs: 1.5 })).toThrow(expect.objectContaining({ code: 'ERR_OUT_OF_RANGE' }));
-    expect(() => startAutotune({ onChange: 'x' as never })).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG_TYPE' }));
+    expect(() => startAutotune({ onChange: 'x' as never })).toThrow(
+      expect.objectContaining({ code: 'ERR_INVALID_ARG_TYPE' }),
+    );
     expect(() => startAutotune({ stateDir: '' })).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG_TYPE' }));
   });
 });
@@ -92,7 +115,13 @@ describe('autotune: arguments', () => {
 const write = (name: string, value: string) => fs.writeFileSync(`${KSM}/${name}`, value);
 const watched = () => {
   const s = readSettings();
-  return { run: s.run, pagesToScan: s.pagesToScan, sleepMillisecs: s.sleepMillisecs, smartScan: s.smartScan, advisorMode: s.advisorMode };
+  return {
+    run: s.run,
+    pagesToScan: s.pagesToScan,
+    sleepMillisecs: s.sleepMillisecs,
+    smartScan: s.smartScan,
+    advisorMode: s.advisorMode,
+  };
 };
 
 describe('autotune: with the real scanner', { timeout: 300_000 }, () => {
@@ -140,9 +169,14 @@ describe('autotune: with the real scanner', { timeout: 300_000 }, () => {
         expect(boosted, JSON.stringify(events)).toBeDefined();
         expect(boosted!.settings).toMatchObject({ pagesToScan: 100_000, sleepMillisecs: 0 });
         // Once merging is over, back to the low-cost state on its own.
-        const backOff = await pollUntil(() => tuner!.state === 'idle' && events.slice(events.indexOf(boosted!)).some((e) => e.state === 'idle'), 120_000);
+        const backOff = await pollUntil(
+          () => tuner!.state === 'idle' && events.slice(events.indexOf(boosted!)).some((e) => e.state === 'idle'),
+          120_000,
+        );
         expect(backOff, JSON.stringify(events)).toBe(true);
-        expect(events.find((e) => e.state === 'idle' && e.timeMs > boosted!.timeMs)!.reason).toMatch(/full scans with no change|no change for \d+ ms|found nothing/);
+        expect(events.find((e) => e.state === 'idle' && e.timeMs > boosted!.timeMs)!.reason).toMatch(
+          /full scans with no change|no change for \d+ ms|found nothing/,
+        );
         expect(watched()).toEqual(original);
         await tuner.stop();
         expect(tuner.state).toBe('stopped');

@@ -15,14 +15,21 @@ const FIELDS = ['policy', 'mergeSeconds', 'savedBytes', 'mergeCpuPercent', 'idle
 
 describe('bench: arguments', () => {
   it('parses the flags and refuses bad ones as usage errors', () => {
-    expect(benchArgs({ workers: '2', mib: '16', policies: 'default,10000,autotune', limit: '30s', idle: '2s' })).toMatchObject({
+    expect(
+      benchArgs({ workers: '2', mib: '16', policies: 'default,10000,autotune', limit: '30s', idle: '2s' }),
+    ).toMatchObject({
       workers: 2,
       mib: 16,
       policies: ['default', '10000', 'autotune'],
       limitMs: 30_000,
       idleMs: 2000,
     });
-    expect(benchArgs({})).toMatchObject({ workers: 4, mib: 256, policies: ['default', '1000', '10000', '100000', 'advisor', 'autotune'], idleMs: 10_000 });
+    expect(benchArgs({})).toMatchObject({
+      workers: 4,
+      mib: 256,
+      policies: ['default', '1000', '10000', '100000', 'advisor', 'autotune'],
+      idleMs: 10_000,
+    });
     expect(() => benchArgs({ policies: 'fast' })).toThrow(/not default, advisor, autotune/);
     expect(() => benchArgs({ policies: '0' })).toThrow(/not default/);
     expect(() => benchArgs({ workers: '1' })).toThrow(/--workers/);
@@ -73,7 +80,14 @@ describe('bench: with the real scanner', { timeout: 600_000 }, () => {
 
   it('2 workers x 16 MiB under a fixed policy and autotune: every figure, and the settings put back', () =>
     locked(async () => {
-      const report = await runBenchmark({ workers: 2, mib: 16, policies: ['10000', 'autotune'], idleMs: 1000, limitMs: 120_000, autotune: { stateDir: dir } });
+      const report = await runBenchmark({
+        workers: 2,
+        mib: 16,
+        policies: ['10000', 'autotune'],
+        idleMs: 1000,
+        limitMs: 120_000,
+        autotune: { stateDir: dir },
+      });
       expect(report.results.map((r) => r.policy)).toEqual(['10000', 'autotune']);
       for (const r of report.results) {
         for (const f of FIELDS) expect(r).toHaveProperty(f);
@@ -98,7 +112,12 @@ describe('bench: with the real scanner', { timeout: 600_000 }, () => {
       let text = '';
       const out = { write: (s: string) => ((text += s), true) } as unknown as NodeJS.WritableStream;
       const err = { write: () => true, isTTY: false } as unknown as NodeJS.WriteStream;
-      await benchCommand({ workers: '2', mib: '8', policies: '100000', idle: '500ms', json, svg }, new AbortController().signal, out, err);
+      await benchCommand(
+        { workers: '2', mib: '8', policies: '100000', idle: '500ms', json, svg },
+        new AbortController().signal,
+        out,
+        err,
+      );
       const records = JSON.parse(fs.readFileSync(json, 'utf8')) as Array<Record<string, unknown>>;
       expect(records).toHaveLength(1);
       for (const f of FIELDS) expect(records[0]).toHaveProperty(f);
@@ -112,7 +131,14 @@ describe('bench: with the real scanner', { timeout: 600_000 }, () => {
   it('an aborted run kills its workers and puts the settings back', () =>
     locked(async () => {
       const ac = new AbortController();
-      const run = runBenchmark({ workers: 2, mib: 8, policies: ['default'], limitMs: 60_000, signal: ac.signal, onProgress: (p) => p.phase === 'merging' && ac.abort(new Error('stop')) });
+      const run = runBenchmark({
+        workers: 2,
+        mib: 8,
+        policies: ['default'],
+        limitMs: 60_000,
+        signal: ac.signal,
+        onProgress: (p) => p.phase === 'merging' && ac.abort(new Error('stop')),
+      });
       await expect(run).rejects.toThrow();
     }));
 });

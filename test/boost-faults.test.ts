@@ -21,9 +21,16 @@ const DIST = path.join(ROOT, 'dist');
 
 beforeAll(async () => {
   const probe = path.join(DIST, 'boost.js');
-  const newest = Math.max(...fs.readdirSync(path.join(ROOT, 'lib')).filter((f) => f.endsWith('.ts')).map((f) => fs.statSync(path.join(ROOT, 'lib', f)).mtimeMs));
+  const newest = Math.max(
+    ...fs
+      .readdirSync(path.join(ROOT, 'lib'))
+      .filter((f) => f.endsWith('.ts'))
+      .map((f) => fs.statSync(path.join(ROOT, 'lib', f)).mtimeMs),
+  );
   if (!fs.existsSync(probe) || fs.statSync(probe).mtimeMs < newest) {
-    await new Promise((resolve) => spawn('npx', ['tsc', '-p', '.'], { cwd: ROOT, stdio: 'ignore' }).on('exit', resolve));
+    await new Promise((resolve) =>
+      spawn('npx', ['tsc', '-p', '.'], { cwd: ROOT, stdio: 'ignore' }).on('exit', resolve),
+    );
   }
   expect(fs.existsSync(probe)).toBe(true);
 }, 120_000);
@@ -158,11 +165,18 @@ describe('boosting processes that die at random moments', () => {
           return i < choices.length ? choices[i]! : choices[Math.floor(rnd() * choices.length)]!;
         });
         const outcomes = await Promise.all(fates.map((f) => runOne(f, stateDir)));
-        ctx.annotate(outcomes.map((o) => `${o.fate}${o.boosted ? ' (had boosted)' : ''} -> ${o.signal ?? `exit ${o.code}`}`).join('; '));
+        ctx.annotate(
+          outcomes
+            .map((o) => `${o.fate}${o.boosted ? ' (had boosted)' : ''} -> ${o.signal ?? `exit ${o.code}`}`)
+            .join('; '),
+        );
         for (const o of outcomes) {
           // Each died the way it was meant to, and of nothing else (no crash of ours).
           if (o.fate === 'throw') expect(o.stderr).toMatch(/uncaught, on purpose/);
-          else expect(o.signal === o.fate || (o.fate === 'SIGTERM' && o.code !== null && o.code !== 0), o.stderr).toBe(true);
+          else
+            expect(o.signal === o.fate || (o.fate === 'SIGTERM' && o.code !== null && o.code !== 0), o.stderr).toBe(
+              true,
+            );
           expect(o.stderr).not.toMatch(/Segmentation|Abort|FATAL|KsmError/);
         }
         expect(outcomes.some((o) => o.boosted)).toBe(true);

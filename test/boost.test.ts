@@ -7,7 +7,13 @@ import { readSettings, type KsmSettings } from '../lib/control';
 import { lockKsm, requireKsm } from './helpers/ksm';
 import { compileLib, startChild } from './fixtures/boost-child';
 
-const boosted = (s: KsmSettings) => ({ run: s.run, advisorMode: s.advisorMode, pagesToScan: s.pagesToScan, sleepMillisecs: s.sleepMillisecs, smartScan: s.smartScan });
+const boosted = (s: KsmSettings) => ({
+  run: s.run,
+  advisorMode: s.advisorMode,
+  pagesToScan: s.pagesToScan,
+  sleepMillisecs: s.sleepMillisecs,
+  smartScan: s.smartScan,
+});
 const POLICY = { run: 1, advisorMode: 'none', pagesToScan: BOOST_POLICY.pagesToScan, sleepMillisecs: 0, smartScan: 0 };
 
 /** Runs fn under the test lock with a private state dir; checks the settings come back. */
@@ -81,7 +87,10 @@ describe('boost: in this process', { timeout: 900_000 }, () => {
   it('does not take a reused pid for a live holder', () =>
     locked(async (stateDir, before) => {
       const holder = { pid: process.pid, starttime: 1, id: 'x', since: new Date().toISOString(), requested: {} };
-      fs.writeFileSync(path.join(stateDir, 'boost.json'), JSON.stringify({ version: 1, originals: boosted(before), applied: {}, holders: [holder] }));
+      fs.writeFileSync(
+        path.join(stateDir, 'boost.json'),
+        JSON.stringify({ version: 1, originals: boosted(before), applied: {}, holders: [holder] }),
+      );
       expect(boostState({ stateDir })!.holders[0]!.alive).toBe(false);
       await expect(restore({ stateDir })).resolves.toMatchObject({ restored: true });
       expect(boostState({ stateDir })).toBeNull();
@@ -113,7 +122,11 @@ describe('boost: holders in other processes', { timeout: 900_000 }, () => {
       expect(await a.next()).toHaveProperty('boosted');
       expect(await b.next()).toHaveProperty('boosted');
       expect(boosted(readSettings())).toEqual(POLICY);
-      expect(boostState({ stateDir })!.holders.map((h) => h.pid).sort()).toEqual([a.proc.pid, b.proc.pid].sort());
+      expect(
+        boostState({ stateDir })!
+          .holders.map((h) => h.pid)
+          .sort(),
+      ).toEqual([a.proc.pid, b.proc.pid].sort());
       a.send('release');
       expect(await a.next()).toEqual({ released: true });
       await a.exited;
@@ -162,7 +175,8 @@ describe('boost: holders in other processes', { timeout: 900_000 }, () => {
       expect(await c.exited).toEqual({ code: null, signal });
       expect(readSettings()).toEqual(before);
       expect(boostState({ stateDir })).toBeNull();
-    }));
+    }),
+  );
 
   it('process.exit() while holding restores', () =>
     locked(async (stateDir, before) => {

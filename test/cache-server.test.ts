@@ -36,13 +36,18 @@ interface Server {
 }
 
 async function startServer(args: string[] = [], env: Record<string, string> = {}): Promise<Server> {
-  const proc = spawn(process.execPath, [SERVER, '--port', '0', ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
+  const proc = spawn(process.execPath, [SERVER, '--port', '0', ...args], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, ...env },
+  });
   let out = '';
   let err = '';
-  proc.stderr!.on('data', (d) => (err += d));
-  const exited = new Promise<number | string>((resolve) => proc.once('exit', (code, sig) => resolve(code ?? sig ?? -1)));
+  proc.stderr.on('data', (d) => (err += d));
+  const exited = new Promise<number | string>((resolve) =>
+    proc.once('exit', (code, sig) => resolve(code ?? sig ?? -1)),
+  );
   const line = await new Promise<string>((resolve, reject) => {
-    proc.stdout!.on('data', (d) => {
+    proc.stdout.on('data', (d) => {
       out += d;
       const nl = out.indexOf('\n');
       if (nl >= 0) resolve(out.slice(0, nl));
@@ -72,10 +77,15 @@ async function startServer(args: string[] = [], env: Record<string, string> = {}
 /** redis-cli's output (raw mode, as when stdout is not a terminal). */
 function cli(port: number, args: string[], input?: string | Buffer): Promise<string> {
   return new Promise((resolve, reject) => {
-    const child = execFile('redis-cli', ['-p', String(port), ...args], { encoding: 'latin1', maxBuffer: 64 << 20 }, (e, stdout, stderr) => {
-      if (e) reject(new Error(`redis-cli ${args.join(' ')}: ${e.message} ${stderr}`));
-      else resolve(stdout);
-    });
+    const child = execFile(
+      'redis-cli',
+      ['-p', String(port), ...args],
+      { encoding: 'latin1', maxBuffer: 64 << 20 },
+      (e, stdout, stderr) => {
+        if (e) reject(new Error(`redis-cli ${args.join(' ')}: ${e.message} ${stderr}`));
+        else resolve(stdout);
+      },
+    );
     if (input !== undefined) child.stdin!.end(input);
   });
 }
@@ -164,7 +174,14 @@ async function stalledReader(port: number, key: string, count: number): Promise<
 }
 
 function client(port: number, opts: Record<string, unknown> = {}): Redis {
-  return new Redis({ port, host: '127.0.0.1', maxRetriesPerRequest: 0, retryStrategy: () => null, lazyConnect: false, ...opts });
+  return new Redis({
+    port,
+    host: '127.0.0.1',
+    maxRetriesPerRequest: 0,
+    retryStrategy: () => null,
+    lazyConnect: false,
+    ...opts,
+  });
 }
 
 /** The error text of a rejected command ('' if it did not fail). */
@@ -282,10 +299,16 @@ describe('cache-server: commands over ioredis', () => {
     expect(await r.persist('e')).toBe(1);
     expect(await r.persist('e')).toBe(0);
     expect(await r.expire('missing', 10)).toBe(0);
-    expect(await errorOf(r.call('expire', 'e', 10, 'NX', 'XX'))).toBe('ERR NX and XX, GT or LT options at the same time are not compatible');
-    expect(await errorOf(r.call('expire', 'e', 10, 'GT', 'LT'))).toBe('ERR GT and LT options at the same time are not compatible');
+    expect(await errorOf(r.call('expire', 'e', 10, 'NX', 'XX'))).toBe(
+      'ERR NX and XX, GT or LT options at the same time are not compatible',
+    );
+    expect(await errorOf(r.call('expire', 'e', 10, 'GT', 'LT'))).toBe(
+      'ERR GT and LT options at the same time are not compatible',
+    );
     expect(await errorOf(r.call('expire', 'e', 10, 'FOO'))).toBe('ERR Unsupported option FOO');
-    expect(await errorOf(r.call('expire', 'e', '9223372036854775807'))).toBe("ERR invalid expire time in 'expire' command");
+    expect(await errorOf(r.call('expire', 'e', '9223372036854775807'))).toBe(
+      "ERR invalid expire time in 'expire' command",
+    );
     // A time in the past deletes the key.
     expect(await r.expire('e', -1)).toBe(1);
     expect(await r.exists('e')).toBe(0);
@@ -300,7 +323,12 @@ describe('cache-server: commands over ioredis', () => {
     for (let i = 0; i < 200; i++) p.set(`act:${i}`, 'v', 'PX', 20 + (i % 50));
     await p.exec();
     // Never touched again: only the active cycle can remove them.
-    const gone = await pollAsync(async () => (await r.keys('act:*')).length === 0 && Number(parseInfo(await r.info('keyspace')).db0?.match(/expires=(\d+)/)?.[1] ?? 0) === 0, 10_000);
+    const gone = await pollAsync(
+      async () =>
+        (await r.keys('act:*')).length === 0 &&
+        Number(parseInfo(await r.info('keyspace')).db0?.match(/expires=(\d+)/)?.[1] ?? 0) === 0,
+      10_000,
+    );
     expect(gone).toBe(true);
     expect(Number(parseInfo(await r.info('stats')).expired_keys) - Number(before)).toBeGreaterThanOrEqual(200);
   });
@@ -350,7 +378,15 @@ describe('cache-server: commands over ioredis', () => {
   it('INFO sections, CONFIG GET/SET, COMMAND, CLIENT SETNAME/GETNAME', async () => {
     await r.set('ik', 'v');
     const all = parseInfo(await r.info());
-    for (const f of ['redis_version', 'connected_clients', 'used_memory', 'total_commands_processed', 'db0', 'ksm_values', 'ksm_system_run']) {
+    for (const f of [
+      'redis_version',
+      'connected_clients',
+      'used_memory',
+      'total_commands_processed',
+      'db0',
+      'ksm_values',
+      'ksm_system_run',
+    ]) {
       expect(all).toHaveProperty(f);
     }
     expect(all.process_id).toBe(String(srv.pid));
@@ -370,7 +406,9 @@ describe('cache-server: commands over ioredis', () => {
     expect(await errorOf(r.config('SET', 'maxmemory', 'lots'))).toBe(
       "ERR CONFIG SET failed (possibly related to argument 'maxmemory') - argument must be a memory value",
     );
-    expect(await errorOf(r.config('SET', 'nosuch', '1'))).toBe("ERR Unknown option or number of arguments for CONFIG SET - 'nosuch'");
+    expect(await errorOf(r.config('SET', 'nosuch', '1'))).toBe(
+      "ERR Unknown option or number of arguments for CONFIG SET - 'nosuch'",
+    );
     expect(await errorOf(r.call('config', 'get'))).toBe("ERR wrong number of arguments for 'config|get' command");
     expect(await errorOf(r.call('config', 'bogus'))).toBe("ERR unknown subcommand 'bogus'. Try CONFIG HELP.");
     expect(await errorOf(r.call('config'))).toBe("ERR wrong number of arguments for 'config' command");
@@ -384,14 +422,20 @@ describe('cache-server: commands over ioredis', () => {
     expect(await r.client('GETNAME')).toBeNull();
     expect(await r.client('SETNAME', 'tester')).toBe('OK');
     expect(await r.client('GETNAME')).toBe('tester');
-    expect(await errorOf(r.client('SETNAME', 'has space'))).toBe('ERR Client names cannot contain spaces, newlines or special characters.');
+    expect(await errorOf(r.client('SETNAME', 'has space'))).toBe(
+      'ERR Client names cannot contain spaces, newlines or special characters.',
+    );
     expect(await errorOf(r.call('client', 'bogus'))).toBe("ERR unknown subcommand 'bogus'. Try CLIENT HELP.");
   });
 
   it("answers unknown commands and wrong arity with Redis's texts", async () => {
     expect(await errorOf(r.call('foo'))).toBe("ERR unknown command 'foo', with args beginning with: ");
-    expect(await errorOf(r.call('FooBar', 'a', 'b c'))).toBe("ERR unknown command 'FooBar', with args beginning with: 'a' 'b c' ");
-    expect(await errorOf(r.call('lpush', 'l', 'x'))).toBe("ERR unknown command 'lpush', with args beginning with: 'l' 'x' ");
+    expect(await errorOf(r.call('FooBar', 'a', 'b c'))).toBe(
+      "ERR unknown command 'FooBar', with args beginning with: 'a' 'b c' ",
+    );
+    expect(await errorOf(r.call('lpush', 'l', 'x'))).toBe(
+      "ERR unknown command 'lpush', with args beginning with: 'l' 'x' ",
+    );
     expect(await errorOf(r.call('get'))).toBe("ERR wrong number of arguments for 'get' command");
     expect(await errorOf(r.call('get', 'a', 'b'))).toBe("ERR wrong number of arguments for 'get' command");
     expect(await errorOf(r.call('set', 'a'))).toBe("ERR wrong number of arguments for 'set' command");
@@ -406,21 +450,34 @@ describe('cache-server: commands over ioredis', () => {
     await r.set(key, all);
     expect(await r.getBuffer(key)).toEqual(all);
     expect(await r.exists(key)).toBe(1);
-    const sizes = [0, 1, pageSize - 1, pageSize, pageSize + 1, 16 * KiB - 1, 16 * KiB, 16 * KiB + 1, 300 * KiB + 7, 2 * MiB];
+    const sizes = [
+      0,
+      1,
+      pageSize - 1,
+      pageSize,
+      pageSize + 1,
+      16 * KiB - 1,
+      16 * KiB,
+      16 * KiB + 1,
+      300 * KiB + 7,
+      2 * MiB,
+    ];
     const values = sizes.map((n) => crypto.randomBytes(n));
     const p = r.pipeline();
     values.forEach((v, i) => p.set(Buffer.from(`bv:${i}\0`), v));
     await p.exec();
     for (let i = 0; i < sizes.length; i++) {
       // Buffer.equals: vitest's deep equality walks a 2 MiB Buffer element by element.
-      expect((await r.getBuffer(Buffer.from(`bv:${i}\0`)))!.equals(values[i]!), `value of ${sizes[i]} bytes`).toBe(true);
+      expect((await r.getBuffer(Buffer.from(`bv:${i}\0`)))!.equals(values[i]!), `value of ${sizes[i]} bytes`).toBe(
+        true,
+      );
       expect(await r.strlen(Buffer.from(`bv:${i}\0`))).toBe(sizes[i]);
     }
     // APPEND across the threshold moves a value into the Arena and keeps every byte.
     await r.set('grow', values[2]!);
     expect(await r.append('grow', all)).toBe(pageSize - 1 + 256);
     expect((await r.getBuffer('grow'))!.equals(Buffer.concat([values[2]!, all]))).toBe(true);
-    const keys = (await r.keysBuffer('bin*')) as Buffer[];
+    const keys = await r.keysBuffer('bin*');
     expect(keys).toEqual([key]);
     const info = parseInfo(await r.info('ksm'));
     expect(Number(info.ksm_values)).toBeGreaterThanOrEqual(sizes.filter((n) => n >= pageSize).length);
@@ -456,12 +513,16 @@ describe('cache-server: the wire protocol', () => {
   it('parses frames split at every byte, and large bulks streamed across chunks', async () => {
     const big = crypto.randomBytes(200 * KiB);
     const req = Buffer.concat([resp('SET', 'sk', big), resp('GET', 'sk'), resp('SET', 'small', 'x'), resp('PING')]);
-    const expected = Buffer.concat([Buffer.from(`+OK\r\n$${big.length}\r\n`), big, Buffer.from('\r\n+OK\r\n+PONG\r\n')]);
+    const expected = Buffer.concat([
+      Buffer.from(`+OK\r\n$${big.length}\r\n`),
+      big,
+      Buffer.from('\r\n+OK\r\n+PONG\r\n'),
+    ]);
     // Byte by byte through the headers, then in uneven slices.
     const pieces: Buffer[] = [];
     let at = 0;
     for (; at < 40; at++) pieces.push(req.subarray(at, at + 1));
-    for (let step = 1; at < req.length; step = (step * 7 + 3) % 9001 + 1) {
+    for (let step = 1; at < req.length; step = ((step * 7 + 3) % 9001) + 1) {
       pieces.push(req.subarray(at, at + step));
       at += step;
     }
@@ -480,10 +541,23 @@ describe('cache-server: the wire protocol', () => {
     // first GET would send the second value, or a detached (empty) buffer.
     const v1 = crypto.randomBytes(64 * KiB);
     const v2 = crypto.randomBytes(64 * KiB);
-    const batch = Buffer.concat([resp('SET', 'pk', v1), resp('GET', 'pk'), resp('SET', 'pk', v2), resp('GET', 'pk'), resp('DEL', 'pk'), resp('SET', 'pk2', v1), resp('GET', 'pk2')]);
+    const batch = Buffer.concat([
+      resp('SET', 'pk', v1),
+      resp('GET', 'pk'),
+      resp('SET', 'pk', v2),
+      resp('GET', 'pk'),
+      resp('DEL', 'pk'),
+      resp('SET', 'pk2', v1),
+      resp('GET', 'pk2'),
+    ]);
     const want = Buffer.concat([
-      Buffer.from(`+OK\r\n$${v1.length}\r\n`), v1, Buffer.from(`\r\n+OK\r\n$${v2.length}\r\n`), v2,
-      Buffer.from(`\r\n:1\r\n+OK\r\n$${v1.length}\r\n`), v1, Buffer.from('\r\n'),
+      Buffer.from(`+OK\r\n$${v1.length}\r\n`),
+      v1,
+      Buffer.from(`\r\n+OK\r\n$${v2.length}\r\n`),
+      v2,
+      Buffer.from(`\r\n:1\r\n+OK\r\n$${v1.length}\r\n`),
+      v1,
+      Buffer.from('\r\n'),
     ]);
     const { data } = await raw(srv.port, [batch], (got) => got.length >= want.length);
     expect(data.equals(want)).toBe(true);
@@ -558,7 +632,11 @@ describe('cache-server: the wire protocol', () => {
   it('plain GET and SET, in any letter case, answer as every other command does', async () => {
     // Plain GET/SET frames are parsed on a shorter path (resp.mjs fast()); anything else
     // about them -- options, arity, odd headers, unknown names -- goes the general way.
-    const info0 = parseInfo((await raw(srv.port, [resp('INFO', 'stats')], (g) => g.toString().endsWith('\r\n\r\n') || g.length > 500)).data.toString());
+    const info0 = parseInfo(
+      (
+        await raw(srv.port, [resp('INFO', 'stats')], (g) => g.toString().endsWith('\r\n\r\n') || g.length > 500)
+      ).data.toString(),
+    );
     const frames = [
       resp('set', 'fk1', 'v1'),
       resp('SeT', 'fk2', ''),
@@ -593,9 +671,17 @@ describe('cache-server: the wire protocol', () => {
       '+OK\r\n',
       '$4\r\n\x00\r\n\xff\r\n',
     ].join('');
-    const { data } = await raw(srv.port, [Buffer.concat(frames.map((f) => Buffer.from(f as string | Buffer)))], (g) => g.length >= want.length);
+    const { data } = await raw(
+      srv.port,
+      [Buffer.concat(frames.map((f) => Buffer.from(f)))],
+      (g) => g.length >= want.length,
+    );
     expect(data.toString('latin1')).toBe(want);
-    const info1 = parseInfo((await raw(srv.port, [resp('INFO', 'stats')], (g) => g.toString().endsWith('\r\n\r\n') || g.length > 500)).data.toString());
+    const info1 = parseInfo(
+      (
+        await raw(srv.port, [resp('INFO', 'stats')], (g) => g.toString().endsWith('\r\n\r\n') || g.length > 500)
+      ).data.toString(),
+    );
     // 15 commands plus the INFO before; 5 GETs found their key, 1 did not (GET with wrong arity never looks).
     expect(Number(info1.total_commands_processed) - Number(info0.total_commands_processed)).toBe(16);
     expect(Number(info1.keyspace_hits) - Number(info0.keyspace_hits)).toBe(5);
@@ -640,13 +726,19 @@ describe('cache-server: the wire protocol', () => {
     ]);
     const { data } = await raw(srv.port, [Buffer.concat(frames)], (g) => g.length >= want.length);
     expect(data.equals(want)).toBe(true);
-    const mem = parseInfo((await raw(srv.port, [resp('INFO', 'memory')], (g) => g.toString().endsWith('\r\n\r\n') || g.length > 2000)).data.toString());
+    const mem = parseInfo(
+      (
+        await raw(srv.port, [resp('INFO', 'memory')], (g) => g.toString().endsWith('\r\n\r\n') || g.length > 2000)
+      ).data.toString(),
+    );
     expect(Number(mem.arena_spare_bytes)).toBeLessThanOrEqual(1 * MiB);
   });
 
   it('accepts inline commands with quoting', async () => {
-    const { data } = await raw(srv.port, ['PING\r\n', '\r\n', 'SET "in line" \'it\\\'s\'\r\nGET "in line"\n', 'ECHO "a\\x41\\n"\r\n'], (g) =>
-      g.toString().endsWith('\r\n') && g.toString().split('\r\n').length >= 7,
+    const { data } = await raw(
+      srv.port,
+      ['PING\r\n', '\r\n', 'SET "in line" \'it\\\'s\'\r\nGET "in line"\n', 'ECHO "a\\x41\\n"\r\n'],
+      (g) => g.toString().endsWith('\r\n') && g.toString().split('\r\n').length >= 7,
     );
     expect(data.toString()).toBe("+PONG\r\n+OK\r\n$4\r\nit's\r\n$3\r\naA\n\r\n");
   });
@@ -661,19 +753,32 @@ describe('cache-server: the wire protocol', () => {
       ['*1\r\n+GET\r\n', "ERR Protocol error: expected '$', got '+'"],
       ['SET "unterminated\r\n', 'ERR Protocol error: unbalanced quotes in request'],
       [Buffer.alloc(70 * KiB, 'a'), 'ERR Protocol error: too big inline request'],
-      [Buffer.concat([Buffer.from('*'), Buffer.alloc(70 * KiB, '1')]), 'ERR Protocol error: too big mbulk count string'],
-      [Buffer.concat([Buffer.from('*1\r\n$'), Buffer.alloc(70 * KiB, '1')]), 'ERR Protocol error: too big bulk count string'],
+      [
+        Buffer.concat([Buffer.from('*'), Buffer.alloc(70 * KiB, '1')]),
+        'ERR Protocol error: too big mbulk count string',
+      ],
+      [
+        Buffer.concat([Buffer.from('*1\r\n$'), Buffer.alloc(70 * KiB, '1')]),
+        'ERR Protocol error: too big bulk count string',
+      ],
     ];
     for (const [input, error] of cases) {
       // A valid command first: it is answered before the error.
-      const { data, closed } = await raw(srv.port, [Buffer.concat([resp('PING'), Buffer.from(input)])], () => false, { closed: true });
+      const { data, closed } = await raw(srv.port, [Buffer.concat([resp('PING'), Buffer.from(input)])], () => false, {
+        closed: true,
+      });
       expect(data.toString(), String(input).slice(0, 30)).toBe(`+PONG\r\n-${error}\r\n`);
       expect(closed).toBe(true);
     }
   });
 
   it('QUIT answers OK and closes; input after it is ignored', async () => {
-    const { data, closed } = await raw(srv.port, [Buffer.concat([resp('PING'), resp('QUIT'), resp('PING')])], () => false, { closed: true });
+    const { data, closed } = await raw(
+      srv.port,
+      [Buffer.concat([resp('PING'), resp('QUIT'), resp('PING')])],
+      () => false,
+      { closed: true },
+    );
     expect(data.toString()).toBe('+PONG\r\n+OK\r\n');
     expect(closed).toBe(true);
   });
@@ -702,7 +807,9 @@ describe('cache-server: the wire protocol', () => {
         buf = Buffer.concat([buf, d]);
         while (buf.length >= per) {
           const reply = buf.subarray(0, per);
-          ok &&= reply.subarray(0, header.length).equals(header) && reply.subarray(header.length, header.length + value.length).equals(value);
+          ok &&=
+            reply.subarray(0, header.length).equals(header) &&
+            reply.subarray(header.length, header.length + value.length).equals(value);
           buf = buf.subarray(per);
           if (++got === n) resolve();
         }
@@ -743,7 +850,10 @@ describe('cache-server: redis-cli', () => {
     expect(await cli(srv.port, ['FOO', 'bar'])).toBe("ERR unknown command 'FOO', with args beginning with: 'bar' \n\n");
     expect(await cli(srv.port, ['GET'])).toBe("ERR wrong number of arguments for 'get' command\n\n");
     expect(await cli(srv.port, ['CONFIG', 'GET', 'maxmemory'])).toBe('maxmemory\n0\n');
-    expect((await cli(srv.port, ['--scan', '--pattern', 'c*'])).split('\n').filter(Boolean).sort()).toEqual(['c1', 'c2']);
+    expect((await cli(srv.port, ['--scan', '--pattern', 'c*'])).split('\n').filter(Boolean).sort()).toEqual([
+      'c1',
+      'c2',
+    ]);
     expect(await cli(srv.port, ['INFO', 'ksm'])).toMatch(/^# KSM\r?\nksm_value_threshold:\d+/);
     expect(await cli(srv.port, ['COMMAND', 'COUNT'])).toMatch(/^\d+\n$/);
     // Binary values through redis-cli's -x (value from stdin).
@@ -761,7 +871,11 @@ describe('cache-server: redis-cli', () => {
 
   it('runs redis-benchmark', async () => {
     const out = await new Promise<string>((resolve, reject) =>
-      execFile('redis-benchmark', ['-p', String(srv.port), '-t', 'set,get,incr,ping', '-n', '2000', '-c', '5', '-P', '4', '-q', '--csv'], (e, so) => (e ? reject(e) : resolve(so))),
+      execFile(
+        'redis-benchmark',
+        ['-p', String(srv.port), '-t', 'set,get,incr,ping', '-n', '2000', '-c', '5', '-P', '4', '-q', '--csv'],
+        (e, so) => (e ? reject(e) : resolve(so)),
+      ),
     );
     expect(out).toMatch(/"SET"/);
     expect(out).toMatch(/"GET"/);
@@ -776,8 +890,12 @@ describe('cache-server: AUTH, maxclients, maxmemory', () => {
       const anon = client(srv.port, { enableReadyCheck: false });
       expect(await errorOf(anon.get('k'))).toBe('NOAUTH Authentication required.');
       expect(await errorOf(anon.call('nosuch'))).toBe("ERR unknown command 'nosuch', with args beginning with: ");
-      expect(await errorOf(anon.call('auth', 'wrong'))).toBe('WRONGPASS invalid username-password pair or user is disabled.');
-      expect(await errorOf(anon.call('auth', 'other', 's3cret'))).toBe('WRONGPASS invalid username-password pair or user is disabled.');
+      expect(await errorOf(anon.call('auth', 'wrong'))).toBe(
+        'WRONGPASS invalid username-password pair or user is disabled.',
+      );
+      expect(await errorOf(anon.call('auth', 'other', 's3cret'))).toBe(
+        'WRONGPASS invalid username-password pair or user is disabled.',
+      );
       expect(await anon.call('auth', 'default', 's3cret')).toBe('OK');
       expect(await anon.set('k', 'v')).toBe('OK');
       anon.disconnect();
@@ -787,8 +905,15 @@ describe('cache-server: AUTH, maxclients, maxmemory', () => {
       expect(await cli(srv.port, ['-a', 's3cret', '--no-auth-warning', 'GET', 'k'])).toBe('v\n');
       expect(await cli(srv.port, ['GET', 'k'])).toBe('NOAUTH Authentication required.\n\n');
       // Before AUTH, frames are small: no anonymous peer makes the server allocate.
-      const big = await raw(srv.port, [Buffer.concat([resp('PING'), resp(...Array.from({ length: 11 }, () => 'x'))])], () => false, { closed: true });
-      expect(big.data.toString()).toBe('-NOAUTH Authentication required.\r\n-ERR Protocol error: unauthenticated multibulk length\r\n');
+      const big = await raw(
+        srv.port,
+        [Buffer.concat([resp('PING'), resp(...Array.from({ length: 11 }, () => 'x'))])],
+        () => false,
+        { closed: true },
+      );
+      expect(big.data.toString()).toBe(
+        '-NOAUTH Authentication required.\r\n-ERR Protocol error: unauthenticated multibulk length\r\n',
+      );
       const bulk = await raw(srv.port, ['*2\r\n$3\r\nSET\r\n$20000\r\n'], () => false, { closed: true });
       expect(bulk.data.toString()).toBe('-ERR Protocol error: unauthenticated bulk length\r\n');
     } finally {
@@ -867,7 +992,14 @@ describe('cache-server: AUTH, maxclients, maxmemory', () => {
   });
 
   it('rejects bad command-line options without a stack trace', async () => {
-    for (const args of [['--port', 'abc'], ['--maxmemory', 'lots'], ['--workers', '0'], ['--gc-every', 'often'], ['--idle-reclaim', '-1'], ['--nosuch']]) {
+    for (const args of [
+      ['--port', 'abc'],
+      ['--maxmemory', 'lots'],
+      ['--workers', '0'],
+      ['--gc-every', 'often'],
+      ['--idle-reclaim', '-1'],
+      ['--nosuch'],
+    ]) {
       const out = await new Promise<{ code: number | null; stderr: string }>((resolve) => {
         const p = spawn(process.execPath, [SERVER, ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
         let stderr = '';
@@ -926,7 +1058,10 @@ describe('cache-server: shutdown and workers', () => {
     }
     await clients[0]!.call('shutdown').catch(() => undefined);
     expect(await srv.exited).toBe(0);
-    for (const pid of srv.workerPids) expect(fs.existsSync(`/proc/${pid}`) && !fs.readFileSync(`/proc/${pid}/stat`, 'utf8').includes(') Z')).toBe(false);
+    for (const pid of srv.workerPids)
+      expect(fs.existsSync(`/proc/${pid}`) && !fs.readFileSync(`/proc/${pid}/stat`, 'utf8').includes(') Z')).toBe(
+        false,
+      );
     for (const c of clients) c.disconnect();
   });
 });
@@ -936,7 +1071,10 @@ describe('cache-server: memory after a burst', () => {
   // reads unless it reads in place): a fresh buffer per read, which pile up in the C heap
   // as V8 lets them; the quiet spell after the burst must give them back.
   const DATA_READS = { CACHE_SERVER_READS: 'data' };
-  async function burst(args: string[], env: Record<string, string> = DATA_READS): Promise<{ loaded: number; after: number; reclaims: string[] }> {
+  async function burst(
+    args: string[],
+    env: Record<string, string> = DATA_READS,
+  ): Promise<{ loaded: number; after: number; reclaims: string[] }> {
     const srv = await startServer(['--gc-every', '0', ...args], env);
     try {
       const r = client(srv.port);
@@ -961,11 +1099,14 @@ describe('cache-server: memory after a burst', () => {
     }
   }
 
-  it('--idle-reclaim 300: once quiet, one full GC and trimHeap() give the burst\'s C heap back', async () => {
+  it("--idle-reclaim 300: once quiet, one full GC and trimHeap() give the burst's C heap back", async () => {
     const { loaded, after, reclaims } = await burst(['--idle-reclaim', '300']);
     // 40 MiB of SETs went through 64 KiB read buffers: not during the burst, once after it, and not again.
     expect(reclaims).toEqual(['0', '1', '1']);
-    expect(after, `anonymous memory ${(loaded / MiB).toFixed(1)} MiB after the burst, ${(after / MiB).toFixed(1)} MiB after`).toBeLessThan(loaded - 4 * MiB);
+    expect(
+      after,
+      `anonymous memory ${(loaded / MiB).toFixed(1)} MiB after the burst, ${(after / MiB).toFixed(1)} MiB after`,
+    ).toBeLessThan(loaded - 4 * MiB);
   });
 
   it('--idle-reclaim 0 leaves memory to V8 and glibc', async () => {
@@ -1007,11 +1148,18 @@ describe('cache-server: duplicate values share pages (KSM)', () => {
 
       let last: Record<string, string> = {};
       await withFastKsm(async () => {
-        await pollAsync(async () => {
-          last = parseInfo(await r.info('ksm'));
-          // The per-value figure is a 16-value sample; the process figure is exact.
-          return Number(last.ksm_value_merged_bytes) >= 0.9 * logical && Number(last.ksm_process_merged_bytes) >= 0.9 * logical;
-        }, 90_000, 250);
+        await pollAsync(
+          async () => {
+            last = parseInfo(await r.info('ksm'));
+            // The per-value figure is a 16-value sample; the process figure is exact.
+            return (
+              Number(last.ksm_value_merged_bytes) >= 0.9 * logical &&
+              Number(last.ksm_process_merged_bytes) >= 0.9 * logical
+            );
+          },
+          90_000,
+          250,
+        );
       });
       expect(Number(last.ksm_value_merged_bytes), JSON.stringify(last)).toBeGreaterThanOrEqual(0.9 * logical);
       expect(Number(last.ksm_value_merged_ratio)).toBeGreaterThanOrEqual(0.9);
@@ -1019,9 +1167,13 @@ describe('cache-server: duplicate values share pages (KSM)', () => {
 
       const pssAfter = rollup(srv.pid, 'Pss');
       // 125 MiB of values now cost about 5 blobs' worth: PSS falls by nearly all of it.
-      expect(pssBefore - pssAfter, `PSS before ${pssBefore >> 20} MiB, after ${pssAfter >> 20} MiB`).toBeGreaterThan(0.8 * logical);
+      expect(pssBefore - pssAfter, `PSS before ${pssBefore >> 20} MiB, after ${pssAfter >> 20} MiB`).toBeGreaterThan(
+        0.8 * logical,
+      );
       expect(pssAfter).toBeLessThan(0.5 * logical);
-      console.log(`cache-server KSM: PSS ${(pssBefore / MiB).toFixed(1)} MiB -> ${(pssAfter / MiB).toFixed(1)} MiB for ${logical / MiB} MiB of values`);
+      console.log(
+        `cache-server KSM: PSS ${(pssBefore / MiB).toFixed(1)} MiB -> ${(pssAfter / MiB).toFixed(1)} MiB for ${logical / MiB} MiB of values`,
+      );
 
       // Merged values read back intact, and a write gets its own copy.
       for (const i of [0, 1, 249, 499]) expect((await r.getBuffer(`blob:${i}`))!.equals(blobs[i % 5]!)).toBe(true);

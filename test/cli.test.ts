@@ -67,13 +67,18 @@ afterEach(() => {
   for (const c of children.splice(0)) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
 });
 
-function start(args: string[]): { child: ChildProcess; out: () => string; err: () => string; exit: Promise<number | null> } {
+function start(args: string[]): {
+  child: ChildProcess;
+  out: () => string;
+  err: () => string;
+  exit: Promise<number | null>;
+} {
   const child = spawn(process.execPath, [MAIN, ...args], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
   children.push(child);
   let out = '';
   let err = '';
-  child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
-  child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
+  child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+  child.stderr.on('data', (d: Buffer) => (err += d.toString()));
   const exit = new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)));
   return { child, out: () => out, err: () => err, exit };
 }
@@ -86,7 +91,7 @@ async function locked<T>(fn: () => Promise<T> | T, settings: Record<string, stri
     // advisor_mode first: pages_to_scan cannot be written while the advisor is on, and
     // leaving the advisor resets it.
     const order = ['advisor_mode', ...Object.keys(settings).filter((k) => k !== 'advisor_mode')];
-    for (const k of order) if (settings[k] !== undefined) fs.writeFileSync(`/sys/kernel/mm/ksm/${k}`, settings[k]!);
+    for (const k of order) if (settings[k] !== undefined) fs.writeFileSync(`/sys/kernel/mm/ksm/${k}`, settings[k]);
     return await fn();
   } finally {
     try {
@@ -99,8 +104,20 @@ async function locked<T>(fn: () => Promise<T> | T, settings: Record<string, stri
 
 /** The figures that move while ksmd runs or processes exit. */
 const MOVING = new Set([
-  'fullScans', 'pagesScanned', 'pagesShared', 'pagesSharing', 'pagesUnshared', 'pagesVolatile', 'pagesSkipped',
-  'stableNodeChains', 'stableNodeDups', 'generalProfit', 'generalProfitBytes', 'ksmZeroPages', 'savedBytes', 'sharingRatio',
+  'fullScans',
+  'pagesScanned',
+  'pagesShared',
+  'pagesSharing',
+  'pagesUnshared',
+  'pagesVolatile',
+  'pagesSkipped',
+  'stableNodeChains',
+  'stableNodeDups',
+  'generalProfit',
+  'generalProfitBytes',
+  'ksmZeroPages',
+  'savedBytes',
+  'sharingRatio',
 ]);
 
 /** Settings and page size must match exactly; moving figures must lie between two reads. */
@@ -164,7 +181,12 @@ describe('status', () => {
     requireKsm(ctx);
     await locked(() => {
       const before = systemStats();
-      const report = json<{ stats: SystemStats; settings: Record<string, unknown>; pageSize: number; running: boolean }>(run(['status', '--json']));
+      const report = json<{
+        stats: SystemStats;
+        settings: Record<string, unknown>;
+        pageSize: number;
+        running: boolean;
+      }>(run(['status', '--json']));
       const after = systemStats();
       expectAgrees(report.stats, before, after);
       expect(report.pageSize).toBe(pageSize);
@@ -181,7 +203,8 @@ describe('status', () => {
         const r = run(['status']);
         expect(r.status).toBe(0);
         expect(r.stdout).toContain(`page size ${formatBytes(pageSize)}`);
-        for (const k of ['pages_to_scan', 'sleep_millisecs', 'pages_sharing', 'pages_unshared', 'Advice']) expect(r.stdout).toContain(k);
+        for (const k of ['pages_to_scan', 'sleep_millisecs', 'pages_sharing', 'pages_unshared', 'Advice'])
+          expect(r.stdout).toContain(k);
         expect(r.stdout).toMatch(/KSM is off \(run=0\)/);
       },
       { run: '0' },
@@ -204,10 +227,14 @@ describe('status', () => {
     requireKsm(ctx);
     await locked(
       () => {
-        const report = json<{ advice: Array<{ code: string; message: string }>; scan: { bytesPerSecond: number } }>(run(['status', '--json']));
+        const report = json<{ advice: Array<{ code: string; message: string }>; scan: { bytesPerSecond: number } }>(
+          run(['status', '--json']),
+        );
         const rate = report.advice.find((a) => a.code === 'scan-rate');
         expect(report.scan.bytesPerSecond).toBe((100 * pageSize * 1000) / 20);
-        expect(rate?.message).toContain(`pages_to_scan=100 with sleep 20 ms scans ${formatBytes((100 * pageSize * 1000) / 20)}/s`);
+        expect(rate?.message).toContain(
+          `pages_to_scan=100 with sleep 20 ms scans ${formatBytes((100 * pageSize * 1000) / 20)}/s`,
+        );
       },
       { advisor_mode: 'none', pages_to_scan: '100', sleep_millisecs: '20', run: '0' },
     );
@@ -249,9 +276,18 @@ describe('status', () => {
   // States that need gigabytes of memory or hours of uptime are checked on the pure advice function.
   test('advice for a slow full pass, volatile pages and negative profit (from figures)', () => {
     const files = {
-      run: '1', pages_to_scan: '100', sleep_millisecs: '20', use_zero_pages: '0', advisor_mode: '[none] scan-time',
-      pages_shared: '100000', pages_sharing: '900000', pages_unshared: '2000000', pages_volatile: '5000', full_scans: '3',
-      general_profit: '-4096', ksm_zero_pages: '0',
+      run: '1',
+      pages_to_scan: '100',
+      sleep_millisecs: '20',
+      use_zero_pages: '0',
+      advisor_mode: '[none] scan-time',
+      pages_shared: '100000',
+      pages_sharing: '900000',
+      pages_unshared: '2000000',
+      pages_volatile: '5000',
+      full_scans: '3',
+      general_profit: '-4096',
+      ksm_zero_pages: '0',
     };
     const stats = computeSystemStats(files, 4096);
     const scan = estimateScan(stats);
@@ -283,14 +319,16 @@ describe('top', () => {
     requireKsm(ctx);
     const child = spawn(process.execPath, ['-e', CHILD], { stdio: ['ignore', 'pipe', 'inherit'] });
     children.push(child);
-    await new Promise<void>((resolve) => child.stdout!.once('data', () => resolve()));
+    await new Promise<void>((resolve) => child.stdout.once('data', () => resolve()));
     const pid = child.pid!;
     await locked(
       async () => {
         const merged = await pollUntil(() => (processStats(pid).mergingPages ?? 0) >= 2048, 60_000);
         expect(merged).toBe(true);
         const before = processStats(pid);
-        const report = json<{ pageSize: number; processes: Array<Record<string, unknown>>; more: number }>(run(['top', '--json', '--limit', '100000']));
+        const report = json<{ pageSize: number; processes: Array<Record<string, unknown>>; more: number }>(
+          run(['top', '--json', '--limit', '100000']),
+        );
         const after = processStats(pid);
         const entry = report.processes.find((p) => p.pid === pid);
         expect(entry).toBeDefined();
@@ -364,9 +402,11 @@ describe('tune', () => {
     await locked(
       () => {
         const before = systemStats();
-        const r = json<{ before: Record<string, unknown>; after: Record<string, unknown>; previous: Record<string, unknown> }>(
-          run(['tune', '--pages-to-scan', '321', '--sleep-ms', '33', '--json']),
-        );
+        const r = json<{
+          before: Record<string, unknown>;
+          after: Record<string, unknown>;
+          previous: Record<string, unknown>;
+        }>(run(['tune', '--pages-to-scan', '321', '--sleep-ms', '33', '--json']));
         const now = systemStats();
         expect(now.pagesToScan).toBe(321);
         expect(now.sleepMillisecs).toBe(33);
@@ -388,7 +428,9 @@ describe('tune', () => {
     if (!fs.existsSync('/sys/kernel/mm/ksm/advisor_mode')) ctx.skip('no advisor on this kernel (6.8+)');
     await locked(
       () => {
-        const r = json<{ after: Record<string, unknown> }>(run(['tune', '--advisor', 'scan-time', '--target-scan-time', '77', '--json']));
+        const r = json<{ after: Record<string, unknown> }>(
+          run(['tune', '--advisor', 'scan-time', '--target-scan-time', '77', '--json']),
+        );
         expect(r.after.advisorMode).toBe('scan-time');
         expect(systemStats().advisorTargetScanTime).toBe(77);
         // pages_to_scan belongs to the advisor now: asking for it is a usage error.

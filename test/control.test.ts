@@ -80,9 +80,9 @@ describe('configure: validation (nothing is written)', () => {
   });
 
   it('refuses advisor min above max', () => {
-    const s = readSettings();
-    if (s.advisorMaxPagesToScan === undefined) return;
-    expect(() => configure({ advisorMinPagesToScan: s.advisorMaxPagesToScan + 1 })).toThrow(RangeError);
+    const max = readSettings().advisorMaxPagesToScan;
+    if (max === undefined) return;
+    expect(() => configure({ advisorMinPagesToScan: max + 1 })).toThrow(RangeError);
     expect(() => configure({ advisorMinPagesToScan: 10, advisorMaxPagesToScan: 5 })).toThrow(RangeError);
   });
 
@@ -118,10 +118,20 @@ function other(name: keyof KsmSettings, s: KsmSettings): number | string {
 describe('configure: every knob round-trips', { timeout: 900_000 }, () => {
   beforeEach(({ skip }) => requireKsm({ skip }));
 
-  it.each([
-    'pagesToScan', 'sleepMillisecs', 'useZeroPages', 'stableNodeChainsPruneMillisecs', 'smartScan', 'advisorMode',
-    'advisorMaxCpu', 'advisorTargetScanTime', 'advisorMinPagesToScan', 'advisorMaxPagesToScan', 'run',
-    'mergeAcrossNodes', 'maxPageSharing',
+  it.for([
+    'pagesToScan',
+    'sleepMillisecs',
+    'useZeroPages',
+    'stableNodeChainsPruneMillisecs',
+    'smartScan',
+    'advisorMode',
+    'advisorMaxCpu',
+    'advisorTargetScanTime',
+    'advisorMinPagesToScan',
+    'advisorMaxPagesToScan',
+    'run',
+    'mergeAcrossNodes',
+    'maxPageSharing',
   ] as const)('%s', (name, ctx) =>
     locked((before) => {
       if (before[name] === undefined) return ctx.skip(`this kernel has no ${name}`);
@@ -168,7 +178,11 @@ describe('configure: every knob round-trips', { timeout: 900_000 }, () => {
         expect(systemStats().pagesShared).toBeGreaterThan(0);
         const err = (() => {
           try {
-            configure({ sleepMillisecs: 1234, useZeroPages: boosted.useZeroPages === 1 ? 0 : 1, maxPageSharing: boosted.maxPageSharing! + 1 });
+            configure({
+              sleepMillisecs: 1234,
+              useZeroPages: boosted.useZeroPages === 1 ? 0 : 1,
+              maxPageSharing: boosted.maxPageSharing! + 1,
+            });
           } catch (e) {
             return e;
           }
@@ -209,10 +223,14 @@ describe('configure: no permission', { timeout: 300_000 }, () => {
       }
     })();
     if (nobody === null || process.getuid?.() !== 0) return ctx.skip('needs root and a "nobody" user');
-    const out = execFileSync('setpriv', ['--reuid', nobody, '--regid', nobody, '--clear-groups', process.execPath, '-e', script(lib)], {
-      env: { ...process.env, NODE_KSM_BINARY: ADDON },
-      cwd: '/',
-    });
+    const out = execFileSync(
+      'setpriv',
+      ['--reuid', nobody, '--regid', nobody, '--clear-groups', process.execPath, '-e', script(lib)],
+      {
+        env: { ...process.env, NODE_KSM_BINARY: ADDON },
+        cwd: '/',
+      },
+    );
     const r = JSON.parse(out.toString());
     expect(r).toMatchObject({ name: 'KsmError', code: 'ERR_KSM_PERMISSION' });
     expect(r.message).toMatch(/EACCES/);
@@ -223,10 +241,14 @@ describe('configure: no permission', { timeout: 300_000 }, () => {
     const cmd = `mount --bind ${KSM} ${KSM} && mount -o remount,bind,ro ${KSM} && exec "$0" -e "$1"`;
     let out: Buffer;
     try {
-      out = execFileSync('unshare', ['-m', '--propagation', 'private', 'sh', '-c', cmd, process.execPath, script(lib)], {
-        env: { ...process.env, NODE_KSM_BINARY: ADDON },
-        stdio: ['ignore', 'pipe', 'pipe'],
-      });
+      out = execFileSync(
+        'unshare',
+        ['-m', '--propagation', 'private', 'sh', '-c', cmd, process.execPath, script(lib)],
+        {
+          env: { ...process.env, NODE_KSM_BINARY: ADDON },
+          stdio: ['ignore', 'pipe', 'pipe'],
+        },
+      );
     } catch (err) {
       return ctx.skip(`cannot make a read-only mount namespace here: ${(err as Error).message.split('\n')[0]}`);
     }

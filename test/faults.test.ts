@@ -43,7 +43,15 @@ function runChild(
   options: { args?: string[]; timeoutMs?: number; cmd?: string[]; flags?: string[]; cwd?: string } = {},
 ): ChildResult {
   const cmd = options.cmd ?? [];
-  const argv = [...cmd, process.execPath, '--expose-gc', ...(options.flags ?? []), '-e', PRELUDE + script, ...(options.args ?? [])];
+  const argv = [
+    ...cmd,
+    process.execPath,
+    '--expose-gc',
+    ...(options.flags ?? []),
+    '-e',
+    PRELUDE + script,
+    ...(options.args ?? []),
+  ];
   const r = spawnSync(argv[0]!, argv.slice(1), {
     encoding: 'utf8',
     timeout: options.timeoutMs ?? 120_000,
@@ -65,7 +73,10 @@ function runChild(
 function crashBacktrace(dir: string): string | null {
   const core = fs.readdirSync(dir).find((f) => /^core(\.\d+)?$/.test(f));
   if (core === undefined) return null;
-  const r = spawnSync('gdb', ['-q', '-batch', '-ex', 'bt 30', process.execPath, path.join(dir, core)], { encoding: 'utf8', timeout: 120_000 });
+  const r = spawnSync('gdb', ['-q', '-batch', '-ex', 'bt 30', process.execPath, path.join(dir, core)], {
+    encoding: 'utf8',
+    timeout: 120_000,
+  });
   return r.status === 0 && /^#0 /m.test(r.stdout) ? r.stdout.slice(r.stdout.search(/^#0 /m)) : null;
 }
 
@@ -116,7 +127,8 @@ describe('vm.max_map_count exhausted', () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ksm-maps-'));
     const attempt = () => {
       for (const f of fs.readdirSync(dir)) fs.rmSync(path.join(dir, f), { force: true });
-      return runChild(`
+      return runChild(
+        `
       // Once the map count is full, V8 itself cannot map memory either: compiling a
       // function then aborts the process (seen: Zone::Expand under CompileLazy). So all
       // that runs after the fill is compiled first (and kept: --no-flush-bytecode), and
@@ -158,7 +170,9 @@ describe('vm.max_map_count exhausted', () => {
       res.after = again.length;
       for (let i = 2000; i < n; i++) m.free(keep[i]);
       out(res);
-    `, { flags: ['--no-flush-bytecode'], cmd: ['prlimit', '--core=unlimited', '--'], cwd: dir });
+    `,
+        { flags: ['--no-flush-bytecode'], cmd: ['prlimit', '--core=unlimited', '--'], cwd: dir },
+      );
     };
     // With no map left, Node and V8 abort on their own next mapping (std::bad_alloc from
     // Node's C++, V8's "out of memory"), or V8 crashes outright (a SIGSEGV in its lazy
@@ -178,7 +192,9 @@ describe('vm.max_map_count exhausted', () => {
         if (i === 3 || !(nodeOom || nodeCrash)) break;
         ctx.annotate(
           `attempt ${i}: Node/V8 ${nodeOom ? 'aborted' : 'crashed'} for want of a mapping: ` +
-            (nodeOom ? (r.stderr.split('\n').find((l) => l.trim()) ?? '') : backtrace!.split('\n').slice(0, 6).join(' | ')),
+            (nodeOom
+              ? (r.stderr.split('\n').find((l) => l.trim()) ?? '')
+              : backtrace!.split('\n').slice(0, 6).join(' | ')),
         );
       }
     } finally {
@@ -211,7 +227,10 @@ function memoryCgroup(): { version: 1 | 2; parent: string } | string {
   } catch {
     // not a v2 root
   }
-  const line = fs.readFileSync('/proc/self/cgroup', 'utf8').split('\n').find((l) => /^\d+:([^:]*,)?memory(,[^:]*)?:/.test(l));
+  const line = fs
+    .readFileSync('/proc/self/cgroup', 'utf8')
+    .split('\n')
+    .find((l) => /^\d+:([^:]*,)?memory(,[^:]*)?:/.test(l));
   if (line && fs.existsSync('/sys/fs/cgroup/memory/cgroup.procs')) {
     // Under our own group, so whatever limits it has still apply to the child.
     return { version: 1, parent: path.join('/sys/fs/cgroup/memory', line.split(':')[2]!) };
@@ -286,9 +305,10 @@ describe('unmerging under a memory cgroup that cannot hold the copies', () => {
           const end = await exited;
           clearTimeout(timer);
           expect(hung, 'unmerging hung for 60 s').toBe(false);
-          const oomKills = cg.version === 2
-            ? Number(/oom_kill (\d+)/.exec(fs.readFileSync(path.join(dir, 'memory.events'), 'utf8'))?.[1] ?? 0)
-            : Number(/oom_kill (\d+)/.exec(fs.readFileSync(path.join(dir, 'memory.oom_control'), 'utf8'))?.[1] ?? 0);
+          const oomKills =
+            cg.version === 2
+              ? Number(/oom_kill (\d+)/.exec(fs.readFileSync(path.join(dir, 'memory.events'), 'utf8'))?.[1] ?? 0)
+              : Number(/oom_kill (\d+)/.exec(fs.readFileSync(path.join(dir, 'memory.oom_control'), 'utf8'))?.[1] ?? 0);
           const result = lines[1]?.result;
           const outcome = `outcome: ${JSON.stringify(result ?? end)}, ${lines[1]?.ms ?? '?'} ms (cgroup OOM kills: ${oomKills})`;
           ctx.annotate(outcome);
@@ -345,8 +365,12 @@ describe('read-only /sys/kernel/mm/ksm (private mount namespace)', () => {
     const before = snapshot();
     try {
       const cmd = `mount --bind ${KSM} ${KSM} && mount -o remount,bind,ro ${KSM} && exec "$0" "$@"`;
-      const r = runChild(script, { cmd: ['unshare', '-m', '--propagation', 'private', 'sh', '-c', cmd], args: [stateDir] });
-      if (r.status !== 0 && r.lines.length === 0) return ctx.skip(`cannot make a read-only mount namespace here: ${r.stderr.split('\n')[0]}`);
+      const r = runChild(script, {
+        cmd: ['unshare', '-m', '--propagation', 'private', 'sh', '-c', cmd],
+        args: [stateDir],
+      });
+      if (r.status !== 0 && r.lines.length === 0)
+        return ctx.skip(`cannot make a read-only mount namespace here: ${r.stderr.split('\n')[0]}`);
       expect(r.signal, r.stderr).toBeNull();
       const res = r.lines[0]!;
       expect(res.readOnly).toBe(true);

@@ -26,11 +26,24 @@ describe('API fuzzer', () => {
     requireNative(ctx);
     // A start that changes each run covers new sequences; a failure prints its replay command.
     const start = 1 + (Date.now() % 1_000_000);
-    const r = spawnSync(process.execPath, [path.join(ROOT, 'fuzz/run.mjs'), '--seeds', String(SEEDS), '--ops', String(OPS), '--start', String(start), '--json'], {
-      cwd: ROOT,
-      encoding: 'utf8',
-      timeout: 600_000,
-    });
+    const r = spawnSync(
+      process.execPath,
+      [
+        path.join(ROOT, 'fuzz/run.mjs'),
+        '--seeds',
+        String(SEEDS),
+        '--ops',
+        String(OPS),
+        '--start',
+        String(start),
+        '--json',
+      ],
+      {
+        cwd: ROOT,
+        encoding: 'utf8',
+        timeout: 600_000,
+      },
+    );
     const report = JSON.parse(r.stdout.trim().split('\n').pop()!);
     expect(report.failures, r.stderr).toEqual([]);
     expect(report.passed).toBe(SEEDS);
@@ -53,7 +66,9 @@ describe('regressions found by the fuzzer', () => {
 
   it('markMergeable() refuses a view over a SharedArrayBuffer with ERR_INVALID_ARG_TYPE', () => {
     const view = new Uint8Array(new SharedArrayBuffer(pageSize * 2));
-    expect(() => markMergeable(view)).toThrow(expect.objectContaining({ name: 'TypeError', code: 'ERR_INVALID_ARG_TYPE' }));
+    expect(() => markMergeable(view)).toThrow(
+      expect.objectContaining({ name: 'TypeError', code: 'ERR_INVALID_ARG_TYPE' }),
+    );
     expect(() => markMergeable(new DataView(new SharedArrayBuffer(pageSize * 2)))).toThrow(
       expect.objectContaining({ code: 'ERR_INVALID_ARG_TYPE' }),
     );
@@ -63,7 +78,7 @@ describe('regressions found by the fuzzer', () => {
   // throws V8's own TypeError (no code).
   it('bufferStats() of a detached DataView answers without a code-less TypeError', () => {
     const dv = new DataView(new ArrayBuffer(pageSize * 2), 8, 8);
-    detached(dv.buffer as ArrayBuffer);
+    detached(dv.buffer);
     let thrown: unknown;
     try {
       bufferStats(dv);

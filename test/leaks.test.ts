@@ -126,7 +126,10 @@ interface LeakReport {
 function run(mode: string, n: number): LeakReport {
   // A fixed, small young generation: V8 otherwise grows it with the allocation rate (by
   // megabytes, in steps) and shrinks it when it likes, which is V8's noise, not ours.
-  const r = spawnSync(process.execPath, ['--expose-gc', '--max-semi-space-size=1', '-e', CHILD, mode, String(n)], { encoding: 'utf8', timeout: 300_000 });
+  const r = spawnSync(process.execPath, ['--expose-gc', '--max-semi-space-size=1', '-e', CHILD, mode, String(n)], {
+    encoding: 'utf8',
+    timeout: 300_000,
+  });
   expect(r.signal, r.stderr).toBeNull();
   expect(r.status, r.stderr).toBe(0);
   return JSON.parse(r.stdout.trim().split('\n').pop()!) as LeakReport;
@@ -149,7 +152,8 @@ function expectBack(rep: LeakReport, ctx: { annotate: (m: string) => void }, rss
 }
 
 // The sanitizer's allocator keeps freed memory in quarantine: RSS means nothing there.
-const skip = (ctx: { skip: (note?: string) => void }) => requireNative(ctx, 'RSS is not comparable under AddressSanitizer');
+const skip = (ctx: { skip: (note?: string) => void }) =>
+  requireNative(ctx, 'RSS is not comparable under AddressSanitizer');
 
 describe('leaks', () => {
   it('1,000,000 alloc/free pairs leave maps and RSS at their baseline (1 %, 2 MiB floor)', (ctx) => {

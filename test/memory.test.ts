@@ -17,13 +17,15 @@ import {
   processMerging,
   setMergeable,
   setProcessMerging,
-  trimHeap,
 } from '../lib/memory';
 
 /** The /proc/self/maps line of the mapping that starts at the buffer. */
 function mapsLineAt(buf: Buffer): string | undefined {
   const addr = binding!.addressOf(buf).toString(16);
-  return fs.readFileSync('/proc/self/maps', 'utf8').split('\n').find((l) => l.startsWith(`${addr}-`));
+  return fs
+    .readFileSync('/proc/self/maps', 'utf8')
+    .split('\n')
+    .find((l) => l.startsWith(`${addr}-`));
 }
 
 /** The VmFlags of the smaps entry containing `buf`'s first byte. */
@@ -42,11 +44,12 @@ function vmFlagsAt(buf: Buffer): string[] {
 /** Window mode: the runtime refuses external ArrayBuffers, buffers are windows of V8 memory. */
 const WINDOW = binding?.mode === 'window';
 
-
 describe('pageSize', () => {
   it('comes from the system', () => {
     // getconf asks sysconf(_SC_PAGESIZE) too, from another program.
-    const fromGetconf = Number(require('node:child_process').execFileSync('getconf', ['PAGESIZE'], { encoding: 'utf8' }));
+    const fromGetconf = Number(
+      require('node:child_process').execFileSync('getconf', ['PAGESIZE'], { encoding: 'utf8' }),
+    );
     expect(pageSize).toBe(fromGetconf);
   });
 });
@@ -68,7 +71,10 @@ describe('alloc', () => {
     expect(line).toBeDefined();
     // The mapping covers whole pages: 4 here (the kernel may join it with a neighbour,
     // so the VMA is at least that long).
-    const [start, end] = line!.split(' ')[0]!.split('-').map((h) => BigInt(`0x${h}`));
+    const [start, end] = line!
+      .split(' ')[0]!
+      .split('-')
+      .map((h) => BigInt(`0x${h}`));
     expect(end! - start!).toBeGreaterThanOrEqual(BigInt(4 * pageSize));
     buf.fill(0xab);
     expect(buf[size - 1]).toBe(0xab);
@@ -94,7 +100,8 @@ describe('alloc', () => {
   });
 
   it('rejects bad sizes and options with Node-style errors', () => {
-    for (const bad of ['1', null, undefined, {}, 1n, [1]]) expectCode(() => alloc(bad as never), TypeError, 'ERR_INVALID_ARG_TYPE');
+    for (const bad of ['1', null, undefined, {}, 1n, [1]])
+      expectCode(() => alloc(bad as never), TypeError, 'ERR_INVALID_ARG_TYPE');
     for (const bad of [-1, 1.5, NaN, Infinity, -Infinity, maxAllocSize + 1, 2 ** 64]) {
       expectCode(() => alloc(bad), RangeError, 'ERR_OUT_OF_RANGE');
     }
@@ -140,7 +147,9 @@ describe('from', () => {
 
   it('copies nothing from a view its resizable buffer no longer reaches', () => {
     // A DataView's getters throw then (V8 calls it detached); a TypedArray reads as empty.
-    const ab = new ArrayBuffer(2 * pageSize, { maxByteLength: 4 * pageSize } as never) as ArrayBuffer & { resize(n: number): void };
+    const ab = new ArrayBuffer(2 * pageSize, { maxByteLength: 4 * pageSize }) as ArrayBuffer & {
+      resize(n: number): void;
+    };
     const dv = new DataView(ab, pageSize, 100);
     const u8 = new Uint8Array(ab, pageSize, 100);
     ab.resize(pageSize);
@@ -308,7 +317,10 @@ describe('trimHeap', () => {
     `;
     const r = spawnSync(process.execPath, ['--expose-gc', '-e', script], { encoding: 'utf8', timeout: 60_000 });
     expect(r.status, r.stderr).toBe(0);
-    const { base, full, freed, trimmed, supported, arrayBuffers } = JSON.parse(r.stdout.trim()) as Record<string, number>;
+    const { base, full, freed, trimmed, supported, arrayBuffers } = JSON.parse(r.stdout.trim()) as Record<
+      string,
+      number
+    >;
     expect(supported).toBe(true);
     const MiB = 1024 * 1024;
     const figures = `RssAnon ${base! >> 20} MiB at start, ${full! >> 20} full, ${freed! >> 20} freed, ${trimmed! >> 20} trimmed`;

@@ -9,8 +9,6 @@ import { execFileSync, spawnSync, type SpawnSyncReturns } from 'node:child_proce
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { publint } from 'publint';
-import { formatMessage } from 'publint/utils';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 const root = path.join(__dirname, '..');
@@ -68,7 +66,11 @@ beforeAll(() => {
   tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'node-ksm-package-'));
   // --ignore-scripts: `prepare` would rewrite dist/ under other test runs; dist/ is built
   // before the tests (npm test's pretest, CI's build:ts).
-  const out = execFileSync('npm', ['pack', '--ignore-scripts', '--json', '--pack-destination', tmp], { cwd: root, env, encoding: 'utf8' });
+  const out = execFileSync('npm', ['pack', '--ignore-scripts', '--json', '--pack-destination', tmp], {
+    cwd: root,
+    env,
+    encoding: 'utf8',
+  });
   const [info] = JSON.parse(out) as Array<{ filename: string; files: Array<{ path: string }> }>;
   tarball = path.join(tmp, info!.filename);
   packed = info!.files.map((f) => f.path).sort();
@@ -98,7 +100,9 @@ describe('npm pack', () => {
       const js = f.replace(/\.ts$/, '');
       expected.push(`lib/${f}`, `dist/${js}.js`, `dist/${js}.d.ts`, `dist/${js}.js.map`);
     }
-    const prebuilds = fs.existsSync(path.join(root, 'prebuilds')) ? walk(path.join(root, 'prebuilds')).map((f) => `prebuilds/${f}`) : [];
+    const prebuilds = fs.existsSync(path.join(root, 'prebuilds'))
+      ? walk(path.join(root, 'prebuilds')).map((f) => `prebuilds/${f}`)
+      : [];
     // A missing dist file means dist/ is older than lib/: npm run build:ts.
     expect(expected.concat(prebuilds).filter((f) => !packed.includes(f))).toEqual([]);
 
@@ -107,6 +111,8 @@ describe('npm pack', () => {
   });
 
   it('passes publint --strict', async () => {
+    const { publint } = await import('publint');
+    const { formatMessage } = await import('publint/utils');
     const { messages, pkg } = await publint({ pkgDir: root, strict: true, level: 'suggestion' });
     expect(messages.map((m) => formatMessage(m, pkg) ?? m.code)).toEqual([]);
   });
@@ -137,15 +143,25 @@ ${USE}`,
   }, INSTALL_TIMEOUT);
 
   it('loads the prebuild for this platform, or the binary it built from source', () => {
-    expect(loadedBinary(dir)).toBe(prebuilt ? packed.find((f) => f.startsWith(hostPrebuild)) : 'build/Release/ksm.node');
+    expect(loadedBinary(dir)).toBe(
+      prebuilt ? packed.find((f) => f.startsWith(hostPrebuild)) : 'build/Release/ksm.node',
+    );
     // With a prebuild, installing compiles nothing.
     expect(fs.existsSync(path.join(dir, 'node_modules/node-ksm/build'))).toBe(!prebuilt);
   });
 
-  for (const [kind, file] of [['import (ESM)', 'esm.mjs'], ['require (CommonJS)', 'cjs.cjs']] as const) {
+  for (const [kind, file] of [
+    ['import (ESM)', 'esm.mjs'],
+    ['require (CommonJS)', 'cjs.cjs'],
+  ] as const) {
     it(`works through ${kind}`, () => {
       const out = JSON.parse(ok(run(process.execPath, [file], dir))) as Record<string, unknown>;
-      expect(out).toMatchObject({ version: expect.any(String), sameModule: true, withKsm: 'function', Arena: 'function' });
+      expect(out).toMatchObject({
+        version: expect.any(String),
+        sameModule: true,
+        withKsm: 'function',
+        Arena: 'function',
+      });
       if (out.available) expect(out).toMatchObject({ length: 3 * (out.pageSize as number), freed: true, afterFree: 0 });
       else expect(out).toMatchObject({ allocError: 'ERR_KSM_UNSUPPORTED', isKsmError: true });
       expect(out.mode).toMatch(/^(external|window)$/);
@@ -225,10 +241,13 @@ console.log(JSON.stringify(out));`;
       expect(out.isKsmBuffer).toBe(false);
       expect(out.support).toMatchObject({ available: false, mode: 'none', running: false, canConfigure: false });
       expect(out.support.reasons.join(' ')).toMatch(/Linux feature; this is darwin/);
-      for (const [name, result] of Object.entries(out.calls)) expect([name, result]).toEqual([name, 'KsmError ERR_KSM_UNSUPPORTED']);
+      for (const [name, result] of Object.entries(out.calls))
+        expect([name, result]).toEqual([name, 'KsmError ERR_KSM_UNSUPPORTED']);
     }
     // The command says so in one line and exits 1, without a stack trace.
-    const cli = run(process.execPath, ['node_modules/node-ksm/dist/cli/main.js', 'status'], dir, { NODE_KSM_FORCE_PLATFORM: 'darwin' });
+    const cli = run(process.execPath, ['node_modules/node-ksm/dist/cli/main.js', 'status'], dir, {
+      NODE_KSM_FORCE_PLATFORM: 'darwin',
+    });
     expect([cli.status, cli.signal]).toEqual([1, null]);
     expect(cli.stderr + cli.stdout).toMatch(/Linux feature/);
     expect(cli.stderr).not.toMatch(/\n\s+at /);
@@ -250,7 +269,13 @@ console.log(JSON.stringify(out));`;
     fs.mkdirSync(unpacked);
     ok(run('tar', ['-xzf', tarball, '-C', unpacked], tmp));
     fs.rmSync(path.join(unpacked, 'package/prebuilds'), { recursive: true });
-    const name = ok(run('npm', ['pack', '--ignore-scripts', '--silent', '--pack-destination', unpacked], path.join(unpacked, 'package'))).trim();
+    const name = ok(
+      run(
+        'npm',
+        ['pack', '--ignore-scripts', '--silent', '--pack-destination', unpacked],
+        path.join(unpacked, 'package'),
+      ),
+    ).trim();
     return (bare = path.join(unpacked, name));
   }
 
@@ -263,7 +288,13 @@ console.log(JSON.stringify(out));`;
     if (process.env.NODE_KSM_SKIP_SOURCE_BUILD === '1') ctx.skip('NODE_KSM_SKIP_SOURCE_BUILD=1');
     const built = consumer('from-source', withoutPrebuilds());
     expect(loadedBinary(built)).toBe('build/Release/ksm.node');
-    ok(run(process.execPath, ['-e', `const k = require('node-ksm'); k.support().mode === 'none' && process.exit(1); k.free(k.alloc(1))`], built));
+    ok(
+      run(
+        process.execPath,
+        ['-e', `const k = require('node-ksm'); k.support().mode === 'none' && process.exit(1); k.free(k.alloc(1))`],
+        built,
+      ),
+    );
   });
 
   it('with neither a prebuild nor a build, still imports and says what to do', () => {
@@ -272,7 +303,10 @@ console.log(JSON.stringify(out));`;
       ok(
         run(
           process.execPath,
-          ['-e', `const k = require('node-ksm'); let code; try { k.alloc(1) } catch (e) { code = e.code } console.log(JSON.stringify({ s: k.support(), code }))`],
+          [
+            '-e',
+            `const k = require('node-ksm'); let code; try { k.alloc(1) } catch (e) { code = e.code } console.log(JSON.stringify({ s: k.support(), code }))`,
+          ],
           none,
         ),
       ),

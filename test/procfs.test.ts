@@ -136,16 +136,35 @@ describe('malformed ksm_stat', () => {
 
 describe('/sys/kernel/mm/ksm, kernel by kernel', () => {
   const oldFiles = [
-    'full_scans', 'max_page_sharing', 'merge_across_nodes', 'pages_shared', 'pages_sharing', 'pages_to_scan',
-    'pages_unshared', 'pages_volatile', 'run', 'sleep_millisecs', 'stable_node_chains',
-    'stable_node_chains_prune_millisecs', 'stable_node_dups', 'use_zero_pages',
+    'full_scans',
+    'max_page_sharing',
+    'merge_across_nodes',
+    'pages_shared',
+    'pages_sharing',
+    'pages_to_scan',
+    'pages_unshared',
+    'pages_volatile',
+    'run',
+    'sleep_millisecs',
+    'stable_node_chains',
+    'stable_node_chains_prune_millisecs',
+    'stable_node_dups',
+    'use_zero_pages',
   ];
 
   it.each(['5.15', '5.19', '6.1'])('%s: the old files only; newer ones are undefined', (kernel) => {
     const files = sysfsTexts(kernel);
     expect(Object.keys(files).sort()).toEqual(oldFiles);
     const s = computeSystemStats(files, pageSize);
-    for (const newer of ['generalProfit', 'ksmZeroPages', 'smartScan', 'pagesSkipped', 'pagesScanned', 'advisorMode', 'advisorMaxCpu']) {
+    for (const newer of [
+      'generalProfit',
+      'ksmZeroPages',
+      'smartScan',
+      'pagesSkipped',
+      'pagesScanned',
+      'advisorMode',
+      'advisorMaxCpu',
+    ]) {
       expect(s).not.toHaveProperty(newer);
       expect((s as unknown as Record<string, unknown>)[newer]).toBeUndefined();
     }
@@ -156,7 +175,14 @@ describe('/sys/kernel/mm/ksm, kernel by kernel', () => {
 
   it('5.15: the figures', () => {
     const s = computeSystemStats(sysfsTexts('5.15'), pageSize);
-    expect(s).toMatchObject({ run: 1, pagesToScan: 100, pagesShared: 1500, pagesSharing: 6000, fullScans: 12, useZeroPages: 0 });
+    expect(s).toMatchObject({
+      run: 1,
+      pagesToScan: 100,
+      pagesShared: 1500,
+      pagesSharing: 6000,
+      fullScans: 12,
+      useZeroPages: 0,
+    });
     expect(s.sharingRatio).toBe(4);
   });
 
@@ -171,8 +197,19 @@ describe('/sys/kernel/mm/ksm, kernel by kernel', () => {
   it('6.8: advisor mode as a string, negative general_profit, zero pages counted in savedBytes', () => {
     const s = computeSystemStats(sysfsTexts('6.8'), pageSize);
     expect(s.advisorMode).toBe('scan-time');
-    expect(s).toMatchObject({ advisorMaxCpu: 70, advisorTargetScanTime: 200, advisorMinPagesToScan: 500, advisorMaxPagesToScan: 30000 });
-    expect(s).toMatchObject({ smartScan: 1, pagesSkipped: 777, pagesScanned: 123456, useZeroPages: 1, ksmZeroPages: 512 });
+    expect(s).toMatchObject({
+      advisorMaxCpu: 70,
+      advisorTargetScanTime: 200,
+      advisorMinPagesToScan: 500,
+      advisorMaxPagesToScan: 30000,
+    });
+    expect(s).toMatchObject({
+      smartScan: 1,
+      pagesSkipped: 777,
+      pagesScanned: 123456,
+      useZeroPages: 1,
+      ksmZeroPages: 512,
+    });
     expect(s.generalProfit).toBe(-4261888);
     expect(s.savedBytes).toBe((10 + 512) * pageSize);
     expect(s.sharingRatio).toBe(2);
@@ -183,7 +220,13 @@ describe('/sys/kernel/mm/ksm, kernel by kernel', () => {
     const s = computeSystemStats(files, pageSize);
     for (const file of Object.keys(files)) expect(s, file).toHaveProperty(camelCase(file));
     expect(s.advisorMode).toBe('none');
-    expect(s).toMatchObject({ pagesShared: 2048, pagesSharing: 2048, generalProfit: 8126464, ksmZeroPages: 0, smartScan: 0 });
+    expect(s).toMatchObject({
+      pagesShared: 2048,
+      pagesSharing: 2048,
+      generalProfit: 8126464,
+      ksmZeroPages: 0,
+      smartScan: 0,
+    });
     expect(s.savedBytes).toBe(2048 * pageSize);
     expect(s.sharingRatio).toBe(1);
     // general_profit = saved - rmap items × sizeof(struct ksm_rmap_item), 64 bytes on 64-bit.
@@ -256,7 +299,13 @@ describe('smaps', () => {
     expect(entries).toHaveLength(3);
     expect(smapsHasKsm(text)).toBe(false);
     expect(entries.every((e) => e.bytes.KSM === undefined)).toBe(true);
-    expect(entries[1]).toMatchObject({ start: 0x7f0e1c000000n, end: 0x7f0e1e000000n, perms: 'rw-p', inode: 0, pathname: '' });
+    expect(entries[1]).toMatchObject({
+      start: 0x7f0e1c000000n,
+      end: 0x7f0e1e000000n,
+      perms: 'rw-p',
+      inode: 0,
+      pathname: '',
+    });
     expect(entries[1]!.vmFlags).toContain('mg');
     expect(entries[2]!.vmFlags).not.toContain('mg');
     expect(entries[1]!.bytes.Rss).toBe(32768 * KiB);
@@ -299,11 +348,19 @@ describe('maps and stat', () => {
   it('parses maps lines, and skips what is not one', () => {
     const entries = parseMaps(fixture('6.18', 'maps')!);
     expect(entries.map((e) => e.pathname)).toEqual([
-      '/usr/bin/node', '/usr/bin/node', '/usr/bin/node', '[heap]', '[vdso]', '[stack]', '[vsyscall]',
+      '/usr/bin/node',
+      '/usr/bin/node',
+      '/usr/bin/node',
+      '[heap]',
+      '[vdso]',
+      '[stack]',
+      '[vsyscall]',
     ]);
     expect(entries[6]!.end).toBe(0xffffffffff601000n);
     expect(parseMaps(fixture('malformed', 'maps-garbage')!)).toEqual([]);
-    expect(parseMapsLine('7f00-7f01 rw-p 00000000 00:00 0   /tmp/a file (deleted)')!.pathname).toBe('/tmp/a file (deleted)');
+    expect(parseMapsLine('7f00-7f01 rw-p 00000000 00:00 0   /tmp/a file (deleted)')!.pathname).toBe(
+      '/tmp/a file (deleted)',
+    );
   });
 
   it("parses ksmd's /proc/<pid>/stat, and a command name with spaces and parentheses", () => {

@@ -69,9 +69,18 @@ describe('collectKsmMetrics', () => {
     const families = parseExposition(await registry.metrics());
     expectConventions(families);
     for (const name of [
-      'ksm_pages_sharing', 'ksm_pages_shared', 'ksm_saved_bytes', 'ksm_general_profit_bytes', 'ksm_full_scans_total',
-      'ksm_pages_to_scan', 'ksm_sleep_seconds', 'ksm_run', 'ksmd_cpu_seconds_total', 'ksm_process_merging_pages',
-      'ksm_process_profit_bytes', 'ksm_page_size_bytes',
+      'ksm_pages_sharing',
+      'ksm_pages_shared',
+      'ksm_saved_bytes',
+      'ksm_general_profit_bytes',
+      'ksm_full_scans_total',
+      'ksm_pages_to_scan',
+      'ksm_sleep_seconds',
+      'ksm_run',
+      'ksmd_cpu_seconds_total',
+      'ksm_process_merging_pages',
+      'ksm_process_profit_bytes',
+      'ksm_page_size_bytes',
     ]) {
       expect(families.has(name), name).toBe(true);
     }
@@ -150,7 +159,10 @@ describe('collectKsmMetrics', () => {
   test('prom-client is loaded only by node-ksm/prometheus', () => {
     const r = spawnSync(
       process.execPath,
-      ['-e', "require('./dist/index.js'); console.log(Object.keys(require.cache).some((k) => k.includes('prom-client')))"],
+      [
+        '-e',
+        "require('./dist/index.js'); console.log(Object.keys(require.cache).some((k) => k.includes('prom-client')))",
+      ],
       { cwd: ROOT, encoding: 'utf8' },
     );
     expect(r.stdout.trim()).toBe('false');
@@ -168,15 +180,26 @@ describe('node-ksm exporter', () => {
   }, 120_000);
 
   async function startExporter(args: string[], env: NodeJS.ProcessEnv = process.env) {
-    const child = spawn(process.execPath, [MAIN, 'exporter', '--json', '--port', '0', ...args], { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [MAIN, 'exporter', '--json', '--port', '0', ...args], {
+      cwd: ROOT,
+      env,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     children.push(child);
     let out = '';
     let err = '';
-    child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
-    child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
+    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (err += d.toString()));
     const exit = new Promise<number | null>((resolve) => child.on('close', resolve));
     await Promise.race([pollUntil(() => out.includes('\n'), 30_000), exit]);
-    return { child, exit, info: out.includes('\n') ? (JSON.parse(out.split('\n')[0]!) as { url: string; address: string; port: number }) : undefined, err: () => err };
+    return {
+      child,
+      exit,
+      info: out.includes('\n')
+        ? (JSON.parse(out.split('\n')[0]!) as { url: string; address: string; port: number })
+        : undefined,
+      err: () => err,
+    };
   }
 
   /** The local address of the socket listening on `port`, from /proc/net/tcp (state 0A). */
@@ -204,7 +227,13 @@ describe('node-ksm exporter', () => {
     const families = parseExposition(text);
     expectConventions(families);
     const s = systemStats();
-    for (const name of ['ksm_pages_sharing', 'ksm_saved_bytes', 'ksm_general_profit_bytes', 'ksm_full_scans_total', 'ksmd_cpu_seconds_total']) {
+    for (const name of [
+      'ksm_pages_sharing',
+      'ksm_saved_bytes',
+      'ksm_general_profit_bytes',
+      'ksm_full_scans_total',
+      'ksmd_cpu_seconds_total',
+    ]) {
       expect(families.has(name), `${name} in\n${text}\n${e.err()}`).toBe(true);
     }
     // The exporter describes the host, not its own process.
@@ -230,7 +259,11 @@ describe('node-ksm exporter', () => {
   test('a port in use is exit 1 with the fix', async (ctx) => {
     requireKsm(ctx);
     const first = await startExporter([]);
-    const r = spawnSync(process.execPath, [MAIN, 'exporter', '--port', String(first.info!.port)], { cwd: ROOT, encoding: 'utf8', timeout: 30_000 });
+    const r = spawnSync(process.execPath, [MAIN, 'exporter', '--port', String(first.info!.port)], {
+      cwd: ROOT,
+      encoding: 'utf8',
+      timeout: 30_000,
+    });
     expect(r.status).toBe(1);
     expect(r.stderr).toMatch(/in use.*--port/);
     first.child.kill('SIGTERM');
@@ -247,10 +280,20 @@ describe('node-ksm exporter', () => {
       "const M = require('module'); const r = M._resolveFilename; M._resolveFilename = function (req, ...a) { if (req === 'prom-client') { const e = new Error('Cannot find module prom-client'); e.code = 'MODULE_NOT_FOUND'; throw e; } return r.call(this, req, ...a); };",
     );
     const env = { ...process.env, NODE_OPTIONS: `--require ${hide}` };
-    const exporter = spawnSync(process.execPath, [MAIN, 'exporter', '--port', '0'], { cwd: ROOT, env, encoding: 'utf8', timeout: 30_000 });
+    const exporter = spawnSync(process.execPath, [MAIN, 'exporter', '--port', '0'], {
+      cwd: ROOT,
+      env,
+      encoding: 'utf8',
+      timeout: 30_000,
+    });
     expect(exporter.status).toBe(1);
     expect(exporter.stderr).toMatch(/npm install prom-client/);
-    const status = spawnSync(process.execPath, [MAIN, 'status', '--json'], { cwd: ROOT, env, encoding: 'utf8', timeout: 30_000 });
+    const status = spawnSync(process.execPath, [MAIN, 'status', '--json'], {
+      cwd: ROOT,
+      env,
+      encoding: 'utf8',
+      timeout: 30_000,
+    });
     expect(status.status).toBe(0);
   });
 });

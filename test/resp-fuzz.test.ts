@@ -83,9 +83,12 @@ function parse(buf: Buffer, at: number): { value: Reply; end: number } | undefin
   if (nl < 0) return undefined;
   const line = buf.toString('latin1', at + 1, nl);
   switch (buf[at]) {
-    case 0x2b: return { value: line, end: nl + 2 };
-    case 0x2d: return { value: { error: line }, end: nl + 2 };
-    case 0x3a: return { value: Number(line), end: nl + 2 };
+    case 0x2b:
+      return { value: line, end: nl + 2 };
+    case 0x2d:
+      return { value: { error: line }, end: nl + 2 };
+    case 0x3a:
+      return { value: Number(line), end: nl + 2 };
     case 0x24: {
       const n = Number(line);
       if (n < 0) return { value: null, end: nl + 2 };
@@ -142,7 +145,10 @@ async function goodClientStillServed(): Promise<void> {
 }
 
 /** Sends bytes on a new connection; collects what comes back until the server closes it or goes quiet. */
-async function hostile(bytes: Buffer | Buffer[], { quietMs = 300, perChunkDelayMs = 0 } = {}): Promise<{ text: string; closed: boolean }> {
+async function hostile(
+  bytes: Buffer | Buffer[],
+  { quietMs = 300, perChunkDelayMs = 0 } = {},
+): Promise<{ text: string; closed: boolean }> {
   const s = net.connect(port, '127.0.0.1');
   s.on('error', () => {});
   let text = '';
@@ -238,9 +244,13 @@ describe.skipIf(!present)('cache server under a RESP fuzzer', () => {
     const c = new Client(port);
     await c.ready();
     await c.command('SET', 'str', 'x');
-    expect(await c.command('INCR', 'str')).toMatchObject({ error: expect.stringMatching(/^ERR value is not an integer/) });
+    expect(await c.command('INCR', 'str')).toMatchObject({
+      error: expect.stringMatching(/^ERR value is not an integer/),
+    });
     expect(await c.command('GET')).toMatchObject({ error: expect.stringMatching(/wrong number of arguments/) });
-    expect(await c.command('NOSUCHCOMMAND', 'a')).toMatchObject({ error: expect.stringMatching(/^ERR unknown command/) });
+    expect(await c.command('NOSUCHCOMMAND', 'a')).toMatchObject({
+      error: expect.stringMatching(/^ERR unknown command/),
+    });
     expect(await c.command('SET', 'k', 'v', 'EX', '-1')).toMatchObject({ error: expect.any(String) });
     expect(await c.command('SET', 'k', 'v', 'PX', '99999999999999999999')).toMatchObject({ error: expect.any(String) });
     expect(await c.command('PING')).toBe('PONG');
@@ -274,12 +284,18 @@ describe.skipIf(!present)('cache server under a RESP fuzzer', () => {
     const commands = () => {
       const k = `f:${int(50)}`;
       switch (int(6)) {
-        case 0: return encode(['SET', k, crypto.randomBytes(int(20000))]);
-        case 1: return encode(['GET', k]);
-        case 2: return encode(['DEL', k]);
-        case 3: return encode(['INCR', k]);
-        case 4: return encode(['MGET', ...Array.from({ length: 1 + int(20) }, (_, i) => `k:${i}`)]);
-        default: return Buffer.from(`${['PING', 'ECHO hi', 'EXISTS k:1', 'TTL k:2'][int(4)]}\r\n`);
+        case 0:
+          return encode(['SET', k, crypto.randomBytes(int(20000))]);
+        case 1:
+          return encode(['GET', k]);
+        case 2:
+          return encode(['DEL', k]);
+        case 3:
+          return encode(['INCR', k]);
+        case 4:
+          return encode(['MGET', ...Array.from({ length: 1 + int(20) }, (_, i) => `k:${i}`)]);
+        default:
+          return Buffer.from(`${['PING', 'ECHO hi', 'EXISTS k:1', 'TTL k:2'][int(4)]}\r\n`);
       }
     };
     for (let round = 0; round < 400; round++) {

@@ -35,10 +35,14 @@ class Service {
 
   constructor(args: string[]) {
     // detached: a process group of its own, so the workers die with it in finally.
-    this.child = spawn(process.execPath, [SERVER, '--workers', '2', '--mib', String(MIB), '--port', '0', '--log', 'json', ...args], {
-      detached: true,
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
+    this.child = spawn(
+      process.execPath,
+      [SERVER, '--workers', '2', '--mib', String(MIB), '--port', '0', '--log', 'json', ...args],
+      {
+        detached: true,
+        stdio: ['ignore', 'pipe', 'pipe'],
+      },
+    );
     readline.createInterface({ input: this.child.stdout! }).on('line', (line) => {
       try {
         this.events.push(JSON.parse(line));
@@ -62,7 +66,9 @@ class Service {
       if (found) return found;
       const bad = this.events.find((e) => e.event === 'error' || e.event === 'merge-stalled');
       if (bad || this.exited || Date.now() > deadline) {
-        throw new Error(`waiting for "${name}": ${JSON.stringify(bad ?? { exited: this.exited })}\n${this.events.map((e) => JSON.stringify(e)).join('\n')}\n${this.stderr.join('\n')}`);
+        throw new Error(
+          `waiting for "${name}": ${JSON.stringify(bad ?? { exited: this.exited })}\n${this.events.map((e) => JSON.stringify(e)).join('\n')}\n${this.stderr.join('\n')}`,
+        );
       }
       await new Promise<void>((resolve) => {
         const t = setTimeout(resolve, 200);
@@ -85,7 +91,10 @@ class Service {
   }
 }
 
-async function withService<T>(args: string[], fn: (s: Service, workers: Worker[], port: number) => Promise<T>): Promise<T> {
+async function withService<T>(
+  args: string[],
+  fn: (s: Service, workers: Worker[], port: number) => Promise<T>,
+): Promise<T> {
   const s = new Service(args);
   try {
     const ready = await s.next('ready', 120_000);
@@ -101,7 +110,11 @@ async function get(port: number, url: string): Promise<{ status: number; body: a
 }
 
 async function put(port: number, url: string, body: string): Promise<{ status: number; body: any }> {
-  const r = await fetch(`http://127.0.0.1:${port}${url}`, { method: 'PUT', body, headers: { 'content-type': 'application/json' } });
+  const r = await fetch(`http://127.0.0.1:${port}${url}`, {
+    method: 'PUT',
+    body,
+    headers: { 'content-type': 'application/json' },
+  });
   return { status: r.status, body: await r.json() };
 }
 
@@ -142,7 +155,11 @@ describe('examples/shared-dataset', { timeout: 600_000 }, () => {
         expect(merging).toBeGreaterThanOrEqual(0.95 * 2 * PAGES);
         for (const w of workers) {
           const { body } = await get(w.directPort, '/stats');
-          expect(body).toMatchObject({ mode: 'ksm', worker: { id: w.id, pid: w.pid }, dataset: { bytes: MIB * 1024 * 1024, records: RECORDS } });
+          expect(body).toMatchObject({
+            mode: 'ksm',
+            worker: { id: w.id, pid: w.pid },
+            dataset: { bytes: MIB * 1024 * 1024, records: RECORDS },
+          });
           expect(body.dataset.buffer).toMatchObject({ mergeable: true, pages: PAGES });
           expect(body.dataset.buffer.mergedPages).toBeGreaterThanOrEqual(0.95 * PAGES);
           expect(body.system.savedBytes).toBeGreaterThan(0);
@@ -162,7 +179,10 @@ describe('examples/shared-dataset', { timeout: 600_000 }, () => {
         const written = [3, 5 * perPage + 7]; // records on pages 0 and 5
         const untouched = 3 * perPage + 1; // page 3, between them
         const before = (await get(a.directPort, '/stats')).body.dataset.buffer.mergedPages as number;
-        expect((await get(a.directPort, `/item/${untouched}?page`)).body.page).toMatchObject({ index: 3, merged: true });
+        expect((await get(a.directPort, `/item/${untouched}?page`)).body.page).toMatchObject({
+          index: 3,
+          merged: true,
+        });
 
         const updates = written.map((id) => Array.from({ length: FEATURES }, (_, k) => id + k / 3));
         for (const [i, id] of written.entries()) {
@@ -173,7 +193,12 @@ describe('examples/shared-dataset', { timeout: 600_000 }, () => {
         }
         for (const [i, id] of written.entries()) {
           const mine = (await get(a.directPort, `/item/${id}?page`)).body;
-          expect(mine).toMatchObject({ id, version: 1, features: updates[i]!.map(Math.fround), page: { merged: false } });
+          expect(mine).toMatchObject({
+            id,
+            version: 1,
+            features: updates[i]!.map(Math.fround),
+            page: { merged: false },
+          });
           expect((await get(b.directPort, `/item/${id}`)).body).toEqual({ ...expectedItem(id), worker: b.id });
         }
         // Only the written pages left the merged copy.
@@ -216,10 +241,16 @@ describe('examples/shared-dataset', { timeout: 600_000 }, () => {
     }));
 
   it('refuses bad options with a usage message', async () => {
-    for (const args of [['--workers', '0'], ['--mib', 'lots'], ['--log', 'xml'], ['--no-ksm', '--boost'], ['--bogus']]) {
+    for (const args of [
+      ['--workers', '0'],
+      ['--mib', 'lots'],
+      ['--log', 'xml'],
+      ['--no-ksm', '--boost'],
+      ['--bogus'],
+    ]) {
       const child = spawn(process.execPath, [SERVER, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
       let err = '';
-      child.stderr!.on('data', (c) => (err += c));
+      child.stderr.on('data', (c) => (err += c));
       const code = await new Promise((resolve) => child.on('exit', resolve));
       expect(code).toBe(2);
       expect(err).toContain('Usage:');

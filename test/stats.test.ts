@@ -54,174 +54,203 @@ function codeOf(fn: () => unknown): string | undefined {
 }
 
 describe('after two duplicate buffers merge (real kernel)', () => {
-  it('gives each buffer its own figure, and they agree with ksm_stat, smaps and sysfs', async (ctx) => {
-    requireKsm(ctx);
-    const size = 32 * MiB;
-    const pages = size / pageSize;
-    // Not mergeable yet, so that sysfs can be read before any of our pages can merge.
-    const a = alloc(size, { mergeable: false });
-    const b = alloc(size, { mergeable: false });
-    const random = alloc(size, { mergeable: false }); // right after the duplicates: likely the same mapping as theirs
-    live.push(a, b, random);
-    fillPages(a, 11, pageSize);
-    fillPages(b, 11, pageSize);
-    fillPages(random, 12, pageSize);
+  it(
+    'gives each buffer its own figure, and they agree with ksm_stat, smaps and sysfs',
+    async (ctx) => {
+      requireKsm(ctx);
+      const size = 32 * MiB;
+      const pages = size / pageSize;
+      // Not mergeable yet, so that sysfs can be read before any of our pages can merge.
+      const a = alloc(size, { mergeable: false });
+      const b = alloc(size, { mergeable: false });
+      const random = alloc(size, { mergeable: false }); // right after the duplicates: likely the same mapping as theirs
+      live.push(a, b, random);
+      fillPages(a, 11, pageSize);
+      fillPages(b, 11, pageSize);
+      fillPages(random, 12, pageSize);
 
-    // Everything is read under the lock, once merging is complete (or has stopped
-    // changing): then nobody else's use of ksmd can move the figures between two reads.
-    await withFastKsm(async () => {
-      for (const x of [a, b, random]) setMergeable(x, true);
-      const merged = await pollUntil(
-        () => bufferStats(a).mergedPages >= 0.95 * pages && bufferStats(b).mergedPages >= 0.95 * pages,
-        90_000,
-      );
-      expect(merged, `a ${bufferStats(a).mergedPages}, b ${bufferStats(b).mergedPages} of ${pages}`).toBe(true);
-      await pollUntil(() => bufferStats(a).mergedPages === pages && bufferStats(b).mergedPages === pages, 10_000);
-      const sysAfter = systemStats();
-      const all = () => [a, b, random].map((x) => bufferStats(x));
-      const sum = (s: BufferStats[]) => s.reduce((n, x) => n + x.mergedPages, 0);
-      await pollUntil(() => processStats().mergingPages === sum(all()), 10_000);
-      const [sa, sb, sr] = all() as [BufferStats, BufferStats, BufferStats];
-
-      for (const s of [sa, sb]) {
-        expect(s.bytes).toBe(size);
-        expect(s.pages).toBe(pages);
-        expect(s.mergedPages).toBeGreaterThanOrEqual(0.95 * pages);
-        expect(s.mergedPages).toBeLessThanOrEqual(pages);
-        expect(s.mergedBytes).toBe(s.mergedPages * pageSize);
-        expect(s.mergedBytes).toBeLessThanOrEqual(size);
-        expect(s.residentPages).toBe(pages);
-        expect(s.mergeable).toBe(true);
-        // Root reads kpageflags; smaps only when the buffer is a mapping of its own.
-        expect(['kpageflags', 'smaps']).toContain(s.method);
-      }
-      expect(sr.mergedPages).toBeLessThanOrEqual(0.01 * pages);
-      expect(sr.mergeable).toBe(true);
-
-      // The process: every merged page of ours is one ksm_merging_pages counts.
-      const proc = processStats();
-      expect(proc.mergingPages).toBe(sa.mergedPages + sb.mergedPages + sr.mergedPages);
-      expect(proc.mergedBytes).toBe(proc.mergingPages! * pageSize);
-      expect(proc.mergeable).toBe(true);
-      expect(proc.rmapItems).toBeGreaterThanOrEqual(proc.mergingPages!);
-
-      // smaps, read directly: our buffers are the only mergeable memory of this process.
-      const [lo, hi] = [a, b, random].map((x) => rangeOf(x)).reduce(([l, h], [s, e]) => [s < l ? s : l, e > h ? e : h]);
-      expect(smapsKsmBytes(0n, 2n ** 64n - 1n)).toBe(proc.mergingPages! * pageSize);
-      expect(smapsKsmBytes(lo, hi)).toBe(sa.mergedBytes + sb.mergedBytes + sr.mergedBytes);
-      for (const [buf, s] of [[a, sa], [b, sb], [random, sr]] as const) {
-        const [start, end] = rangeOf(buf);
-        const own = mappingsOver(start, end);
-        if (own.length === 1 && own[0]!.start === start && own[0]!.end === end) {
-          expect(s.method).toBe('smaps');
-          expect(smapsKsmBytes(start, end)).toBe(s.mergedBytes);
-        } else {
-          // Sharing a mapping: smaps can only speak for all of it, and says more than this buffer has.
-          expect(s.method).toBe('kpageflags');
-          expect(codeOf(() => bufferStats(buf, { method: 'smaps' }))).toBe('ERR_KSM_UNSUPPORTED');
-        }
-        // Every method agrees for pages that are all written and not shared with a child.
-        expect(bufferStats(buf, { method: 'kpageflags' }).mergedPages).toBe(s.mergedPages);
-        expect(bufferStats(buf, { method: 'pagemap' }).mergedPages).toBe(s.mergedPages);
-      }
-
-      // The machine: each pair of ours is one KSM page and one sharer more.
-      expect(sysAfter.pagesSharing!).toBeGreaterThanOrEqual(Math.min(sa.mergedPages, sb.mergedPages));
-      expect(sysAfter.savedBytes).toBe((sysAfter.pagesSharing! + Math.max(0, sysAfter.ksmZeroPages ?? 0)) * pageSize);
-      expect(sysAfter.sharingRatio).toBeGreaterThanOrEqual(1);
-      // pagesSharing is the whole machine's, and other processes merge (our ksmd runs for
-      // them too) and unmerge at any time. So watch it over windows that hold little but
-      // ours: a's pairs unmerging (ksmd drops their rmap items on its next pass), then
-      // merging again; a window someone else disturbed is tried again.
-      const ours = sa.mergedPages;
-      const near = (n: number) => Math.abs(n - ours) <= 0.05 * ours;
-      const others = sb.mergedPages + sr.mergedPages;
-      let moved = { fell: 0, rose: 0 };
-      for (let attempt = 0; attempt < 3 && !(near(moved.fell) && near(moved.rose)); attempt++) {
-        const s0 = systemStats().pagesSharing!;
-        setMergeable(a, false);
-        await pollUntil(() => processStats().mergingPages === others, 30_000, 10);
-        const s1 = systemStats().pagesSharing!;
-        setMergeable(a, true);
-        await pollUntil(() => processStats().mergingPages === others + ours, 30_000, 10);
-        moved = { fell: s0 - s1, rose: systemStats().pagesSharing! - s1 };
-      }
-      expect(near(moved.fell) && near(moved.rose), `pagesSharing moved ${JSON.stringify(moved)}, ours ${ours}`).toBe(true);
-
-      // A sub-range is measured alone, not by its mapping.
-      const half = a.subarray(0, size / 2);
-      const sh = bufferStats(half);
-      expect(sh.pages).toBe(pages / 2);
-      expect(sh.mergedPages).toBeLessThanOrEqual(pages / 2);
-      expect(sh.method).toBe('kpageflags');
-
-      // Unmerging shows at once.
-      setMergeable(a, false);
-      const off = bufferStats(a);
-      expect(off.mergedPages).toBe(0);
-      expect(off.mergeable).toBe(false);
-    });
-  }, LOCKED);
-
-  it('measures the mergeable interior of a Buffer.allocUnsafeSlow like smaps does', async (ctx) => {
-    requireKsm(ctx);
-    const size = 32 * MiB + 100; // not page-sized: the view's first and last pages are not whole
-    const x = Buffer.allocUnsafeSlow(size);
-    const y = Buffer.allocUnsafeSlow(size);
-    const mx = markMergeable(x);
-    const my = markMergeable(y);
-    // The same content page for page of memory: fill from each interior's first whole page.
-    fillPages(x.subarray(mx.offset, mx.offset + mx.length), 21, pageSize);
-    fillPages(y.subarray(my.offset, my.offset + my.length), 21, pageSize);
-    try {
-      expect(mx.length).toBeGreaterThanOrEqual(32 * MiB - pageSize);
-      expect(mx.length % pageSize).toBe(0);
-      const interior = mx.length / pageSize;
-      // bufferStats of a foreign view covers exactly the whole pages that markMergeable covered.
-      expect(bufferStats(x).pages).toBe(interior);
-
-      // Compared under the lock, once merging is complete or stuck, as above.
+      // Everything is read under the lock, once merging is complete (or has stopped
+      // changing): then nobody else's use of ksmd can move the figures between two reads.
       await withFastKsm(async () => {
-        const ok = await pollUntil(() => bufferStats(x).mergedPages >= 0.95 * interior, 90_000);
-        expect(ok, `${bufferStats(x).mergedPages} of ${interior}`).toBe(true);
-        await pollUntil(() => bufferStats(x).mergedPages === interior && bufferStats(y).mergedPages === interior, 10_000);
-        compare();
-      });
-    } finally {
-      markMergeable(x, false);
-      markMergeable(y, false);
-    }
-    expect(bufferStats(x).mergedPages).toBe(0);
-    expect(bufferStats(x).mergeable).toBe(false);
+        for (const x of [a, b, random]) setMergeable(x, true);
+        const merged = await pollUntil(
+          () => bufferStats(a).mergedPages >= 0.95 * pages && bufferStats(b).mergedPages >= 0.95 * pages,
+          90_000,
+        );
+        expect(merged, `a ${bufferStats(a).mergedPages}, b ${bufferStats(b).mergedPages} of ${pages}`).toBe(true);
+        await pollUntil(() => bufferStats(a).mergedPages === pages && bufferStats(b).mergedPages === pages, 10_000);
+        const sysAfter = systemStats();
+        const all = () => [a, b, random].map((x) => bufferStats(x));
+        const sum = (s: BufferStats[]) => s.reduce((n, x) => n + x.mergedPages, 0);
+        await pollUntil(() => processStats().mergingPages === sum(all()), 10_000);
+        const [sa, sb, sr] = all() as [BufferStats, BufferStats, BufferStats];
 
-    function compare(): void {
-      for (const [buf, m] of [[x, mx], [y, my]] as const) {
-        const [start, end] = rangeOf(buf, m.offset, m.length);
-        const smaps = smapsKsmBytes(start, end);
-        const viaPagemap = bufferStats(buf, { method: 'pagemap' });
-        const viaKpageflags = bufferStats(buf, { method: 'kpageflags' });
-        const auto = bufferStats(buf);
-        expect(viaPagemap.method).toBe('pagemap');
-        expect(viaKpageflags.method).toBe('kpageflags');
-        for (const s of [viaPagemap, viaKpageflags, auto]) {
-          expect(s.pages).toBe(m.length / pageSize);
-          expect(s.mergedBytes).toBe(smaps);
+        for (const s of [sa, sb]) {
+          expect(s.bytes).toBe(size);
+          expect(s.pages).toBe(pages);
+          expect(s.mergedPages).toBeGreaterThanOrEqual(0.95 * pages);
+          expect(s.mergedPages).toBeLessThanOrEqual(pages);
+          expect(s.mergedBytes).toBe(s.mergedPages * pageSize);
+          expect(s.mergedBytes).toBeLessThanOrEqual(size);
+          expect(s.residentPages).toBe(pages);
           expect(s.mergeable).toBe(true);
+          // Root reads kpageflags; smaps only when the buffer is a mapping of its own.
+          expect(['kpageflags', 'smaps']).toContain(s.method);
         }
-        expect(smaps).toBeGreaterThanOrEqual(0.95 * m.length);
+        expect(sr.mergedPages).toBeLessThanOrEqual(0.01 * pages);
+        expect(sr.mergeable).toBe(true);
+
+        // The process: every merged page of ours is one ksm_merging_pages counts.
+        const proc = processStats();
+        expect(proc.mergingPages).toBe(sa.mergedPages + sb.mergedPages + sr.mergedPages);
+        expect(proc.mergedBytes).toBe(proc.mergingPages! * pageSize);
+        expect(proc.mergeable).toBe(true);
+        expect(proc.rmapItems).toBeGreaterThanOrEqual(proc.mergingPages!);
+
+        // smaps, read directly: our buffers are the only mergeable memory of this process.
+        const [lo, hi] = [a, b, random]
+          .map((x) => rangeOf(x))
+          .reduce(([l, h], [s, e]) => [s < l ? s : l, e > h ? e : h]);
+        expect(smapsKsmBytes(0n, 2n ** 64n - 1n)).toBe(proc.mergingPages! * pageSize);
+        expect(smapsKsmBytes(lo, hi)).toBe(sa.mergedBytes + sb.mergedBytes + sr.mergedBytes);
+        for (const [buf, s] of [
+          [a, sa],
+          [b, sb],
+          [random, sr],
+        ] as const) {
+          const [start, end] = rangeOf(buf);
+          const own = mappingsOver(start, end);
+          if (own.length === 1 && own[0]!.start === start && own[0]!.end === end) {
+            expect(s.method).toBe('smaps');
+            expect(smapsKsmBytes(start, end)).toBe(s.mergedBytes);
+          } else {
+            // Sharing a mapping: smaps can only speak for all of it, and says more than this buffer has.
+            expect(s.method).toBe('kpageflags');
+            expect(codeOf(() => bufferStats(buf, { method: 'smaps' }))).toBe('ERR_KSM_UNSUPPORTED');
+          }
+          // Every method agrees for pages that are all written and not shared with a child.
+          expect(bufferStats(buf, { method: 'kpageflags' }).mergedPages).toBe(s.mergedPages);
+          expect(bufferStats(buf, { method: 'pagemap' }).mergedPages).toBe(s.mergedPages);
+        }
+
+        // The machine: each pair of ours is one KSM page and one sharer more.
+        expect(sysAfter.pagesSharing!).toBeGreaterThanOrEqual(Math.min(sa.mergedPages, sb.mergedPages));
+        expect(sysAfter.savedBytes).toBe((sysAfter.pagesSharing! + Math.max(0, sysAfter.ksmZeroPages ?? 0)) * pageSize);
+        expect(sysAfter.sharingRatio).toBeGreaterThanOrEqual(1);
+        // pagesSharing is the whole machine's, and other processes merge (our ksmd runs for
+        // them too) and unmerge at any time. So watch it over windows that hold little but
+        // ours: a's pairs unmerging (ksmd drops their rmap items on its next pass), then
+        // merging again; a window someone else disturbed is tried again.
+        const ours = sa.mergedPages;
+        const near = (n: number) => Math.abs(n - ours) <= 0.05 * ours;
+        const others = sb.mergedPages + sr.mergedPages;
+        let moved = { fell: 0, rose: 0 };
+        for (let attempt = 0; attempt < 3 && !(near(moved.fell) && near(moved.rose)); attempt++) {
+          const s0 = systemStats().pagesSharing!;
+          setMergeable(a, false);
+          await pollUntil(() => processStats().mergingPages === others, 30_000, 10);
+          const s1 = systemStats().pagesSharing!;
+          setMergeable(a, true);
+          await pollUntil(() => processStats().mergingPages === others + ours, 30_000, 10);
+          moved = { fell: s0 - s1, rose: systemStats().pagesSharing! - s1 };
+        }
+        expect(near(moved.fell) && near(moved.rose), `pagesSharing moved ${JSON.stringify(moved)}, ours ${ours}`).toBe(
+          true,
+        );
+
+        // A sub-range is measured alone, not by its mapping.
+        const half = a.subarray(0, size / 2);
+        const sh = bufferStats(half);
+        expect(sh.pages).toBe(pages / 2);
+        expect(sh.mergedPages).toBeLessThanOrEqual(pages / 2);
+        expect(sh.method).toBe('kpageflags');
+
+        // Unmerging shows at once.
+        setMergeable(a, false);
+        const off = bufferStats(a);
+        expect(off.mergedPages).toBe(0);
+        expect(off.mergeable).toBe(false);
+      });
+    },
+    LOCKED,
+  );
+
+  it(
+    'measures the mergeable interior of a Buffer.allocUnsafeSlow like smaps does',
+    async (ctx) => {
+      requireKsm(ctx);
+      const size = 32 * MiB + 100; // not page-sized: the view's first and last pages are not whole
+      const x = Buffer.allocUnsafeSlow(size);
+      const y = Buffer.allocUnsafeSlow(size);
+      const mx = markMergeable(x);
+      const my = markMergeable(y);
+      // The same content page for page of memory: fill from each interior's first whole page.
+      fillPages(x.subarray(mx.offset, mx.offset + mx.length), 21, pageSize);
+      fillPages(y.subarray(my.offset, my.offset + my.length), 21, pageSize);
+      try {
+        expect(mx.length).toBeGreaterThanOrEqual(32 * MiB - pageSize);
+        expect(mx.length % pageSize).toBe(0);
+        const interior = mx.length / pageSize;
+        // bufferStats of a foreign view covers exactly the whole pages that markMergeable covered.
+        expect(bufferStats(x).pages).toBe(interior);
+
+        // Compared under the lock, once merging is complete or stuck, as above.
+        await withFastKsm(async () => {
+          const ok = await pollUntil(() => bufferStats(x).mergedPages >= 0.95 * interior, 90_000);
+          expect(ok, `${bufferStats(x).mergedPages} of ${interior}`).toBe(true);
+          await pollUntil(
+            () => bufferStats(x).mergedPages === interior && bufferStats(y).mergedPages === interior,
+            10_000,
+          );
+          compare();
+        });
+      } finally {
+        markMergeable(x, false);
+        markMergeable(y, false);
       }
-    }
-  }, LOCKED);
+      expect(bufferStats(x).mergedPages).toBe(0);
+      expect(bufferStats(x).mergeable).toBe(false);
+
+      function compare(): void {
+        for (const [buf, m] of [
+          [x, mx],
+          [y, my],
+        ] as const) {
+          const [start, end] = rangeOf(buf, m.offset, m.length);
+          const smaps = smapsKsmBytes(start, end);
+          const viaPagemap = bufferStats(buf, { method: 'pagemap' });
+          const viaKpageflags = bufferStats(buf, { method: 'kpageflags' });
+          const auto = bufferStats(buf);
+          expect(viaPagemap.method).toBe('pagemap');
+          expect(viaKpageflags.method).toBe('kpageflags');
+          for (const s of [viaPagemap, viaKpageflags, auto]) {
+            expect(s.pages).toBe(m.length / pageSize);
+            expect(s.mergedBytes).toBe(smaps);
+            expect(s.mergeable).toBe(true);
+          }
+          expect(smaps).toBeGreaterThanOrEqual(0.95 * m.length);
+        }
+      }
+    },
+    LOCKED,
+  );
 });
 
 describe('bufferStats without merging', () => {
   it('a view its resizable buffer no longer reaches has no bytes (not a TypeError from V8)', () => {
-    const ab = new ArrayBuffer(4 * pageSize, { maxByteLength: 8 * pageSize } as never) as ArrayBuffer & { resize(n: number): void };
+    const ab = new ArrayBuffer(4 * pageSize, { maxByteLength: 8 * pageSize }) as ArrayBuffer & {
+      resize(n: number): void;
+    };
     const dv = new DataView(ab, 2 * pageSize, 100);
     ab.resize(pageSize);
     expect(() => dv.byteOffset).toThrow(TypeError);
     for (const method of ['auto', 'pagemap'] as const) {
-      expect(bufferStats(dv, { method }), method).toMatchObject({ bytes: 0, pages: 0, residentPages: 0, mergedPages: 0 });
+      expect(bufferStats(dv, { method }), method).toMatchObject({
+        bytes: 0,
+        pages: 0,
+        residentPages: 0,
+        mergedPages: 0,
+      });
     }
   });
 
@@ -232,9 +261,18 @@ describe('bufferStats without merging', () => {
     const [start] = rangeOf(buf);
     const own = mappingsOver(start, start + 1n);
     const s = bufferStats(buf);
-    expect(s).toMatchObject({ bytes: 3 * pageSize + 1, pages: 4, residentPages: 4, mergedPages: 0, mergedBytes: 0, mergeable: true });
+    expect(s).toMatchObject({
+      bytes: 3 * pageSize + 1,
+      pages: 4,
+      residentPages: 4,
+      mergedPages: 0,
+      mergedBytes: 0,
+      mergeable: true,
+    });
     // The kernel may have joined it to a neighbour; then smaps cannot be used.
-    expect(s.method).toBe(own[0]!.start === start && own[0]!.end === start + BigInt(4 * pageSize) ? 'smaps' : 'kpageflags');
+    expect(s.method).toBe(
+      own[0]!.start === start && own[0]!.end === start + BigInt(4 * pageSize) ? 'smaps' : 'kpageflags',
+    );
   });
 
   it('knows unwritten pages are not resident, and what is not mergeable', () => {
@@ -251,7 +289,12 @@ describe('bufferStats without merging', () => {
     // Nothing present at all: no frame to look up, and zero is still an exact answer.
     const untouched = alloc(2 * pageSize);
     live.push(untouched);
-    expect(bufferStats(untouched, { method: 'kpageflags' })).toMatchObject({ pages: 2, residentPages: 0, mergedPages: 0, method: 'kpageflags' });
+    expect(bufferStats(untouched, { method: 'kpageflags' })).toMatchObject({
+      pages: 2,
+      residentPages: 0,
+      mergedPages: 0,
+      method: 'kpageflags',
+    });
   });
 
   it('says which resident pages map the shared zero page (kpageflags)', () => {
@@ -272,7 +315,7 @@ describe('bufferStats without merging', () => {
     live.push(buf);
     expect(bufferStats(buf.subarray(10, pageSize + 10)).pages).toBe(2);
     expect(bufferStats(new Uint32Array(buf.buffer, pageSize, pageSize / 4)).pages).toBe(1);
-    expect(bufferStats(buf.buffer).pages).toBe(4);
+    expect(bufferStats(buf.buffer as ArrayBuffer).pages).toBe(4);
   });
 
   it('rejects what it cannot measure with Node-style errors', () => {
@@ -324,10 +367,17 @@ describe('processStats', () => {
 
     it('root reads the ksm_stat of a process of user nobody', async (ctx) => {
       if (!isRoot) ctx.skip('needs root to start a process as another user');
-      const child = spawn(process.execPath, ['-e', 'setInterval(() => {}, 1000)'], { uid: 65534, gid: 65534, stdio: 'ignore' });
+      const child = spawn(process.execPath, ['-e', 'setInterval(() => {}, 1000)'], {
+        uid: 65534,
+        gid: 65534,
+        stdio: 'ignore',
+      });
       try {
-        await pollUntil(() => fs.existsSync(`/proc/${child.pid}/ksm_stat`) && fs.statSync(`/proc/${child.pid}`).uid === 65534, 5000);
-        const s = processStats(child.pid!);
+        await pollUntil(
+          () => fs.existsSync(`/proc/${child.pid}/ksm_stat`) && fs.statSync(`/proc/${child.pid}`).uid === 65534,
+          5000,
+        );
+        const s = processStats(child.pid);
         expect(s.pid).toBe(child.pid);
         expect(s.rmapItems).toBe(0);
         expect(s.mergingPages).toBe(0);
@@ -348,7 +398,13 @@ describe('processStats', () => {
         `out.own=s.processStats();out.support=s.support();` +
         `try{s.bufferStats(b,{method:'kpageflags'})}catch(e){out.kpf=e.code}` +
         `console.log(JSON.stringify(out));`;
-      const r = spawnSync(process.execPath, ['-e', code], { uid: 65534, gid: 65534, encoding: 'utf8', cwd: '/', timeout: 60_000 });
+      const r = spawnSync(process.execPath, ['-e', code], {
+        uid: 65534,
+        gid: 65534,
+        encoding: 'utf8',
+        cwd: '/',
+        timeout: 60_000,
+      });
       expect(r.status, r.stderr).toBe(0);
       const out = JSON.parse(r.stdout);
       expect(out.error).toMatchObject({ name: 'KsmError', code: 'EACCES', isKsm: true });
@@ -371,7 +427,21 @@ describe('systemStats', () => {
       expect(s, file).toHaveProperty(key);
       const text = fs.readFileSync(`${KSM_SYSFS}/${file}`, 'utf8').trim();
       if (file === 'advisor_mode') expect(text).toContain(`[${s.advisorMode}]`);
-      else if (!['pages_scanned', 'full_scans', 'pages_unshared', 'pages_volatile', 'pages_shared', 'pages_sharing', 'general_profit', 'ksm_zero_pages', 'stable_node_chains', 'stable_node_dups', 'pages_skipped'].includes(file)) {
+      else if (
+        ![
+          'pages_scanned',
+          'full_scans',
+          'pages_unshared',
+          'pages_volatile',
+          'pages_shared',
+          'pages_sharing',
+          'general_profit',
+          'ksm_zero_pages',
+          'stable_node_chains',
+          'stable_node_dups',
+          'pages_skipped',
+        ].includes(file)
+      ) {
         // Knobs hold still (counters may move between the two reads).
         expect((s as unknown as Record<string, unknown>)[key], file).toBe(Number(text));
       }
@@ -390,23 +460,35 @@ describe('systemStats', () => {
 });
 
 describe('support', () => {
-  it('says what this kernel can do, and why not when it cannot', async (ctx) => {
-    const s = support();
-    expect(s.available).toBe(true);
-    expect(s.mode).toBe('external');
-    // Linux 6.18: everything.
-    expect(s.features).toEqual({ madvise: true, prctl: true, ksmStat: true, smapsKsm: true, advisor: true, smartScan: true, zeroPages: true });
-    const run = Number(fs.readFileSync(`${KSM_SYSFS}/run`, 'utf8'));
-    expect(s.running).toBe(run === 1);
-    expect(s.reasons.some((r) => /ksmd is not running/.test(r))).toBe(run !== 1);
-    expect(s.canConfigure).toBe(isRoot);
-    requireKsm(ctx);
-    await withFastKsm(() => {
-      const on = support();
-      expect(on.running).toBe(true);
-      expect(on.reasons).toEqual([]);
-    });
-  }, LOCKED);
+  it(
+    'says what this kernel can do, and why not when it cannot',
+    async (ctx) => {
+      const s = support();
+      expect(s.available).toBe(true);
+      expect(s.mode).toBe('external');
+      // Linux 6.18: everything.
+      expect(s.features).toEqual({
+        madvise: true,
+        prctl: true,
+        ksmStat: true,
+        smapsKsm: true,
+        advisor: true,
+        smartScan: true,
+        zeroPages: true,
+      });
+      const run = Number(fs.readFileSync(`${KSM_SYSFS}/run`, 'utf8'));
+      expect(s.running).toBe(run === 1);
+      expect(s.reasons.some((r) => /ksmd is not running/.test(r))).toBe(run !== 1);
+      expect(s.canConfigure).toBe(isRoot);
+      requireKsm(ctx);
+      await withFastKsm(() => {
+        const on = support();
+        expect(on.running).toBe(true);
+        expect(on.reasons).toEqual([]);
+      });
+    },
+    LOCKED,
+  );
 });
 
 describe('bufferStats mergeable flag from the recorded advice', () => {

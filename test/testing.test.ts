@@ -1,6 +1,5 @@
 import { AssertionError } from 'node:assert';
 import { beforeEach, describe, expect, it } from 'vitest';
-import { boostState } from '../lib/boost';
 import { readSettings } from '../lib/control';
 import { alloc, free, pageSize } from '../lib/memory';
 import { expectMerged, toBeMerged, withKsm, type KsmMatchers } from '../lib/testing';
@@ -14,7 +13,6 @@ declare module 'vitest' {
 expect.extend({ toBeMerged });
 
 const MiB = 1024 * 1024;
-
 
 function buffers(): { dup: Buffer; twin: Buffer; rand: Buffer; free(): void } {
   const dup = alloc(4 * MiB);
@@ -51,7 +49,9 @@ describe('node-ksm/testing', { timeout: 900_000 }, () => {
         const err = await expectMerged(b.rand, 0.5).catch((e: unknown) => e);
         expect(err).toBeInstanceOf(AssertionError);
         expect(err).toMatchObject({ code: 'ERR_ASSERTION', expected: 0.5, operator: '>=' });
-        expect((err as Error).message).toMatch(/expected at least 50\.0 % of the buffer merged, but 0 of 256 resident pages merged/);
+        expect((err as Error).message).toMatch(
+          /expected at least 50\.0 % of the buffer merged, but 0 of 256 resident pages merged/,
+        );
       } finally {
         b.free();
       }

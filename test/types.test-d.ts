@@ -78,7 +78,11 @@ describe('node-ksm', () => {
     expectTypeOf(boost()).resolves.toEqualTypeOf<BoostHandle>();
     expectTypeOf<BoostHandle>().toHaveProperty(Symbol.asyncDispose);
     expectTypeOf(waitForMerge()).resolves.toEqualTypeOf<WaitResult>();
-    expectTypeOf(waitForMerge).toBeCallableWith(alloc(1), { ratio: 0.9, timeoutMs: 1000, signal: AbortSignal.timeout(1) });
+    expectTypeOf(waitForMerge).toBeCallableWith(alloc(1), {
+      ratio: 0.9,
+      timeoutMs: 1000,
+      signal: AbortSignal.timeout(1),
+    });
     // @ts-expect-error a typo in a setting name is caught
     configure({ pageToScan: 100 });
   });
@@ -97,7 +101,9 @@ describe('node-ksm/testing and node-ksm/prometheus', () => {
   it('types the helpers', () => {
     expectTypeOf(withKsm(() => 1)).resolves.toEqualTypeOf<number>();
     expectTypeOf(expectMerged).toBeCallableWith(alloc(1), 0.9);
-    expectTypeOf(collectKsmMetrics).parameters.toEqualTypeOf<[registry?: Registry, options?: { process?: boolean; pid?: number }]>();
+    expectTypeOf(collectKsmMetrics).parameters.toEqualTypeOf<
+      [registry?: Registry, options?: { process?: boolean; pid?: number }]
+    >();
     expectTypeOf(collectKsmMetrics()).toEqualTypeOf<KsmMetrics>();
   });
 });

@@ -1,13 +1,12 @@
 import { beforeEach, describe, expect, it } from 'vitest';
 import { boostState } from '../lib/boost';
-import { configure, readSettings } from '../lib/control';
+import { configure } from '../lib/control';
 import { alloc, free, pageSize } from '../lib/memory';
 import { waitForMerge } from '../lib/wait';
 import { lockedAndReleased } from './helpers/expect';
 import { fillPages, requireKsm } from './helpers/ksm';
 
 const MiB = 1024 * 1024;
-
 
 function duplicates(bytes: number, seed: number): [Buffer, Buffer] {
   const a = alloc(bytes);
@@ -34,14 +33,23 @@ describe('waitForMerge: arguments', () => {
     await expect(waitForMerge('process', { ratio: 1.5 })).rejects.toMatchObject({ code: 'ERR_OUT_OF_RANGE' });
     await expect(waitForMerge('process', { ratio: NaN })).rejects.toMatchObject({ code: 'ERR_OUT_OF_RANGE' });
     await expect(waitForMerge('process', { timeoutMs: -1 })).rejects.toMatchObject({ code: 'ERR_OUT_OF_RANGE' });
-    await expect(waitForMerge('process', { signal: {} as never })).rejects.toMatchObject({ code: 'ERR_INVALID_ARG_TYPE' });
-    await expect(waitForMerge('process', { onProgress: 1 as never })).rejects.toMatchObject({ code: 'ERR_INVALID_ARG_TYPE' });
-    await expect(waitForMerge('process', { boost: 1 as never })).rejects.toMatchObject({ code: 'ERR_INVALID_ARG_TYPE' });
+    await expect(waitForMerge('process', { signal: {} as never })).rejects.toMatchObject({
+      code: 'ERR_INVALID_ARG_TYPE',
+    });
+    await expect(waitForMerge('process', { onProgress: 1 as never })).rejects.toMatchObject({
+      code: 'ERR_INVALID_ARG_TYPE',
+    });
+    await expect(waitForMerge('process', { boost: 1 as never })).rejects.toMatchObject({
+      code: 'ERR_INVALID_ARG_TYPE',
+    });
   });
 
   it('a buffer outside mergeable memory is an error, not an endless wait', async () => {
     const plain = Buffer.alloc(16 * pageSize, 1);
-    await expect(waitForMerge(plain)).rejects.toMatchObject({ code: 'ERR_INVALID_ARG_VALUE', message: expect.stringMatching(/markMergeable/) });
+    await expect(waitForMerge(plain)).rejects.toMatchObject({
+      code: 'ERR_INVALID_ARG_VALUE',
+      message: expect.stringMatching(/markMergeable/),
+    });
   });
 
   it('an aborted signal rejects with its reason at once', async () => {
@@ -78,7 +86,11 @@ describe('waitForMerge: with the kernel', { timeout: 900_000 }, () => {
       const [a, b] = duplicates(8 * MiB, 2);
       try {
         const seen: number[] = [];
-        const r = await waitForMerge(a, { boost: true, timeoutMs: 300_000, onProgress: (p) => seen.push(p.mergedPages) });
+        const r = await waitForMerge(a, {
+          boost: true,
+          timeoutMs: 300_000,
+          onProgress: (p) => seen.push(p.mergedPages),
+        });
         expect(r.reason).toBe('ratio');
         expect(r.ratio).toBeGreaterThanOrEqual(0.95);
         expect(r.totalPages).toBe((8 * MiB) / pageSize);
@@ -122,7 +134,9 @@ describe('waitForMerge: with the kernel', { timeout: 900_000 }, () => {
         expect(r.ratio).toBeGreaterThanOrEqual(0.75);
         expect(r.totalPages).toBeGreaterThanOrEqual((18 * MiB) / pageSize);
         expect(r.stats).toMatchObject({ pid: process.pid });
-        expect((r.stats as { mergingPages: number }).mergingPages).toBe(r.mergedPages - ((r.stats as { zeroPages?: number }).zeroPages ?? 0));
+        expect((r.stats as { mergingPages: number }).mergingPages).toBe(
+          r.mergedPages - ((r.stats as { zeroPages?: number }).zeroPages ?? 0),
+        );
       } finally {
         free(a);
         free(b);

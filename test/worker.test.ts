@@ -18,7 +18,9 @@ function mapsLines(): number {
 /** Runs code in a worker that loads the built package (dist/). */
 function runWorker(code: string): Promise<unknown> {
   return new Promise((resolve, reject) => {
-    const w = new Worker(`const ksm = require(${JSON.stringify(path.join(root, 'dist/index.js'))});\n${code}`, { eval: true });
+    const w = new Worker(`const ksm = require(${JSON.stringify(path.join(root, 'dist/index.js'))});\n${code}`, {
+      eval: true,
+    });
     let result: unknown;
     w.on('message', (m) => (result = m));
     w.on('error', reject);
@@ -57,10 +59,12 @@ describe('worker threads', () => {
     expect(mapsLines() - before - idle).toBeLessThan(100);
   });
 
-  it.skipIf(binding?.mode === 'window')('unmap an arena and its live buffers when the worker exits without close()', async () => {
-    const addresses = (await Promise.all(
-      [0, 1].map(() =>
-        runWorker(`
+  it.skipIf(binding?.mode === 'window')(
+    'unmap an arena and its live buffers when the worker exits without close()',
+    async () => {
+      const addresses = (await Promise.all(
+        [0, 1].map(() =>
+          runWorker(`
           const { parentPort } = require('node:worker_threads');
           const native = require(${JSON.stringify(path.join(root, 'dist/binding.js'))}).native();
           const arena = new ksm.Arena({ chunkSize: 1024 * 1024 });
@@ -72,18 +76,25 @@ describe('worker threads', () => {
           // Where its chunks are: one live buffer in each 1 MiB.
           parentPort.postMessage(keep.filter((b) => b.length > 0).map((b) => native.addressOf(b)));
         `),
-      ),
-    )) as bigint[][];
-    const live = addresses.flat();
-    expect(live.length).toBeGreaterThan(2000);
-    // Every chunk was unmapped with its worker: no mapping of this process holds any of them.
-    const ranges = fs
-      .readFileSync('/proc/self/maps', 'utf8')
-      .split('\n')
-      .filter(Boolean)
-      .map((l) => l.split(' ')[0]!.split('-').map((h) => BigInt(`0x${h}`)) as [bigint, bigint]);
-    expect(live.filter((a) => ranges.some(([lo, hi]) => a >= lo && a < hi))).toEqual([]);
-  });
+        ),
+      )) as bigint[][];
+      const live = addresses.flat();
+      expect(live.length).toBeGreaterThan(2000);
+      // Every chunk was unmapped with its worker: no mapping of this process holds any of them.
+      const ranges = fs
+        .readFileSync('/proc/self/maps', 'utf8')
+        .split('\n')
+        .filter(Boolean)
+        .map(
+          (l) =>
+            l
+              .split(' ')[0]!
+              .split('-')
+              .map((h) => BigInt(`0x${h}`)) as [bigint, bigint],
+        );
+      expect(live.filter((a) => ranges.some(([lo, hi]) => a >= lo && a < hi))).toEqual([]);
+    },
+  );
 
   it('are sent a copy or refused, never the memory itself (it could outlive free())', async () => {
     const b = alloc(pageSize);

@@ -83,7 +83,12 @@ function set(c, argv) {
     else if (opt === 'XX' && !nx) xx = true;
     else if (opt === 'GET') wantGet = true;
     else if (opt === 'KEEPTTL' && expiry === null) keepTtl = true;
-    else if ((opt === 'EX' || opt === 'PX' || opt === 'EXAT' || opt === 'PXAT') && expiry === null && !keepTtl && hasNext) {
+    else if (
+      (opt === 'EX' || opt === 'PX' || opt === 'EXAT' || opt === 'PXAT') &&
+      expiry === null &&
+      !keepTtl &&
+      hasNext
+    ) {
       expiry = { opt, arg: argv[++i] };
     } else return c.w.error(E.syntax);
   }
@@ -340,7 +345,12 @@ function auth(c, argv) {
 }
 
 function info(c, argv) {
-  c.w.bulkText(infoText(c.srv, argv.slice(1).map((b) => str(b).toLowerCase())));
+  c.w.bulkText(
+    infoText(
+      c.srv,
+      argv.slice(1).map((b) => str(b).toLowerCase()),
+    ),
+  );
 }
 
 /** CONFIG GET/SET: the parameters clients and redis-benchmark ask for, and the ones that can change. */
@@ -396,7 +406,8 @@ function configSet(c, argv) {
   const pairs = [];
   for (let i = 2; i < argv.length; i += 2) {
     const name = str(argv[i]).toLowerCase();
-    if (CONFIG[name]?.set === undefined) return c.w.error(`ERR Unknown option or number of arguments for CONFIG SET - '${str(argv[i])}'`);
+    if (CONFIG[name]?.set === undefined)
+      return c.w.error(`ERR Unknown option or number of arguments for CONFIG SET - '${str(argv[i])}'`);
     pairs.push([name, str(argv[i + 1])]);
   }
   for (const [name, value] of pairs) {
@@ -419,7 +430,10 @@ function clientSetname(c, argv) {
 }
 
 function clientList(c) {
-  const lines = [...c.srv.clients].map((x) => `id=${x.id} addr=${x.addr} name=${x.name ?? ''} age=${Math.floor((Date.now() - x.since) / 1000)} db=0 cmd=${x.lastCommand}`);
+  const lines = [...c.srv.clients].map(
+    (x) =>
+      `id=${x.id} addr=${x.addr} name=${x.name ?? ''} age=${Math.floor((Date.now() - x.since) / 1000)} db=0 cmd=${x.lastCommand}`,
+  );
   c.w.bulkText(lines.map((l) => `${l}\n`).join(''));
 }
 
@@ -502,32 +516,65 @@ const DEFS = [
   ['info', -1, ['loading', 'stale'], [0, 0, 0], info],
   ['quit', -1, ['loading', 'stale', 'fast', 'no_auth'], [0, 0, 0], quit],
   ['shutdown', -1, ['admin', 'loading', 'stale'], [0, 0, 0], shutdown],
-  ['config', -2, [], [0, 0, 0], null, [
-    ['get', -3, ['admin', 'loading', 'stale'], [0, 0, 0], configGet],
-    ['set', -4, ['admin', 'loading', 'stale'], [0, 0, 0], configSet],
-    ['resetstat', 2, ['admin', 'loading', 'stale'], [0, 0, 0], configResetstat],
-  ]],
-  ['client', -2, [], [0, 0, 0], null, [
-    ['setname', 3, ['loading', 'stale'], [0, 0, 0], clientSetname],
-    ['getname', 2, ['loading', 'stale'], [0, 0, 0], (c) => (c.name === null ? c.w.nil() : c.w.bulkString(c.name))],
-    ['id', 2, ['loading', 'stale'], [0, 0, 0], (c) => c.w.int(c.id)],
-    ['setinfo', 4, ['loading', 'stale'], [0, 0, 0], (c) => c.w.ok()],
-    ['list', -2, ['admin', 'loading', 'stale'], [0, 0, 0], clientList],
-  ]],
-  ['command', -1, ['loading', 'stale'], [0, 0, 0], commandAll, [
-    ['count', 2, ['loading', 'stale'], [0, 0, 0], (c) => c.w.int(new Set(TABLE.values()).size)],
-    ['info', -2, ['loading', 'stale'], [0, 0, 0], (c, argv) => {
-      c.w.array(argv.length - 2);
-      for (const n of argv.slice(2)) commandInfo(c, TABLE.get(str(n).toLowerCase()));
-    }],
-    // Empty docs: redis-cli then uses the help compiled into it.
-    ['docs', -2, ['loading', 'stale'], [0, 0, 0], (c) => c.w.array(0)],
-    ['list', -2, ['loading', 'stale'], [0, 0, 0], (c) => {
-      const names = [...new Set(TABLE.values())].map((x) => x.name);
-      c.w.array(names.length);
-      for (const n of names) c.w.bulkString(n);
-    }],
-  ]],
+  [
+    'config',
+    -2,
+    [],
+    [0, 0, 0],
+    null,
+    [
+      ['get', -3, ['admin', 'loading', 'stale'], [0, 0, 0], configGet],
+      ['set', -4, ['admin', 'loading', 'stale'], [0, 0, 0], configSet],
+      ['resetstat', 2, ['admin', 'loading', 'stale'], [0, 0, 0], configResetstat],
+    ],
+  ],
+  [
+    'client',
+    -2,
+    [],
+    [0, 0, 0],
+    null,
+    [
+      ['setname', 3, ['loading', 'stale'], [0, 0, 0], clientSetname],
+      ['getname', 2, ['loading', 'stale'], [0, 0, 0], (c) => (c.name === null ? c.w.nil() : c.w.bulkString(c.name))],
+      ['id', 2, ['loading', 'stale'], [0, 0, 0], (c) => c.w.int(c.id)],
+      ['setinfo', 4, ['loading', 'stale'], [0, 0, 0], (c) => c.w.ok()],
+      ['list', -2, ['admin', 'loading', 'stale'], [0, 0, 0], clientList],
+    ],
+  ],
+  [
+    'command',
+    -1,
+    ['loading', 'stale'],
+    [0, 0, 0],
+    commandAll,
+    [
+      ['count', 2, ['loading', 'stale'], [0, 0, 0], (c) => c.w.int(new Set(TABLE.values()).size)],
+      [
+        'info',
+        -2,
+        ['loading', 'stale'],
+        [0, 0, 0],
+        (c, argv) => {
+          c.w.array(argv.length - 2);
+          for (const n of argv.slice(2)) commandInfo(c, TABLE.get(str(n).toLowerCase()));
+        },
+      ],
+      // Empty docs: redis-cli then uses the help compiled into it.
+      ['docs', -2, ['loading', 'stale'], [0, 0, 0], (c) => c.w.array(0)],
+      [
+        'list',
+        -2,
+        ['loading', 'stale'],
+        [0, 0, 0],
+        (c) => {
+          const names = [...new Set(TABLE.values())].map((x) => x.name);
+          c.w.array(names.length);
+          for (const n of names) c.w.bulkString(n);
+        },
+      ],
+    ],
+  ],
 ];
 
 function makeCommand([name, arity, flags, keys, fn, subs], parent) {

@@ -178,7 +178,9 @@ export function infoText(srv, names) {
   for (const name of Object.keys(SECTIONS)) {
     if (!wanted.includes(name)) continue;
     const title = name === 'ksm' ? 'KSM' : name[0].toUpperCase() + name.slice(1);
-    const lines = SECTIONS[name](srv, detailed).filter(([, v]) => v !== undefined).map(([k, v]) => `${k}:${v}`);
+    const lines = SECTIONS[name](srv, detailed)
+      .filter(([, v]) => v !== undefined)
+      .map(([k, v]) => `${k}:${v}`);
     parts.push([`# ${title}`, ...lines].join('\r\n'));
   }
   return parts.length === 0 ? '' : `${parts.join('\r\n\r\n')}\r\n`;

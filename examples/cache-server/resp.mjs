@@ -155,7 +155,9 @@ export class RespParser {
         const n = parseHeaderInt(buf, this.pos + 1, cr);
         if (!(n <= (this.authenticated ? PROTO_MBULK_MAX : UNAUTH_MBULK_MAX))) {
           throw new ProtocolError(
-            !this.authenticated && n > UNAUTH_MBULK_MAX ? 'unauthenticated multibulk length' : 'invalid multibulk length',
+            !this.authenticated && n > UNAUTH_MBULK_MAX
+              ? 'unauthenticated multibulk length'
+              : 'invalid multibulk length',
           );
         }
         this.pos = cr + 2;
@@ -220,7 +222,15 @@ export class RespParser {
     const end = buf.length;
     let p = this.pos;
     // *2\r\n$3\r\nGET\r\n or *3\r\n$3\r\nSET\r\n (CRLF after a bulk is skipped unchecked, as next() does)
-    if (end - p < 16 || buf[p] !== 42 || buf[p + 2] !== CR || buf[p + 4] !== 36 || buf[p + 5] !== 51 || buf[p + 6] !== CR) return 0;
+    if (
+      end - p < 16 ||
+      buf[p] !== 42 ||
+      buf[p + 2] !== CR ||
+      buf[p + 4] !== 36 ||
+      buf[p + 5] !== 51 ||
+      buf[p + 6] !== CR
+    )
+      return 0;
     if ((buf[p + 9] | 0x20) !== 0x65 || (buf[p + 10] | 0x20) !== 0x74) return 0;
     const n = buf[p + 1];
     const c0 = buf[p + 8] | 0x20;

@@ -64,7 +64,8 @@ function parseConfig(argv) {
   }
   const int = (name, min, max) => {
     const n = Number(values[name]);
-    if (!/^[0-9]+$/.test(values[name]) || n < min || n > max) fail(`--${name} must be an integer from ${min} to ${max}`);
+    if (!/^[0-9]+$/.test(values[name]) || n < min || n > max)
+      fail(`--${name} must be an integer from ${min} to ${max}`);
     return n;
   };
   const mem = (name, min) => {
@@ -73,7 +74,8 @@ function parseConfig(argv) {
     return n;
   };
   const policy = values['maxmemory-policy'].toLowerCase();
-  if (!['allkeys-lru', 'volatile-lru', 'noeviction'].includes(policy)) fail('--maxmemory-policy must be allkeys-lru, volatile-lru or noeviction');
+  if (!['allkeys-lru', 'volatile-lru', 'noeviction'].includes(policy))
+    fail('--maxmemory-policy must be allkeys-lru, volatile-lru or noeviction');
   return {
     port: int('port', 0, 65535),
     bind: values.bind,
@@ -169,7 +171,10 @@ class Client {
       allocLarge: (len) => this.store.allocInbound(len),
     });
     const socket =
-      adopt(orig, { buffer: () => this.parser.readTarget() ?? READ_BUFFER, callback: (n, buf) => this.onRead(n, buf) }) ?? orig;
+      adopt(orig, {
+        buffer: () => this.parser.readTarget() ?? READ_BUFFER,
+        callback: (n, buf) => this.onRead(n, buf),
+      }) ?? orig;
     this.socket = socket;
     this.id = nextClientId++;
     this.addr = `${socket.remoteAddress}:${socket.remotePort}`;
@@ -500,8 +505,12 @@ function primary(config) {
         if (config.port === 0) config.port = m.port;
         if (!announced && ready.size === config.workers) {
           announced = true;
-          const pids = Object.values(cluster.workers).map((x) => x.process.pid).join(',');
-          process.stdout.write(`cache-server listening on ${config.bind}:${m.port} pid=${process.pid} workers=${config.workers} worker_pids=${pids}\n`);
+          const pids = Object.values(cluster.workers)
+            .map((x) => x.process.pid)
+            .join(',');
+          process.stdout.write(
+            `cache-server listening on ${config.bind}:${m.port} pid=${process.pid} workers=${config.workers} worker_pids=${pids}\n`,
+          );
         }
       }
     });

@@ -53,7 +53,8 @@ function options() {
   }
   const int = (name, min, max) => {
     const n = Number(values[name]);
-    if (!Number.isInteger(n) || n < min || n > max) usage(`--${name} must be an integer from ${min} to ${max}, got ${values[name]}`);
+    if (!Number.isInteger(n) || n < min || n > max)
+      usage(`--${name} must be an integer from ${min} to ${max}, got ${values[name]}`);
     return n;
   };
   if (values.log !== 'text' && values.log !== 'json') usage(`--log must be text or json, got ${values.log}`);
@@ -122,7 +123,8 @@ function worker() {
     }
     if (!path.startsWith('/item/')) return reply(res, 404, { error: 'try GET /item/:id or GET /stats' });
     const id = /^\d{1,10}$/.test(path.slice(6)) ? Number(path.slice(6)) : -1;
-    if (id < 0 || id >= records) return reply(res, 404, { error: `no item ${path.slice(6)}: ids are 0 to ${records - 1}` });
+    if (id < 0 || id >= records)
+      return reply(res, 404, { error: `no item ${path.slice(6)}: ids are 0 to ${records - 1}` });
     if (req.method === 'GET') {
       const item = readItem(data, id);
       item.worker = cluster.worker.id;
@@ -170,7 +172,13 @@ function worker() {
   const stats = () => ({
     worker: { id: cluster.worker.id, pid: process.pid, directPort: direct.address().port },
     mode: opts.ksm ? 'ksm' : 'plain',
-    dataset: { bytes: opts.bytes, records, seed: opts.seed, buildMs: Math.round(buildMs), buffer: attempt(() => bufferStats(data)) },
+    dataset: {
+      bytes: opts.bytes,
+      records,
+      seed: opts.seed,
+      buildMs: Math.round(buildMs),
+      buffer: attempt(() => bufferStats(data)),
+    },
     process: attempt(() => processStats()),
     system: attempt(() => systemStats()),
   });
@@ -228,16 +236,23 @@ function primary() {
     const w = cluster.fork();
     w.on('message', (msg) => {
       if (msg.type === 'error') {
-        log('error', { worker: w.id, message: msg.message }, `worker ${w.id} could not build its table: ${msg.message}` +
-          (opts.ksm ? '\n  (run with --no-ksm to compare without node-ksm)' : ''));
+        log(
+          'error',
+          { worker: w.id, message: msg.message },
+          `worker ${w.id} could not build its table: ${msg.message}` +
+            (opts.ksm ? '\n  (run with --no-ksm to compare without node-ksm)' : ''),
+        );
         return stop(1);
       }
       if (msg.type !== 'ready') return;
       const { type: _, ...info } = msg;
       ready.set(w.id, { id: w.id, pid: w.process.pid, ...info });
-      log('worker-ready', { worker: w.id, workerPid: w.process.pid, ...info },
+      log(
+        'worker-ready',
+        { worker: w.id, workerPid: w.process.pid, ...info },
         `worker ${w.id} (pid ${w.process.pid}) built ${fmtMiB(opts.bytes)} in ${(msg.buildMs / 1000).toFixed(1)} s; ` +
-          `http://${opts.host}:${msg.port} (direct :${msg.directPort})`);
+          `http://${opts.host}:${msg.port} (direct :${msg.directPort})`,
+      );
       if (ready.size === opts.workers) allReady();
     });
     w.on('exit', (code, signal) => {
@@ -247,7 +262,11 @@ function primary() {
       if (stopping) return;
       if (!was) {
         // Died while building (out of memory?): a new worker would fail the same way.
-        log('error', { worker: w.id, code, signal }, `worker ${w.id} exited (${signal ?? code}) before its table was built`);
+        log(
+          'error',
+          { worker: w.id, code, signal },
+          `worker ${w.id} exited (${signal ?? code}) before its table was built`,
+        );
         return stop(1);
       }
       log('worker-exit', { worker: w.id, code, signal }, `worker ${w.id} exited (${signal ?? code}); starting another`);
@@ -258,11 +277,16 @@ function primary() {
   const allReady = () => {
     const workers = [...ready.values()].map(({ id, pid, directPort, buildMs }) => ({ id, pid, directPort, buildMs }));
     const port = ready.values().next().value.port;
-    log('ready', { port, workers, elapsedMs: Math.round(performance.now() - t0) },
-      `all ${workers.length} workers serve http://${opts.host}:${port} (${((performance.now() - t0) / 1000).toFixed(1)} s after start)`);
+    log(
+      'ready',
+      { port, workers, elapsedMs: Math.round(performance.now() - t0) },
+      `all ${workers.length} workers serve http://${opts.host}:${port} (${((performance.now() - t0) / 1000).toFixed(1)} s after start)`,
+    );
     if (!opts.ksm) return log('note', {}, 'plain Buffers: nothing will merge; each worker holds its own copy');
     if (workers.length < 2) return log('nothing-to-merge', {}, 'one worker: its table has no other copy to merge with');
-    watchMerge(generation, [...ready.values()]).catch((err) => log('error', { message: err.message }, `merge watch failed: ${err.message}`));
+    watchMerge(generation, [...ready.values()]).catch((err) =>
+      log('error', { message: err.message }, `merge watch failed: ${err.message}`),
+    );
   };
 
   /**
@@ -275,9 +299,17 @@ function primary() {
     if (opts.boost) {
       try {
         handle = boosted = await boost();
-        log('boost', { settings: handle.settings }, 'ksmd boosted until the copies have merged (the settings come back afterwards)');
+        log(
+          'boost',
+          { settings: handle.settings },
+          'ksmd boosted until the copies have merged (the settings come back afterwards)',
+        );
       } catch (err) {
-        log('warn', { code: err.code, message: err.message }, `cannot boost (${err.code}): ${err.message}; using ksmd as configured`);
+        log(
+          'warn',
+          { code: err.code, message: err.message },
+          `cannot boost (${err.code}): ${err.message}; using ksmd as configured`,
+        );
       }
     }
     const started = performance.now();
@@ -297,11 +329,14 @@ function primary() {
         if (ms95 === undefined && ratio >= 0.95) ms95 = elapsed();
         if (sys.run !== 1 && !hinted) {
           hinted = true;
-          log('hint', { run: sys.run },
+          log(
+            'hint',
+            { run: sys.run },
             `ksmd is not running (run=${sys.run}), so the ${workers.length} copies stay ${workers.length} copies. Start it, as root:\n` +
-              '    echo 1 > /sys/kernel/mm/ksm/run      (the kernel\'s default pace, about 8 MiB/s; raise pages_to_scan to go faster)\n' +
+              "    echo 1 > /sys/kernel/mm/ksm/run      (the kernel's default pace, about 8 MiB/s; raise pages_to_scan to go faster)\n" +
               '    npx node-ksm boost                   (fast until you stop it, then the settings come back)\n' +
-              '  or restart this example with --boost (fast only until the copies have merged)');
+              '  or restart this example with --boost (fast only until the copies have merged)',
+          );
         }
         if (merged !== last) {
           last = merged;
@@ -311,9 +346,23 @@ function primary() {
         // A change seen during scan c may belong to scan c: quiet from c+1 on, stable at c+3.
         const stable = sys.run === 1 && sys.fullScans >= changeScan + 3;
         if (complete || stable) {
-          const fields = { elapsedMs: elapsed(), ms95, ratio, mergedPages: merged, totalPages: total, complete, savedBytes: sys.savedBytes, boosted: handle !== null };
+          const fields = {
+            elapsedMs: elapsed(),
+            ms95,
+            ratio,
+            mergedPages: merged,
+            totalPages: total,
+            complete,
+            savedBytes: sys.savedBytes,
+            boosted: handle !== null,
+          };
           const text = `${(ratio * 100).toFixed(1)} % of ${workers.length} × ${fmtMiB(opts.bytes)} merged after ${(fields.elapsedMs / 1000).toFixed(1)} s`;
-          if (ratio >= 0.95) log('merged', fields, `${text}${ms95 !== undefined ? ` (95 % after ${(ms95 / 1000).toFixed(1)} s)` : ''}; the machine saves ${fmtMiB(sys.savedBytes)}`);
+          if (ratio >= 0.95)
+            log(
+              'merged',
+              fields,
+              `${text}${ms95 !== undefined ? ` (95 % after ${(ms95 / 1000).toFixed(1)} s)` : ''}; the machine saves ${fmtMiB(sys.savedBytes)}`,
+            );
           else log('merge-stalled', fields, `${text}, and three full scans changed nothing more`);
           return;
         }
@@ -334,12 +383,22 @@ function primary() {
     stopping = true;
     generation++;
     // Before anything else: a machine left boosted burns a core until someone notices.
-    await boosted?.release().catch((err) => log('error', { message: err.message }, `could not restore the KSM settings: ${err.message} (run: npx node-ksm restore)`));
+    await boosted
+      ?.release()
+      .catch((err) =>
+        log(
+          'error',
+          { message: err.message },
+          `could not restore the KSM settings: ${err.message} (run: npx node-ksm restore)`,
+        ),
+      );
     const workers = Object.values(cluster.workers);
     for (const w of workers) w.process.kill('SIGTERM');
     const deadline = Date.now() + 5000;
-    while (workers.some((w) => w.process.exitCode === null && w.process.signalCode === null) && Date.now() < deadline) await sleep(50);
-    for (const w of workers) if (w.process.exitCode === null && w.process.signalCode === null) w.process.kill('SIGKILL');
+    while (workers.some((w) => w.process.exitCode === null && w.process.signalCode === null) && Date.now() < deadline)
+      await sleep(50);
+    for (const w of workers)
+      if (w.process.exitCode === null && w.process.signalCode === null) w.process.kill('SIGKILL');
     process.exit(code);
   };
   for (const s of ['SIGINT', 'SIGTERM', 'SIGHUP']) process.on(s, () => stop(0));

@@ -34,7 +34,10 @@ export function autotuneOptions(v: Values): AutotuneOptions {
   const idleSleep = num('idle-sleep-ms');
   const interval = str(v, 'interval');
   return {
-    idle: idlePages === undefined && idleSleep === undefined ? undefined : { pagesToScan: idlePages, sleepMillisecs: idleSleep },
+    idle:
+      idlePages === undefined && idleSleep === undefined
+        ? undefined
+        : { pagesToScan: idlePages, sleepMillisecs: idleSleep },
     boost: { pagesToScan: num('pages-to-scan', 1), sleepMillisecs: num('sleep-ms') },
     idleIntervalMs: interval === undefined ? undefined : Math.max(10, parseDuration(interval, 'interval')),
     thresholdPages: num('threshold', 1),
@@ -54,7 +57,11 @@ export function renderEvent(e: AutotuneEvent): string {
  * Runs autotune until the signal aborts, or until it stops on its own (advisor on,
  * settings overridden: resolves; failure: rejects). Returns the final state.
  */
-export async function autotuneCommand(v: Values, signal: AbortSignal, out: NodeJS.WritableStream = process.stdout): Promise<AutotuneEvent['state']> {
+export async function autotuneCommand(
+  v: Values,
+  signal: AbortSignal,
+  out: NodeJS.WritableStream = process.stdout,
+): Promise<AutotuneEvent['state']> {
   const options = autotuneOptions(v);
   const print = (e: AutotuneEvent) => out.write(`${v.json ? JSON.stringify(e) : renderEvent(e)}\n`);
   let finished: (() => void) | undefined;

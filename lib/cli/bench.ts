@@ -45,7 +45,10 @@ export interface BenchArgs {
 }
 
 export function benchArgs(v: Values): BenchArgs {
-  const policies = (str(v, 'policies') ?? DEFAULT_POLICIES.join(',')).split(',').map((p) => p.trim()).filter(Boolean);
+  const policies = (str(v, 'policies') ?? DEFAULT_POLICIES.join(','))
+    .split(',')
+    .map((p) => p.trim())
+    .filter(Boolean);
   for (const p of policies) {
     if (!['default', 'advisor', 'autotune'].includes(p) && !/^[1-9]\d*$/.test(p)) {
       throw new UsageError(`--policies: "${p}" is not default, advisor, autotune or a pages_to_scan number`);
@@ -81,7 +84,9 @@ export function renderBench(report: BenchReport): string {
       `${(r.mergedRatio * 100).toFixed(1)} %`,
     ]);
   }
-  const notes = report.results.filter((r) => r.disturbed).map((r) => `! ${r.policy}: settings changed during the run (${r.disturbed}); its figures are suspect.`);
+  const notes = report.results
+    .filter((r) => r.disturbed)
+    .map((r) => `! ${r.policy}: settings changed during the run (${r.disturbed}); its figures are suspect.`);
   return [
     `${report.workers} workers x ${report.mib} MiB of identical pages${report.runs > 1 ? `, median of ${report.runs} runs` : ''}. ksmd CPU in % of one core (clock ticks: ${report.clockTicks.source});`,
     `idle: over the ${formatSeconds(report.idleMs / 1000)} after merging finished (no merges for 1 s). Changing global settings: other KSM users saw these policies.`,
@@ -131,7 +136,12 @@ function progressLine(p: BenchProgress): string {
  * Runs the bench and reports it: the table on stdout (or the JSON with `--json -`), the
  * JSON array and the SVG to their files, progress on stderr.
  */
-export async function benchCommand(v: Values, signal: AbortSignal, out: NodeJS.WritableStream = process.stdout, err: NodeJS.WriteStream = process.stderr): Promise<BenchReport> {
+export async function benchCommand(
+  v: Values,
+  signal: AbortSignal,
+  out: NodeJS.WritableStream = process.stdout,
+  err: NodeJS.WriteStream = process.stderr,
+): Promise<BenchReport> {
   const a = benchArgs(v);
   const tty = err.isTTY === true;
   let lastPhase = '';

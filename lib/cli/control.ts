@@ -34,11 +34,12 @@ export function tuneSettings(values: Values): Partial<KsmSettings> {
   }
   const advisor = str(values, 'advisor');
   if (advisor !== undefined) {
-    if (advisor !== 'none' && advisor !== 'scan-time') throw new UsageError(`--advisor must be none or scan-time (got "${advisor}")`);
+    if (advisor !== 'none' && advisor !== 'scan-time')
+      throw new UsageError(`--advisor must be none or scan-time (got "${advisor}")`);
     partial.advisorMode = advisor;
   }
   if (Object.keys(partial).length === 0) throw new UsageError('tune needs at least one setting to change');
-  return partial as Partial<KsmSettings>;
+  return partial;
 }
 
 export interface TuneReport {
@@ -56,10 +57,17 @@ export function tune(partial: Partial<KsmSettings>): TuneReport {
 
 /** Lines "name  before -> after" for every knob that differs (or was asked for). */
 export function renderChanges(before: KsmSettings, after: KsmSettings, asked: readonly string[] = []): string {
-  const names = Object.keys(after).filter((k) => asked.includes(k) || before[k as keyof KsmSettings] !== after[k as keyof KsmSettings]);
+  const names = Object.keys(after).filter(
+    (k) => asked.includes(k) || before[k as keyof KsmSettings] !== after[k as keyof KsmSettings],
+  );
   if (names.length === 0) return '  (nothing changed)';
   return table(
-    names.map((k) => [snakeCase(k), String(before[k as keyof KsmSettings] ?? '-'), '->', String(after[k as keyof KsmSettings] ?? '-')]),
+    names.map((k) => [
+      snakeCase(k),
+      String(before[k as keyof KsmSettings] ?? '-'),
+      '->',
+      String(after[k as keyof KsmSettings] ?? '-'),
+    ]),
     '  ',
   ).join('\n');
 }

@@ -15,13 +15,19 @@ function loadPromClient(): { prom: typeof PromClient; ksm: typeof KsmPrometheus 
     return { prom: require('prom-client') as typeof PromClient, ksm: require('../prometheus') as typeof KsmPrometheus };
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'MODULE_NOT_FOUND') {
-      throw new KsmError('The exporter needs prom-client, an optional peer dependency: npm install prom-client', 'ERR_KSM_UNSUPPORTED');
+      throw new KsmError(
+        'The exporter needs prom-client, an optional peer dependency: npm install prom-client',
+        'ERR_KSM_UNSUPPORTED',
+      );
     }
     throw err;
   }
 }
 
-export async function startExporter(host: string, port: number): Promise<{ server: http.Server; url: string; address: AddressInfo }> {
+export async function startExporter(
+  host: string,
+  port: number,
+): Promise<{ server: http.Server; url: string; address: AddressInfo }> {
   const { prom, ksm } = loadPromClient();
   const registry = new prom.Registry();
   // The exporter's own process figures would describe the exporter, not the host.
@@ -32,11 +38,14 @@ export async function startExporter(host: string, port: number): Promise<{ serve
       res.writeHead(405, { allow: 'GET, HEAD' }).end();
     } else if (path === '/metrics') {
       registry.metrics().then(
-        (text) => res.writeHead(200, { 'content-type': registry.contentType }).end(req.method === 'HEAD' ? undefined : text),
+        (text) =>
+          res.writeHead(200, { 'content-type': registry.contentType }).end(req.method === 'HEAD' ? undefined : text),
         (err: Error) => res.writeHead(500, { 'content-type': 'text/plain' }).end(`${err.message}\n`),
       );
     } else if (path === '/') {
-      res.writeHead(200, { 'content-type': 'text/html' }).end('<html><body><h1>node-ksm exporter</h1><a href="/metrics">/metrics</a></body></html>\n');
+      res
+        .writeHead(200, { 'content-type': 'text/html' })
+        .end('<html><body><h1>node-ksm exporter</h1><a href="/metrics">/metrics</a></body></html>\n');
     } else {
       res.writeHead(404, { 'content-type': 'text/plain' }).end('Not found: try /metrics\n');
     }

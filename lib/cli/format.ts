@@ -37,7 +37,9 @@ export function table(rows: string[][], indent = ''): string[] {
     (row) =>
       indent +
       row
-        .map((cell, i) => (i > 0 && /^-?[\d.,]+( \S+)?$/.test(cell) ? cell.padStart(widths[i]!) : cell.padEnd(widths[i]!)))
+        .map((cell, i) =>
+          i > 0 && /^-?[\d.,]+( \S+)?$/.test(cell) ? cell.padStart(widths[i]!) : cell.padEnd(widths[i]!),
+        )
         .join('  ')
         .trimEnd(),
   );

@@ -113,13 +113,19 @@ const COMMANDS: Record<string, Command> = {
         stopSignal(),
         (settings, before) => {
           if (v.json) return;
-          print(`Boosted ${forMs === undefined ? 'until Ctrl-C' : `for ${formatSeconds(forMs / 1000)} (Ctrl-C ends it sooner)`}:`);
+          print(
+            `Boosted ${forMs === undefined ? 'until Ctrl-C' : `for ${formatSeconds(forMs / 1000)} (Ctrl-C ends it sooner)`}:`,
+          );
           print(renderChanges(before, { ...before, ...settings }));
         },
       );
       if (v.json) printJson(r);
-      else if (r.otherHolders > 0) print(`Released; ${r.otherHolders} other holder(s) still boost, so the settings stay until they let go.`);
-      else print(`Released after ${formatSeconds(r.heldMs / 1000)}; settings restored:\n${renderChanges({ ...r.before, ...r.boosted }, r.after)}`);
+      else if (r.otherHolders > 0)
+        print(`Released; ${r.otherHolders} other holder(s) still boost, so the settings stay until they let go.`);
+      else
+        print(
+          `Released after ${formatSeconds(r.heldMs / 1000)}; settings restored:\n${renderChanges({ ...r.before, ...r.boosted }, r.after)}`,
+        );
     },
   },
   restore: {
@@ -129,7 +135,8 @@ const COMMANDS: Record<string, Command> = {
     async run(v) {
       const r = await restore({ force: v.force === true });
       if (v.json) printJson(r);
-      else if (!r.restored) print('Nothing to restore: no boost was left behind (or its holder is still alive; --force overrides).');
+      else if (!r.restored)
+        print('Nothing to restore: no boost was left behind (or its holder is still alive; --force overrides).');
       else {
         const rows = Object.entries(r.settings ?? {}).map(([k, val]) => [snakeCase(k), String(val)]);
         print(`Restored the settings from before the boost:\n${table(rows, '  ').join('\n')}`);
@@ -219,7 +226,9 @@ async function main(argv: string[]): Promise<number> {
     return 0;
   } catch (err) {
     const e = err as NodeJS.ErrnoException;
-    const badInput = err instanceof UsageError || ['ERR_INVALID_ARG_TYPE', 'ERR_INVALID_ARG_VALUE', 'ERR_OUT_OF_RANGE'].includes(e?.code ?? '');
+    const badInput =
+      err instanceof UsageError ||
+      ['ERR_INVALID_ARG_TYPE', 'ERR_INVALID_ARG_VALUE', 'ERR_OUT_OF_RANGE'].includes(e?.code ?? '');
     if (badInput) {
       process.stderr.write(`node-ksm ${name}: ${e.message}\n\nUsage: ${cmd.usage}\n`);
       return 2;

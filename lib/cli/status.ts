@@ -49,7 +49,8 @@ export function estimateScan(s: SystemStats): ScanEstimate {
   const batch = (s.pagesToScan ?? 0) * s.pageSize;
   const bytesPerSecond = sleep > 0 ? (batch * 1000) / sleep : batch > 0 ? Infinity : 0;
   const mergeableBytes = pages * s.pageSize;
-  const fullPassSeconds = pages > 0 && bytesPerSecond > 0 && Number.isFinite(bytesPerSecond) ? mergeableBytes / bytesPerSecond : undefined;
+  const fullPassSeconds =
+    pages > 0 && bytesPerSecond > 0 && Number.isFinite(bytesPerSecond) ? mergeableBytes / bytesPerSecond : undefined;
   return { bytesPerSecond, mergeablePages: pages, mergeableBytes, fullPassSeconds };
 }
 
@@ -70,7 +71,10 @@ export function advise(s: SystemStats, canConfigure: boolean): Advice[] {
         '. Start it with "node-ksm tune --run 1", or "node-ksm boost --for 60s" for a burst that puts the settings back.',
     );
   } else if (s.run === 2) {
-    add('unmerging', 'run=2: ksmd has stopped and every merged page has been (or is being) unmerged. "node-ksm tune --run 1" starts merging again.');
+    add(
+      'unmerging',
+      'run=2: ksmd has stopped and every merged page has been (or is being) unmerged. "node-ksm tune --run 1" starts merging again.',
+    );
   }
 
   if (advisor) {
@@ -86,7 +90,7 @@ export function advise(s: SystemStats, canConfigure: boolean): Advice[] {
   if (s.run === 1 && scan.mergeablePages === 0 && (s.fullScans ?? 0) > 0) {
     add(
       'nothing-mergeable',
-      'ksmd is running but no memory is marked mergeable, so it has nothing to merge: allocate with node-ksm\'s alloc() ' +
+      "ksmd is running but no memory is marked mergeable, so it has nothing to merge: allocate with node-ksm's alloc() " +
         '(or markMergeable/setProcessMerging), or stop ksmd with "node-ksm tune --run 0".',
     );
   }
@@ -146,7 +150,10 @@ export function advise(s: SystemStats, canConfigure: boolean): Advice[] {
   }
 
   if (!canConfigure) {
-    add('not-root', 'You cannot change KSM settings as this user: run "sudo node-ksm tune ..." (or boost) to act on this advice.');
+    add(
+      'not-root',
+      'You cannot change KSM settings as this user: run "sudo node-ksm tune ..." (or boost) to act on this advice.',
+    );
   }
   return out;
 }
@@ -178,14 +185,20 @@ export function status(): StatusReport {
 export function renderStatus(r: StatusReport): string {
   const s = r.stats;
   const page = s.pageSize;
-  const pages = (n: number | undefined) => [n === undefined ? '-' : formatCount(n), n === undefined ? '' : formatBytes(n * page)];
+  const pages = (n: number | undefined) => [
+    n === undefined ? '-' : formatCount(n),
+    n === undefined ? '' : formatBytes(n * page),
+  ];
   const state = s.run === 1 ? 'running' : s.run === 2 ? 'stopped, unmerging (run=2)' : `stopped (run=${s.run ?? '?'})`;
   const lines = [
     `KSM ${state}, page size ${formatBytes(page)}`,
     `Saved ${formatBytes(s.savedBytes)}` +
-      (s.generalProfitBytes !== undefined ? `, profit ${formatBytes(s.generalProfitBytes)} after ksmd's bookkeeping` : '') +
+      (s.generalProfitBytes !== undefined
+        ? `, profit ${formatBytes(s.generalProfitBytes)} after ksmd's bookkeeping`
+        : '') +
       (s.sharingRatio > 0 ? `, sharing ratio ${s.sharingRatio.toFixed(1)} (pages_sharing / pages_shared)` : ''),
-    `Full scans ${formatCount(s.fullScans ?? 0)}` + (s.pagesScanned !== undefined ? `, ${formatCount(s.pagesScanned)} pages scanned` : ''),
+    `Full scans ${formatCount(s.fullScans ?? 0)}` +
+      (s.pagesScanned !== undefined ? `, ${formatCount(s.pagesScanned)} pages scanned` : ''),
     '',
     'Pages',
     ...table(
@@ -194,8 +207,12 @@ export function renderStatus(r: StatusReport): string {
         ['pages_sharing', ...pages(s.pagesSharing), 'further mappings of them: the memory saved'],
         ['pages_unshared', ...pages(s.pagesUnshared), 'unique, checked again every pass'],
         ['pages_volatile', ...pages(s.pagesVolatile), 'changing too fast to merge'],
-        ...(s.ksmZeroPages !== undefined ? [['ksm_zero_pages', ...pages(Math.max(0, s.ksmZeroPages)), 'merged with the zero page']] : []),
-        ...(s.pagesSkipped !== undefined ? [['pages_skipped', ...pages(s.pagesSkipped), 'skipped by smart scan (cumulative)']] : []),
+        ...(s.ksmZeroPages !== undefined
+          ? [['ksm_zero_pages', ...pages(Math.max(0, s.ksmZeroPages)), 'merged with the zero page']]
+          : []),
+        ...(s.pagesSkipped !== undefined
+          ? [['pages_skipped', ...pages(s.pagesSkipped), 'skipped by smart scan (cumulative)']]
+          : []),
       ],
       '  ',
     ),

@@ -52,7 +52,14 @@ export function top(limit: number): TopReport {
       continue;
     }
     // Only processes KSM has anything to do with.
-    if (!(stats.mergeable || stats.mergeAny || (stats.rmapItems ?? 0) > 0 || (stats.mergingPages ?? 0) > 0 || (stats.zeroPages ?? 0) > 0)) continue;
+    if (!(
+      stats.mergeable ||
+      stats.mergeAny ||
+      (stats.rmapItems ?? 0) > 0 ||
+      (stats.mergingPages ?? 0) > 0 ||
+      (stats.zeroPages ?? 0) > 0
+    ))
+      continue;
     found.push({ ...stats, command: commandOf(pid) });
   }
   found.sort((a, b) => score(b) - score(a) || (b.mergingPages ?? 0) - (a.mergingPages ?? 0) || a.pid - b.pid);

@@ -117,7 +117,9 @@ export async function watch(opts: WatchOptions): Promise<WatchSample[]> {
       const sample: WatchSample = {
         timeMs: now - start,
         ksmdCpuPercent:
-          cpuNow !== undefined && cpuBefore !== undefined ? Math.max(0, ((cpuNow - cpuBefore) / ((now - timeBefore) / 1000)) * 100) : undefined,
+          cpuNow !== undefined && cpuBefore !== undefined
+            ? Math.max(0, ((cpuNow - cpuBefore) / ((now - timeBefore) / 1000)) * 100)
+            : undefined,
         stats: systemStats(),
       };
       cpuBefore = cpuNow;

@@ -13,7 +13,13 @@ export const DIST = path.join(ROOT, 'dist');
 export function ensureDist(): boolean {
   const probe = path.join(DIST, 'memory.js');
   const lib = path.join(ROOT, 'lib');
-  const newest = Math.max(...fs.readdirSync(lib).filter((f) => f.endsWith('.ts')).map((f) => fs.statSync(path.join(lib, f)).mtimeMs));
-  if (!fs.existsSync(probe) || fs.statSync(probe).mtimeMs < newest) spawnSync('npx', ['tsc', '-p', '.'], { cwd: ROOT, stdio: 'ignore' });
+  const newest = Math.max(
+    ...fs
+      .readdirSync(lib)
+      .filter((f) => f.endsWith('.ts'))
+      .map((f) => fs.statSync(path.join(lib, f)).mtimeMs),
+  );
+  if (!fs.existsSync(probe) || fs.statSync(probe).mtimeMs < newest)
+    spawnSync('npx', ['tsc', '-p', '.'], { cwd: ROOT, stdio: 'ignore' });
   return fs.existsSync(probe);
 }

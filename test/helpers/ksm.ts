@@ -68,7 +68,9 @@ function recoverDeadHolder(): void {
   }
   restore(JSON.parse(text) as Snapshot);
   fs.rmSync(SNAPSHOT_FILE, { force: true });
-  process.stderr.write(`test harness: a test process died holding fast KSM settings; restored them from ${SNAPSHOT_FILE}\n`);
+  process.stderr.write(
+    `test harness: a test process died holding fast KSM settings; restored them from ${SNAPSHOT_FILE}\n`,
+  );
 }
 
 /**
@@ -88,7 +90,8 @@ function writeSettings(settings: Snapshot): void {
   const order = ['advisor_mode', 'pages_to_scan', 'sleep_millisecs', 'smart_scan', 'use_zero_pages', 'run'];
   for (const name of order) {
     const v = settings[name];
-    if (v !== undefined && fs.existsSync(`/sys/kernel/mm/ksm/${name}`)) fs.writeFileSync(`/sys/kernel/mm/ksm/${name}`, v);
+    if (v !== undefined && fs.existsSync(`/sys/kernel/mm/ksm/${name}`))
+      fs.writeFileSync(`/sys/kernel/mm/ksm/${name}`, v);
   }
 }
 

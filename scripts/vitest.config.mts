@@ -7,7 +7,7 @@
  */
 import { fileURLToPath } from 'node:url';
 import { defineConfig } from 'vitest/config';
-import base from '../vitest.config';
+import base from '../vitest.config.mjs';
 
 const threads = process.env.NODE_KSM_VITEST_THREADS === '1';
 
