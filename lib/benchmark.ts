@@ -6,7 +6,7 @@
  * while it runs and puts every one of them back afterwards (also on SIGINT/SIGTERM, by
  * the caller aborting the signal); other KSM users on the machine see the policies too.
  */
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import readline from 'node:readline';
@@ -15,8 +15,9 @@ import { startAutotune, type AutotuneHandle, type AutotuneOptions } from './auto
 import { native, packageRoot } from './binding';
 import { configure, readSettings, type KsmSettings } from './control';
 import { KsmError, invalidArgType, validateInteger } from './errors';
+import { clockTicks, ksmdCpuSeconds, type ClockTicks } from './ksmd';
 import { pageSize } from './memory';
-import { parseInteger, parseProcStat } from './procfs';
+import { parseInteger } from './procfs';
 import { KSM_SYSFS } from './stats';
 
 /** `default`, a pages_to_scan number (with sleep 0), `advisor` or `autotune`. */
@@ -106,58 +107,17 @@ export interface BenchReport {
   idleMs: number;
   limitMs: number;
   /** Where the clock-tick rate for ksmd's CPU came from. */
-  clockTicks: { perSecond: number; source: string };
+  clockTicks: ClockTicks;
   /** The settings found at the start, and put back at the end. */
   originals: KsmSettings;
 }
 
-let ticks: { perSecond: number; source: string } | undefined;
-
-/**
- * /proc/<pid>/stat counts CPU time in USER_HZ ticks. Node has no sysconf(_SC_CLK_TCK),
- * so getconf answers; without it, 100, which Linux fixes USER_HZ at on every
- * architecture Node runs on (the result says which it was).
- */
-export function clockTicks(): { perSecond: number; source: string } {
-  if (ticks) return ticks;
-  try {
-    const n = parseInteger(
-      execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'], timeout: 5000 }),
-    );
-    if (n !== undefined && n > 0) return (ticks = { perSecond: n, source: 'getconf CLK_TCK' });
-  } catch {
-    // fall through
-  }
-  return (ticks = { perSecond: 100, source: 'USER_HZ 100 (getconf CLK_TCK unavailable)' });
-}
-
-let ksmd: number | undefined;
-
-/** ksmd's pid (the kernel thread whose comm is "ksmd"), or undefined. */
-export function ksmdPid(): number | undefined {
-  const is = (pid: number) => {
-    try {
-      return fs.readFileSync(`/proc/${pid}/comm`, 'utf8').trim() === 'ksmd';
-    } catch {
-      return false;
-    }
-  };
-  if (ksmd !== undefined && is(ksmd)) return ksmd;
-  ksmd = undefined;
-  for (const e of fs.readdirSync('/proc')) if (/^\d+$/.test(e) && is(Number(e))) return (ksmd = Number(e));
-  return undefined;
-}
-
-/** CPU seconds ksmd has used since boot, or 0 when it cannot be seen. */
-export function ksmdCpuSeconds(): number {
-  const pid = ksmdPid();
-  if (pid === undefined) return 0;
-  try {
-    const s = parseProcStat(fs.readFileSync(`/proc/${pid}/stat`, 'utf8'));
-    return (s.utime + s.stime) / clockTicks().perSecond;
-  } catch {
-    return 0;
-  }
+/** ksmd's CPU seconds: half of what the benchmark measures, so not seeing it is an error. */
+function ksmdCpu(): number {
+  const s = ksmdCpuSeconds();
+  if (s === undefined)
+    throw new KsmError('ksmd is not visible in /proc, so its CPU cannot be measured', 'ERR_KSM_UNSUPPORTED');
+  return s;
 }
 
 /**
@@ -454,7 +414,7 @@ export async function runBenchmark(options: BenchOptions = {}): Promise<BenchRep
       const fillSeconds = (t0 - fillStart) / 1000;
       const total = workers.pages * o.workers;
       const samples: BenchSample[] = [];
-      const cpuStart = ksmdCpuSeconds();
+      const cpuStart = ksmdCpu();
       let lastCpu = cpuStart;
       let lastT = 0;
       let mergeSeconds: number | null = null;
@@ -472,7 +432,7 @@ export async function runBenchmark(options: BenchOptions = {}): Promise<BenchRep
       for (;;) {
         await sleep(o.sampleMs, undefined, { signal: o.signal });
         const t = (performance.now() - t0) / 1000;
-        const cpu = ksmdCpuSeconds();
+        const cpu = ksmdCpu();
         const merged = workers.mergedPages();
         // Cheap estimate for every sample (exact once each page is merged across all
         // workers); the result's savedBytes is counted exactly from the page frames.

@@ -45,6 +45,8 @@ export interface PageStates {
 
 export interface NativeBinding {
   readonly pageSize: number;
+  /** `sysconf(_SC_CLK_TCK)`: USER_HZ, the unit of CPU times in /proc/<pid>/stat; 0 if unknown. */
+  readonly clockTicks: number;
   /**
    * 'external': buffers are external ArrayBuffers over our own mmap'd memory.
    * 'window': the runtime refuses external ArrayBuffers (V8 sandbox, Electron >= 21), so

@@ -18,17 +18,9 @@ export {
   type AllocOptions,
   type BinaryLike,
 } from './memory';
-export {
-  processStats,
-  systemStats,
-  bufferStats,
-  support,
-  type ProcessStats,
-  type SystemStats,
-  type BufferStats,
-  type BufferStatsMethod,
-  type Support,
-} from './stats';
+export { processStats, systemStats, type ProcessStats, type SystemStats } from './stats';
+export { bufferStats, type BufferStats, type BufferStatsMethod, type BufferStatsOptions } from './buffer-stats';
+export { support, type Support } from './support';
 export type { KsmSysfs, KsmStatFields } from './procfs';
 export { readSettings, configure, type KsmSettings, type KsmSettingName } from './control';
 export {
@@ -43,7 +35,6 @@ export {
 } from './boost';
 export { waitForMerge, type WaitOptions, type WaitResult, type WaitProgress } from './wait';
 export { Arena, type ArenaOptions, type ArenaStats } from './arena';
-export { type BufferStatsOptions } from './stats';
 export {
   startAutotune,
   KERNEL_DEFAULT_SCAN,
@@ -53,13 +44,3 @@ export {
   type AutotuneEvent,
   type AutotuneState,
 } from './autotune';
-export {
-  runBenchmark,
-  DEFAULT_POLICIES,
-  type BenchOptions,
-  type BenchReport,
-  type BenchResult,
-  type BenchSample,
-  type BenchProgress,
-  type BenchPolicy,
-} from './benchmark';

@@ -8,7 +8,7 @@
  */
 import fs from 'node:fs';
 import { Counter, Gauge, register as defaultRegistry, type Registry } from 'prom-client';
-import { ksmdCpuSeconds, ksmdPid } from './cli/ksmd';
+import { ksmdCpuSeconds, ksmdPid } from './ksmd';
 import { snakeCase } from './procfs';
 import { KSM_SYSFS, processStats, systemStats, type ProcessStats, type SystemStats } from './stats';
 

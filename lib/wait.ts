@@ -14,7 +14,8 @@ import { readSettings } from './control';
 import { KsmError, fromFsError, invalidArgType, outOfRange, validateBoolean, validateInteger } from './errors';
 import { pageSize } from './memory';
 import { parseInteger, parseSmaps } from './procfs';
-import { KSM_SYSFS, bufferStats, mergingPages, processStats, type BufferStats, type ProcessStats } from './stats';
+import { bufferStats, type BufferStats } from './buffer-stats';
+import { KSM_SYSFS, mergingPages, processStats, type ProcessStats } from './stats';
 
 export interface WaitProgress {
   /** Merged pages of the target; between exact checks an estimate from the process's counter. */

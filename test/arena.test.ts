@@ -7,7 +7,7 @@ import { binding } from '../lib/binding';
 import { KsmError } from '../lib/errors';
 import { alloc, free, isKsmBuffer, pageSize } from '../lib/memory';
 import { parseSmaps } from '../lib/procfs';
-import { bufferStats } from '../lib/stats';
+import { bufferStats } from '../lib/buffer-stats';
 import { fillPages, pollUntil, requireKsm, withFastKsm } from './helpers/ksm';
 import { expectCode } from './helpers/expect';
 

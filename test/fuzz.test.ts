@@ -9,7 +9,7 @@ import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { binding } from '../lib/binding';
 import { from, markMergeable, pageSize } from '../lib/memory';
-import { bufferStats } from '../lib/stats';
+import { bufferStats } from '../lib/buffer-stats';
 import { requireNative } from './helpers/ksm';
 
 const ROOT = path.join(__dirname, '..');

@@ -3,7 +3,8 @@
  * what to change. The advice is a pure function of the figures so that each piece of it
  * can be reasoned about (and tested) from the state that triggers it.
  */
-import { systemStats, support, type SystemStats } from '../stats';
+import { systemStats, type SystemStats } from '../stats';
+import { support } from '../support';
 import { readSettings, type KsmSettings } from '../control';
 import { snakeCase } from '../procfs';
 import { formatBytes, formatCount, formatSeconds, table } from './format';

@@ -9,7 +9,7 @@ import * as asciichart from 'asciichart';
 import { systemStats, type SystemStats } from '../stats';
 import { lineChart } from '../svg';
 import { formatBytes, formatCount, formatSeconds } from './format';
-import { ksmdCpuSeconds } from './ksmd';
+import { ksmdCpuSeconds } from '../ksmd';
 
 export interface WatchSample {
   /** Milliseconds since the watch started. */

@@ -3,11 +3,13 @@
  * Needs root to start a fast scanner (and puts every setting back afterwards); without
  * root it uses ksmd as it is, or says exactly what to run.
  */
-import { boost } from './boost';
-import { KsmError } from './errors';
-import { alloc, free, pageSize } from './memory';
-import { bufferStats, processStats, support, systemStats } from './stats';
-import { waitForMerge } from './wait';
+import { boost } from '../boost';
+import { KsmError } from '../errors';
+import { alloc, free, pageSize } from '../memory';
+import { bufferStats } from '../buffer-stats';
+import { processStats, systemStats } from '../stats';
+import { support } from '../support';
+import { waitForMerge } from '../wait';
 
 const MiB = 1024 * 1024;
 const COPIES = 4;
@@ -102,7 +104,7 @@ async function main(): Promise<number> {
 main().then(
   (code) => process.exit(code),
   (err: unknown) => {
-    console.error(`node-ksm demo failed: ${err instanceof KsmError ? `${err.code}: ${err.message}` : err}`);
+    console.error(`node-ksm demo failed: ${err instanceof KsmError ? `${err.code}: ${err.message}` : String(err)}`);
     process.exit(1);
   },
 );

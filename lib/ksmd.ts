@@ -1,15 +1,28 @@
 /**
- * The ksmd kernel thread's CPU time, from /proc/<ksmd pid>/stat: what a fast scanner costs.
- * Shared by `node-ksm watch` and the Prometheus collector.
+ * The ksmd kernel thread: its pid and the CPU time it has used, from /proc/<pid>/stat.
+ * What a fast scanner costs is read here, and only here, for the benchmark, the
+ * Prometheus collector and the CLI alike.
  */
 import fs from 'node:fs';
-import { parseProcStat } from '../procfs';
+import { binding } from './binding';
+import { parseProcStat } from './procfs';
+
+export interface ClockTicks {
+  /** Ticks per second of the CPU times in /proc/<pid>/stat (USER_HZ). */
+  perSecond: number;
+  /** Where the figure came from. */
+  source: 'sysconf' | 'USER_HZ';
+}
 
 /**
- * /proc reports CPU time in USER_HZ ticks, which the kernel fixes at 100 for user space
- * on every architecture Node runs on (it is not CONFIG_HZ); Node has no sysconf to ask.
+ * USER_HZ from `sysconf(_SC_CLK_TCK)` through the addon. Without the addon, 100: the
+ * kernel fixes USER_HZ at 100 for user space on every architecture Node runs on (it is
+ * not CONFIG_HZ), and the result says which it was.
  */
-export const CLOCK_TICKS_PER_SECOND = 100;
+export function clockTicks(): ClockTicks {
+  const n = binding?.clockTicks ?? 0;
+  return n > 0 ? { perSecond: n, source: 'sysconf' } : { perSecond: 100, source: 'USER_HZ' };
+}
 
 let cachedPid: number | undefined;
 
@@ -44,7 +57,7 @@ export function ksmdCpuSeconds(): number | undefined {
   if (pid === undefined) return undefined;
   try {
     const stat = parseProcStat(fs.readFileSync(`/proc/${pid}/stat`, 'utf8'));
-    return (stat.utime + stat.stime) / CLOCK_TICKS_PER_SECOND;
+    return (stat.utime + stat.stime) / clockTicks().perSecond;
   } catch {
     return undefined;
   }
