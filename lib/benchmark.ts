@@ -580,3 +580,5 @@ function aggregate(raw: BenchResult[]): BenchResult[] {
 export function summary(report: BenchReport): Array<Omit<BenchResult, 'samples' | 'settings'>> {
   return report.results.map(({ samples: _s, settings: _p, ...rest }) => rest);
 }
+
+export { benchChart, type BenchChartInput, type BenchChartSample, type BenchChartSeries } from './charts';
