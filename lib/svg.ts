@@ -396,6 +396,27 @@ function polyline(points: readonly Point[], key: number, color: string, step: bo
   return `<polyline class="series" data-key="${key}" fill="none" stroke="${color}" stroke-width="2" stroke-linejoin="round" points="${parts.join(' ')}"/>`;
 }
 
+/** Light gridlines at every tick of both axes, and the axis lines. */
+function gridlines(frame: Frame, yTicks: Ticks, py: (v: number) => number, top: number, bottom: number): string[] {
+  const out = [`<g class="grid" stroke="${COLORS.grid}" stroke-width="1">`];
+  for (const v of yTicks.values)
+    out.push(`<line x1="${f1(frame.left)}" x2="${f1(frame.right)}" y1="${f1(py(v))}" y2="${f1(py(v))}"/>`);
+  for (const v of [...frame.xTicks.values, ...(frame.xTicks.minor ?? [])])
+    out.push(`<line x1="${f1(frame.px(v))}" x2="${f1(frame.px(v))}" y1="${f1(top)}" y2="${f1(bottom)}"/>`);
+  out.push(
+    '</g>',
+    `<path d="M${f1(frame.left)},${f1(top)}V${f1(bottom)}H${f1(frame.right)}" fill="none" stroke="${COLORS.axis}"/>`,
+  );
+  return out;
+}
+
+function band(b: ChartBand, color: string, px: (x: number) => number, py: (v: number) => number): string {
+  if (b.points.length === 0) return '';
+  const upper = b.points.map(([x, , hi]) => `${f1(px(x))},${f1(py(hi))}`);
+  const lower = b.points.map(([x, lo]) => `${f1(px(x))},${f1(py(lo))}`).reverse();
+  return `<polygon class="band" data-key="${b.key}" fill="${color}" fill-opacity="0.18" stroke="none" points="${[...upper, ...lower].join(' ')}"/>`;
+}
+
 /** One panel: its title, gridlines, y ticks, bands, lines and markers, from `top` down. */
 function renderPanel(panel: ChartPanel, spec: ChartSpec, frame: Frame, top: number, yTicks: Ticks): string[] {
   const height = panel.height ?? 200;
@@ -421,15 +442,7 @@ function renderPanel(panel: ChartPanel, spec: ChartSpec, frame: Frame, top: numb
       }),
     );
   }
-  out.push(`<g class="grid" stroke="${COLORS.grid}" stroke-width="1">`);
-  for (const v of yTicks.values)
-    out.push(`<line x1="${f1(frame.left)}" x2="${f1(frame.right)}" y1="${f1(py(v))}" y2="${f1(py(v))}"/>`);
-  for (const v of [...frame.xTicks.values, ...(frame.xTicks.minor ?? [])])
-    out.push(`<line x1="${f1(frame.px(v))}" x2="${f1(frame.px(v))}" y1="${f1(plotTop)}" y2="${f1(bottom)}"/>`);
-  out.push(
-    '</g>',
-    `<path d="M${f1(frame.left)},${f1(plotTop)}V${f1(bottom)}H${f1(frame.right)}" fill="none" stroke="${COLORS.axis}"/>`,
-  );
+  out.push(...gridlines(frame, yTicks, py, plotTop, bottom));
   yTicks.values.forEach((v, i) =>
     out.push(
       text({
@@ -444,14 +457,7 @@ function renderPanel(panel: ChartPanel, spec: ChartSpec, frame: Frame, top: numb
     ),
   );
   const color = (key: number) => spec.legend[key]?.color ?? PALETTE[key % PALETTE.length]!;
-  for (const b of panel.bands ?? []) {
-    if (b.points.length === 0) continue;
-    const upper = b.points.map(([x, , hi]) => `${f1(clampX(x))},${f1(clampY(hi))}`);
-    const lower = b.points.map(([x, lo]) => `${f1(clampX(x))},${f1(clampY(lo))}`).reverse();
-    out.push(
-      `<polygon class="band" data-key="${b.key}" fill="${color(b.key)}" fill-opacity="0.18" stroke="none" points="${[...upper, ...lower].join(' ')}"/>`,
-    );
-  }
+  for (const b of panel.bands ?? []) out.push(band(b, color(b.key), clampX, clampY));
   for (const l of panel.lines) {
     const onScreen = decimate(l.points, frame.px).map(([x, y]) => [clampX(x), clampY(y)] as const);
     out.push(polyline(onScreen, l.key, color(l.key), l.step === true));

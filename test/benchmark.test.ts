@@ -91,10 +91,15 @@ describe('bench: with the real scanner', { timeout: 600_000 }, () => {
         // Two identical 16 MiB workers: merged, one copy of the pages is saved, counted from the page frames.
         expect(r.savedBytes).toBeGreaterThanOrEqual(0.95 * 16 * MiB - pageSize);
         expect(r.savedBytes).toBeLessThanOrEqual(16 * MiB);
-        expect(r.mergeCpuPercent).toBeGreaterThanOrEqual(0);
-        expect(r.idleCpuPercent).toBeGreaterThanOrEqual(0);
+        // ksmd did the merging, so it used CPU while it did.
+        expect(r.mergeCpuPercent).toBeGreaterThan(0);
         expect(r.samples.length).toBeGreaterThan(0);
+        expect(r.samples.at(-1)!.t).toBeGreaterThanOrEqual(r.finishedSeconds + 1);
       }
+      // A fixed fast scanner keeps scanning once all is merged; autotune drops back to idle settings.
+      const [fixed, tuned] = report.results;
+      expect(fixed!.idleCpuPercent).toBeGreaterThan(0);
+      expect(tuned!.idleCpuPercent).toBeLessThan(fixed!.idleCpuPercent);
       const states = report.results[1]!.transitions!.map((t) => t.state);
       expect(states).toContain('boosted');
       expect(states.at(-1)).toBe('stopped');
