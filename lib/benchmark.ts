@@ -165,6 +165,27 @@ export interface Workers {
   kill(): Promise<void>;
 }
 
+/** One worker process, and its buffer's address once it says "ready". */
+function spawnWorker(addon: string, bytes: number, seed: number): { proc: ChildProcess; address: Promise<bigint> } {
+  const p = spawn(process.execPath, ['-e', WORKER, addon, String(bytes), String(seed), String(pageSize)], {
+    stdio: ['pipe', 'pipe', 'pipe'],
+  });
+  let stderr = '';
+  p.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+  const address = new Promise<bigint>((resolve, reject) => {
+    readline.createInterface({ input: p.stdout }).once('line', (line) => resolve(BigInt(line.split(' ')[2] ?? '0')));
+    p.once('exit', (code, sig) =>
+      reject(
+        new Error(
+          `bench worker exited (${code ?? sig}) before it was filled: ${stderr.trim().split('\n').pop() ?? ''}`,
+        ),
+      ),
+    );
+    p.once('error', reject);
+  });
+  return { proc: p, address };
+}
+
 /**
  * Starts `count` workers that each fill `mib` MiB with the same pages (seeded by `seed`:
  * a fresh seed per run, so pages left in the stable tree by an earlier run cannot make
@@ -178,7 +199,7 @@ export async function startWorkers(count: number, mib: number, seed: number, sig
   const kill = async () => {
     await Promise.all(
       procs.map((p) => {
-        if (p.exitCode !== null || p.signalCode !== null) return undefined;
+        if (p.exitCode !== null || p.signalCode !== null) return Promise.resolve();
         const gone = new Promise((resolve) => p.once('exit', resolve));
         p.kill('SIGKILL');
         return gone;
@@ -188,31 +209,14 @@ export async function startWorkers(count: number, mib: number, seed: number, sig
   try {
     const ready: Array<Promise<bigint>> = [];
     for (let i = 0; i < count; i++) {
-      const p = spawn(process.execPath, ['-e', WORKER, addon, String(bytes), String(seed), String(pageSize)], {
-        stdio: ['pipe', 'pipe', 'pipe'],
-      });
-      procs.push(p);
-      let stderr = '';
-      p.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-      ready.push(
-        new Promise<bigint>((resolve, reject) => {
-          readline
-            .createInterface({ input: p.stdout })
-            .once('line', (line) => resolve(BigInt(line.split(' ')[2] ?? '0')));
-          p.once('exit', (code, sig) =>
-            reject(
-              new Error(
-                `bench worker exited (${code ?? sig}) before it was filled: ${stderr.trim().split('\n').pop() ?? ''}`,
-              ),
-            ),
-          );
-          p.once('error', reject);
-        }),
-      );
+      const w = spawnWorker(addon, bytes, seed);
+      procs.push(w.proc);
+      ready.push(w.address);
     }
     const aborted = new Promise<never>((_, reject) => {
-      if (signal?.aborted) reject(signal.reason);
-      signal?.addEventListener('abort', () => reject(signal.reason), { once: true });
+      // The signal's own reason, as every AbortSignal user rejects with.
+      if (signal?.aborted) reject(signal.reason as Error);
+      signal?.addEventListener('abort', () => reject(signal.reason as Error), { once: true });
     });
     addresses = await Promise.race([Promise.all(ready), aborted]);
   } catch (err) {
@@ -333,7 +337,7 @@ function validate(options: unknown) {
   return {
     workers,
     mib,
-    policies: [...(o.policies ?? DEFAULT_POLICIES)],
+    policies: [...((o.policies as readonly BenchPolicy[] | undefined) ?? DEFAULT_POLICIES)],
     ratio,
     runs: o.runs === undefined ? 1 : validateInteger(o.runs, 'options.runs', 1, 100),
     limitMs: o.limitMs === undefined ? 180_000 : validateInteger(o.limitMs, 'options.limitMs', 100, 2 ** 31 - 1),
@@ -366,6 +370,15 @@ async function settle(signal?: AbortSignal): Promise<void> {
   while (readCounter('full_scans') < start + 2 && Date.now() < deadline && !signal?.aborted) await sleep(20);
 }
 
+/** Workers and the autotune handle a policy holds while it runs, for cleanup on any exit. */
+interface Held {
+  workers?: Workers;
+  tuner?: AutotuneHandle;
+}
+
+type Validated = ReturnType<typeof validate>;
+type Progress = (phase: BenchProgress['phase'], elapsedMs: number, mergedRatio: number, cpuPercent: number) => void;
+
 /**
  * Runs each policy in turn and measures it. Every setting found at the start is put
  * back at the end, whether the run completes, fails or is aborted through `signal`.
@@ -376,8 +389,7 @@ export async function runBenchmark(options: BenchOptions = {}): Promise<BenchRep
   const originals = readSettings();
   for (const p of o.policies) policySettings(p, originals, o.advisorTargetScanTime);
   const results: BenchResult[] = [];
-  let workers: Workers | undefined;
-  let tuner: AutotuneHandle | undefined;
+  const held: Held = {};
   try {
     // Later rounds run the policies in reverse order, so a drift in the machine's load
     // does not always favour the same ones.
@@ -386,135 +398,14 @@ export async function runBenchmark(options: BenchOptions = {}): Promise<BenchRep
     ).flat();
     for (const [index, policy] of order.entries()) {
       if (o.signal?.aborted) throw o.signal.reason;
-      const progress = (phase: BenchProgress['phase'], elapsedMs: number, mergedRatio: number, cpuPercent: number) =>
+      const progress: Progress = (phase, elapsedMs, mergedRatio, cpuPercent) =>
         o.onProgress?.({ policy, index, of: order.length, phase, elapsedMs, mergedRatio, cpuPercent });
-      progress('cleanup', 0, 0, 0);
-      await settle(o.signal);
-      configure(restorable(originals));
-      const settings = policySettings(policy, readSettings(), o.advisorTargetScanTime);
-      configure(settings);
-      // Someone else changing the settings mid-run (a test or a tune elsewhere) spoils the
-      // figures; it is seen and reported rather than averaged in.
-      const applied = watchedSettings(readSettings(), policy);
-      let disturbed: string | undefined;
-      const transitions: Array<{ at: number; state: string; reason: string }> = [];
-      if (policy === 'autotune') {
-        tuner = startAutotune({
-          ...o.autotune,
-          onChange: (e) => {
-            transitions.push({ at: performance.now(), state: e.state, reason: e.reason });
-            o.autotune?.onChange?.(e);
-          },
-        });
-      }
-      const fillStart = performance.now();
-      progress('filling', 0, 0, 0);
-      workers = await startWorkers(o.workers, o.mib, Date.now() % 1_000_000, o.signal);
-      const t0 = performance.now();
-      const fillSeconds = (t0 - fillStart) / 1000;
-      const total = workers.pages * o.workers;
-      const samples: BenchSample[] = [];
-      const cpuStart = ksmdCpu();
-      let lastCpu = cpuStart;
-      let lastT = 0;
-      let mergeSeconds: number | null = null;
-      let mergeCpu = 0;
-      let savedAtMerged = 0;
-      let mergedAtEnd = 0;
-      let mergeEnd = Infinity;
-      // "After merging finished": from the last change of the workers' merged pages, once
-      // none came for FINISHED_MS (or everything merged); the tail between the ratio and
-      // that point belongs to neither figure.
-      let idleStart = Infinity;
-      let cpuAtIdle = cpuStart;
-      let lastMerged = -1;
-      let lastChange = { t: 0, cpu: cpuStart };
-      for (;;) {
-        await sleep(o.sampleMs, undefined, { signal: o.signal });
-        const t = (performance.now() - t0) / 1000;
-        const cpu = ksmdCpu();
-        const merged = workers.mergedPages();
-        // Cheap estimate for every sample (exact once each page is merged across all
-        // workers); the result's savedBytes is counted exactly from the page frames.
-        const savedBytes = Math.round((merged * (o.workers - 1)) / o.workers) * pageSize;
-        const cpuPercent = t > lastT ? Math.max(0, ((cpu - lastCpu) / (t - lastT)) * 100) : 0;
-        samples.push({ t: +t.toFixed(3), mergedPages: merged, savedBytes, cpuPercent: +cpuPercent.toFixed(1) });
-        lastCpu = cpu;
-        lastT = t;
-        if (disturbed === undefined) {
-          if (tuner) {
-            if (tuner.state === 'overridden' || tuner.state === 'failed')
-              disturbed = `${tuner.history.at(-1)?.reason} (at ${t.toFixed(1)} s)`;
-          } else {
-            const now = watchedSettings(readSettings(), policy);
-            const diff = (Object.keys(applied) as Array<keyof KsmSettings>).filter((k) => now[k] !== applied[k]);
-            if (diff.length > 0)
-              disturbed = `${diff.map((k) => `${k} ${applied[k]} -> ${now[k]}`).join(', ')} by someone else at ${t.toFixed(1)} s`;
-          }
-        }
-        if (merged !== lastMerged) {
-          lastMerged = merged;
-          lastChange = { t, cpu };
-        }
-        if (mergeEnd === Infinity && (merged >= o.ratio * total || t * 1000 >= o.limitMs)) {
-          if (merged >= o.ratio * total) mergeSeconds = t;
-          mergeEnd = t;
-          mergeCpu = ((cpu - cpuStart) / Math.max(t, 1e-3)) * 100;
-          const exact = workers.savedPages();
-          savedAtMerged = exact === undefined ? savedBytes : exact * pageSize;
-          mergedAtEnd = merged;
-          // Not merged within the limit: the window shows what the policy costs meanwhile.
-          if (mergeSeconds === null) {
-            idleStart = t;
-            cpuAtIdle = cpu;
-          }
-        }
-        if (mergeEnd !== Infinity && idleStart === Infinity) {
-          const done = merged >= total || t - lastChange.t >= FINISHED_MS / 1000 || t - mergeEnd >= o.limitMs / 1000;
-          if (done) {
-            idleStart = merged >= total ? t : lastChange.t;
-            cpuAtIdle = merged >= total ? cpu : lastChange.cpu;
-            if (mergeSeconds !== null) {
-              const exact = workers.savedPages();
-              if (exact !== undefined) savedAtMerged = exact * pageSize;
-              mergedAtEnd = merged;
-            }
-          }
-        }
-        const phase = mergeEnd === Infinity ? 'merging' : idleStart === Infinity ? 'finishing' : 'idle';
-        progress(phase, t * 1000, merged / total, cpuPercent);
-        if (idleStart !== Infinity && t - idleStart >= o.idleMs / 1000) break;
-      }
-      const idleSeconds = lastT - idleStart;
-      const idleCpu = idleSeconds > 0 ? ((lastCpu - cpuAtIdle) / idleSeconds) * 100 : 0;
-      if (tuner) {
-        await tuner.stop();
-        tuner = undefined;
-      }
-      progress('cleanup', lastT * 1000, mergedAtEnd / total, 0);
-      await workers.kill();
-      workers = undefined;
-      results.push({
-        policy,
-        mergeSeconds: mergeSeconds === null ? null : +mergeSeconds.toFixed(3),
-        savedBytes: savedAtMerged,
-        mergeCpuPercent: +mergeCpu.toFixed(1),
-        idleCpuPercent: +idleCpu.toFixed(1),
-        mergedRatio: +(mergedAtEnd / total).toFixed(4),
-        finishedSeconds: +idleStart.toFixed(3),
-        fillSeconds: +fillSeconds.toFixed(3),
-        settings,
-        ...(policy === 'autotune'
-          ? { transitions: transitions.map(({ at, ...tr }) => ({ t: +((at - t0) / 1000).toFixed(3), ...tr })) }
-          : {}),
-        ...(disturbed !== undefined ? { disturbed } : {}),
-        samples,
-      });
+      results.push(await runPolicy(o, policy, originals, held, progress));
     }
     await settle(o.signal);
   } finally {
-    await tuner?.stop().catch(() => {});
-    await workers?.kill();
+    await held.tuner?.stop().catch(() => {});
+    await held.workers?.kill();
     configure(restorable(originals));
   }
   return {
@@ -528,6 +419,202 @@ export async function runBenchmark(options: BenchOptions = {}): Promise<BenchRep
     clockTicks: clockTicks(),
     originals,
   };
+}
+
+/** One policy: clean slate, its settings, workers filled, merging measured, all torn down. */
+async function runPolicy(
+  o: Validated,
+  policy: BenchPolicy,
+  originals: KsmSettings,
+  held: Held,
+  progress: Progress,
+): Promise<BenchResult> {
+  progress('cleanup', 0, 0, 0);
+  await settle(o.signal);
+  configure(restorable(originals));
+  const settings = policySettings(policy, readSettings(), o.advisorTargetScanTime);
+  configure(settings);
+  // Someone else changing the settings mid-run (a test or a tune elsewhere) spoils the
+  // figures; it is seen and reported rather than averaged in.
+  const applied = watchedSettings(readSettings(), policy);
+  const transitions: Array<{ at: number; state: string; reason: string }> = [];
+  if (policy === 'autotune') {
+    held.tuner = startAutotune({
+      ...o.autotune,
+      onChange: (e) => {
+        transitions.push({ at: performance.now(), state: e.state, reason: e.reason });
+        o.autotune?.onChange?.(e);
+      },
+    });
+  }
+  const fillStart = performance.now();
+  progress('filling', 0, 0, 0);
+  const workers = await startWorkers(o.workers, o.mib, Date.now() % 1_000_000, o.signal);
+  held.workers = workers;
+  const t0 = performance.now();
+  const m = await measure(o, { policy, applied, workers, tuner: held.tuner, t0 }, progress);
+  if (held.tuner) {
+    await held.tuner.stop();
+    held.tuner = undefined;
+  }
+  const total = workers.pages * o.workers;
+  progress('cleanup', m.lastT * 1000, m.mergedAtEnd / total, 0);
+  await workers.kill();
+  held.workers = undefined;
+  return {
+    policy,
+    mergeSeconds: m.mergeSeconds === null ? null : +m.mergeSeconds.toFixed(3),
+    savedBytes: m.savedAtMerged,
+    mergeCpuPercent: +m.mergeCpu.toFixed(1),
+    idleCpuPercent: +m.idleCpu.toFixed(1),
+    mergedRatio: +(m.mergedAtEnd / total).toFixed(4),
+    finishedSeconds: +m.idleStart.toFixed(3),
+    fillSeconds: +((t0 - fillStart) / 1000).toFixed(3),
+    settings,
+    ...(policy === 'autotune'
+      ? { transitions: transitions.map(({ at, ...tr }) => ({ t: +((at - t0) / 1000).toFixed(3), ...tr })) }
+      : {}),
+    ...(m.disturbed !== undefined ? { disturbed: m.disturbed } : {}),
+    samples: m.samples,
+  };
+}
+
+/** What one policy's sampling found, and where it stands while it runs. */
+interface Measurement {
+  samples: BenchSample[];
+  mergeSeconds: number | null;
+  mergeCpu: number;
+  savedAtMerged: number;
+  mergedAtEnd: number;
+  /** When the ratio (or the limit) was reached; Infinity before. */
+  mergeEnd: number;
+  /**
+   * "After merging finished": from the last change of the workers' merged pages, once
+   * none came for FINISHED_MS (or everything merged); the tail between the ratio and
+   * that point belongs to neither figure. Infinity before.
+   */
+  idleStart: number;
+  cpuAtIdle: number;
+  cpuStart: number;
+  lastCpu: number;
+  lastT: number;
+  lastMerged: number;
+  lastChange: { t: number; cpu: number };
+  idleCpu: number;
+  disturbed?: string;
+}
+
+/** Samples every `sampleMs` until the policy has merged (or hit the limit) and idled for `idleMs`. */
+async function measure(
+  o: Validated,
+  run: { policy: BenchPolicy; applied: KsmSettings; workers: Workers; tuner?: AutotuneHandle; t0: number },
+  progress: Progress,
+): Promise<Measurement> {
+  const { policy, applied, workers, tuner, t0 } = run;
+  const total = workers.pages * o.workers;
+  const cpuStart = ksmdCpu();
+  const m: Measurement = {
+    samples: [],
+    mergeSeconds: null,
+    mergeCpu: 0,
+    savedAtMerged: 0,
+    mergedAtEnd: 0,
+    mergeEnd: Infinity,
+    idleStart: Infinity,
+    cpuAtIdle: cpuStart,
+    cpuStart,
+    lastCpu: cpuStart,
+    lastT: 0,
+    lastMerged: -1,
+    lastChange: { t: 0, cpu: cpuStart },
+    idleCpu: 0,
+  };
+  for (;;) {
+    await sleep(o.sampleMs, undefined, { signal: o.signal });
+    const t = (performance.now() - t0) / 1000;
+    const cpu = ksmdCpu();
+    const merged = workers.mergedPages();
+    // Cheap estimate for every sample (exact once each page is merged across all
+    // workers); the result's savedBytes is counted exactly from the page frames.
+    const savedBytes = Math.round((merged * (o.workers - 1)) / o.workers) * pageSize;
+    const cpuPercent = t > m.lastT ? Math.max(0, ((cpu - m.lastCpu) / (t - m.lastT)) * 100) : 0;
+    m.samples.push({ t: +t.toFixed(3), mergedPages: merged, savedBytes, cpuPercent: +cpuPercent.toFixed(1) });
+    m.lastCpu = cpu;
+    m.lastT = t;
+    m.disturbed ??= disturbance(policy, applied, tuner, t);
+    if (merged !== m.lastMerged) {
+      m.lastMerged = merged;
+      m.lastChange = { t, cpu };
+    }
+    if (m.mergeEnd === Infinity && (merged >= o.ratio * total || t * 1000 >= o.limitMs))
+      markMerged(m, o, workers, { t, cpu, merged, savedBytes });
+    if (m.mergeEnd !== Infinity && m.idleStart === Infinity) markFinished(m, o, workers, { t, cpu, merged });
+    const phase = m.mergeEnd === Infinity ? 'merging' : m.idleStart === Infinity ? 'finishing' : 'idle';
+    progress(phase, t * 1000, merged / total, cpuPercent);
+    if (m.idleStart !== Infinity && t - m.idleStart >= o.idleMs / 1000) break;
+  }
+  const idleSeconds = m.lastT - m.idleStart;
+  m.idleCpu = idleSeconds > 0 ? ((m.lastCpu - m.cpuAtIdle) / idleSeconds) * 100 : 0;
+  return m;
+}
+
+/** Why this sample's figures are suspect (someone else changed the settings), if they are. */
+function disturbance(
+  policy: BenchPolicy,
+  applied: KsmSettings,
+  tuner: AutotuneHandle | undefined,
+  t: number,
+): string | undefined {
+  if (tuner) {
+    return tuner.state === 'overridden' || tuner.state === 'failed'
+      ? `${tuner.history.at(-1)?.reason} (at ${t.toFixed(1)} s)`
+      : undefined;
+  }
+  const now = watchedSettings(readSettings(), policy);
+  const diff = (Object.keys(applied) as Array<keyof KsmSettings>).filter((k) => now[k] !== applied[k]);
+  if (diff.length === 0) return undefined;
+  return `${diff.map((k) => `${k} ${applied[k]} -> ${now[k]}`).join(', ')} by someone else at ${t.toFixed(1)} s`;
+}
+
+/** The ratio (or the limit) is reached: the merge figures are taken here. */
+function markMerged(
+  m: Measurement,
+  o: Validated,
+  workers: Workers,
+  s: { t: number; cpu: number; merged: number; savedBytes: number },
+): void {
+  const total = workers.pages * o.workers;
+  if (s.merged >= o.ratio * total) m.mergeSeconds = s.t;
+  m.mergeEnd = s.t;
+  m.mergeCpu = ((s.cpu - m.cpuStart) / Math.max(s.t, 1e-3)) * 100;
+  const exact = workers.savedPages();
+  m.savedAtMerged = exact === undefined ? s.savedBytes : exact * pageSize;
+  m.mergedAtEnd = s.merged;
+  // Not merged within the limit: the window shows what the policy costs meanwhile.
+  if (m.mergeSeconds === null) {
+    m.idleStart = s.t;
+    m.cpuAtIdle = s.cpu;
+  }
+}
+
+/** After the ratio: merging has finished once all is merged or nothing changed for FINISHED_MS. */
+function markFinished(
+  m: Measurement,
+  o: Validated,
+  workers: Workers,
+  s: { t: number; cpu: number; merged: number },
+): void {
+  const total = workers.pages * o.workers;
+  const all = s.merged >= total;
+  const done = all || s.t - m.lastChange.t >= FINISHED_MS / 1000 || s.t - m.mergeEnd >= o.limitMs / 1000;
+  if (!done) return;
+  m.idleStart = all ? s.t : m.lastChange.t;
+  m.cpuAtIdle = all ? s.cpu : m.lastChange.cpu;
+  if (m.mergeSeconds !== null) {
+    const exact = workers.savedPages();
+    if (exact !== undefined) m.savedAtMerged = exact * pageSize;
+    m.mergedAtEnd = s.merged;
+  }
 }
 
 function watchedSettings(s: KsmSettings, policy: BenchPolicy): KsmSettings {
@@ -578,5 +665,12 @@ function aggregate(raw: BenchResult[]): BenchResult[] {
 
 /** The JSON the CLI writes: one record per policy with the issue's fields first. */
 export function summary(report: BenchReport): Array<Omit<BenchResult, 'samples' | 'settings'>> {
-  return report.results.map(({ samples: _s, settings: _p, ...rest }) => rest);
+  return report.results.map((r) => {
+    const rest: Partial<BenchResult> = { ...r };
+    delete rest.samples;
+    delete rest.settings;
+    return rest as Omit<BenchResult, 'samples' | 'settings'>;
+  });
 }
+
+export { benchChart, type BenchChartInput, type BenchChartSample, type BenchChartSeries } from './charts';

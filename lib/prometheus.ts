@@ -9,6 +9,7 @@
 import fs from 'node:fs';
 import { Counter, Gauge, register as defaultRegistry, type Registry } from 'prom-client';
 import { ksmdCpuSeconds, ksmdPid } from './ksmd';
+import { processGroups, type ProcessGroup, type ProcessGroupsReport } from './process-groups';
 import { snakeCase } from './procfs';
 import { KSM_SYSFS, processStats, systemStats, type ProcessStats, type SystemStats } from './stats';
 
@@ -16,6 +17,7 @@ interface Snapshot {
   system?: SystemStats;
   process?: ProcessStats;
   ksmdCpuSeconds?: number;
+  groups?: ProcessGroupsReport;
 }
 
 type Read = (s: Snapshot) => number | undefined;
@@ -138,6 +140,36 @@ const PROCESS: Def[] = [
   { name: 'ksm_process_merge_any', help: '1 when PR_SET_MEMORY_MERGE is on for this process', ...proc('mergeAny') },
 ];
 
+/** Per process group (command name and cgroup): what `node-ksm top` shows, summed so pids do not become series. */
+interface GroupDef {
+  name: string;
+  help: string;
+  read: (g: ProcessGroup) => number | undefined;
+}
+
+const GROUPS: GroupDef[] = [
+  {
+    name: 'ksm_group_processes',
+    help: 'Processes of this command and cgroup with mergeable memory or KSM pages',
+    read: (g) => g.processes,
+  },
+  {
+    name: 'ksm_group_merging_pages',
+    help: 'Pages of these processes that share a KSM page (sum of ksm_merging_pages)',
+    read: (g) => g.mergingPages,
+  },
+  {
+    name: 'ksm_group_profit_bytes',
+    help: 'What KSM saves these processes: bytes merged minus rmap overhead (sum of ksm_process_profit; may be negative)',
+    read: (g) => g.profitBytes,
+  },
+  {
+    name: 'ksm_group_zero_pages',
+    help: 'Pages of these processes merged with the zero page (sum of ksm_zero_pages)',
+    read: (g) => g.zeroPages,
+  },
+];
+
 const ADVISOR_MODES = ['none', 'scan-time'];
 
 export interface KsmMetricsOptions {
@@ -145,6 +177,13 @@ export interface KsmMetricsOptions {
   process?: boolean;
   /** Whose figures the `ksm_process_*` metrics report (default: this process). */
   pid?: number;
+  /**
+   * Also export `ksm_group_*`: every process's figures summed by command name and cgroup
+   * (default false; the exporter turns it on). Each scrape then reads the ksm_stat of
+   * every process, which needs root or CAP_DAC_READ_SEARCH to see other users'. `limit`
+   * caps the groups (default 100); the rest are summed into comm="(other)".
+   */
+  groups?: boolean | { limit?: number };
 }
 
 export interface KsmMetrics {
@@ -156,28 +195,19 @@ export interface KsmMetrics {
 
 const registered = new WeakMap<Registry, KsmMetrics>();
 
-/**
- * Registers KSM gauges and counters on `registry` (default: prom-client's global one).
- * Values are read when the registry is scraped, once per scrape for all metrics; a figure
- * the kernel lacks is not registered rather than reported as 0.
- * Calling it again for the same registry returns the metrics already registered.
- */
-export function collectKsmMetrics(registry: Registry = defaultRegistry, options: KsmMetricsOptions = {}): KsmMetrics {
-  const existing = registered.get(registry);
-  if (existing) return existing;
-  const pid = options.pid ?? process.pid;
+type SnapshotReader = (metric?: string) => Snapshot;
 
-  // One read of sysfs per scrape, so that the figures of one scrape agree with each
-  // other. prom-client collects every metric once per scrape, so a metric asking a
-  // second time means a new scrape has begun; the snapshot is also dropped a macrotask
-  // later, so figures are never older than the tick that read them.
+/**
+ * One read of the kernel per scrape, so that the figures of one scrape agree with each
+ * other. prom-client collects every metric once per scrape, so a metric asking a second
+ * time means a new scrape has begun; the snapshot is also dropped a macrotask later, so
+ * figures are never older than the tick that read them.
+ */
+function snapshotReader(options: KsmMetricsOptions, pid: number): SnapshotReader {
   let current: Snapshot | undefined;
   const served = new Set<string>();
-  const snapshot = (metric?: string): Snapshot => {
-    if (current && (metric === undefined || !served.has(metric))) {
-      if (metric !== undefined) served.add(metric);
-      return current;
-    }
+  const groupLimit = typeof options.groups === 'object' ? (options.groups.limit ?? 100) : 100;
+  const read = (): Snapshot => {
     const s: Snapshot = {};
     try {
       s.system = systemStats();
@@ -191,67 +221,138 @@ export function collectKsmMetrics(registry: Registry = defaultRegistry, options:
         // Kernels before 5.19 have no per-process figures.
       }
     }
+    if (options.groups) s.groups = processGroups(groupLimit);
     s.ksmdCpuSeconds = ksmdCpuSeconds();
+    return s;
+  };
+  return (metric) => {
+    if (current && (metric === undefined || !served.has(metric))) {
+      if (metric !== undefined) served.add(metric);
+      return current;
+    }
     if (current === undefined) {
       setImmediate(() => {
         current = undefined;
         served.clear();
       });
     }
-    current = s;
+    current = read();
     served.clear();
     if (metric !== undefined) served.add(metric);
-    return s;
+    return current;
   };
+}
 
+/** One unlabelled figure as a gauge, or as a counter copied from the kernel's running total. */
+function registerFigure(registry: Registry, def: Def, snapshot: SnapshotReader): void {
+  if (def.counter) {
+    new Counter({
+      name: def.name,
+      help: def.help,
+      registers: [registry],
+      collect() {
+        const v = def.read(snapshot(def.name));
+        // A counter has no set(): the kernel keeps the running total, so it is copied.
+        if (v === undefined || v < 0) return;
+        this.reset();
+        this.inc(v);
+      },
+    });
+  } else {
+    new Gauge({
+      name: def.name,
+      help: def.help,
+      registers: [registry],
+      collect() {
+        const v = def.read(snapshot(def.name));
+        if (v !== undefined) this.set(v);
+      },
+    });
+  }
+}
+
+/** `ksm_advisor_mode{mode}`: 1 for the mode in force, 0 for the others. */
+function registerAdvisorMode(registry: Registry, snapshot: SnapshotReader): void {
+  new Gauge({
+    name: 'ksm_advisor_mode',
+    help: 'advisor_mode: 1 for the mode in force',
+    labelNames: ['mode'],
+    registers: [registry],
+    collect() {
+      this.reset();
+      const mode = snapshot('ksm_advisor_mode').system?.advisorMode;
+      if (mode === undefined) return;
+      for (const m of new Set([...ADVISOR_MODES, mode])) this.set({ mode: m }, m === mode ? 1 : 0);
+    },
+  });
+}
+
+/**
+ * The `ksm_group_*` gauges, labelled by comm and cgroup (those this kernel has: profit
+ * and zero pages came in later kernels), and `ksm_group_unreadable_processes`.
+ */
+function registerGroups(registry: Registry, snapshot: SnapshotReader): string[] {
+  let own: ProcessStats | undefined;
+  try {
+    own = processStats(process.pid);
+  } catch {
+    return [];
+  }
+  const defs = GROUPS.filter(
+    (d) =>
+      (d.name !== 'ksm_group_profit_bytes' || own.profitBytes !== undefined) &&
+      (d.name !== 'ksm_group_zero_pages' || own.zeroPages !== undefined),
+  );
+  for (const def of defs) {
+    new Gauge({
+      name: def.name,
+      help: def.help,
+      labelNames: ['comm', 'cgroup'],
+      registers: [registry],
+      collect() {
+        this.reset();
+        for (const g of snapshot(def.name).groups?.groups ?? []) {
+          const v = def.read(g);
+          if (v !== undefined) this.set({ comm: g.comm, cgroup: g.cgroup }, v);
+        }
+      },
+    });
+  }
+  new Gauge({
+    name: 'ksm_group_unreadable_processes',
+    help: 'Processes whose KSM figures the exporter may not read (it needs root or CAP_DAC_READ_SEARCH)',
+    registers: [registry],
+    collect() {
+      const groups = snapshot('ksm_group_unreadable_processes').groups;
+      if (groups !== undefined) this.set(groups.unreadable);
+    },
+  });
+  return [...defs.map((d) => d.name), 'ksm_group_unreadable_processes'];
+}
+
+/**
+ * Registers KSM gauges and counters on `registry` (default: prom-client's global one).
+ * Values are read when the registry is scraped, once per scrape for all metrics; a figure
+ * the kernel lacks is not registered rather than reported as 0.
+ * Calling it again for the same registry returns the metrics already registered.
+ */
+export function collectKsmMetrics(registry: Registry = defaultRegistry, options: KsmMetricsOptions = {}): KsmMetrics {
+  const existing = registered.get(registry);
+  if (existing) return existing;
+  const snapshot = snapshotReader(options, options.pid ?? process.pid);
   // prom-client reports an unlabelled metric as 0 until it is set, so a figure this
   // kernel does not have (checked once: sysfs files do not come and go) is not registered.
   const first = snapshot();
   const defs = [...SYSTEM, ...(options.process === false ? [] : PROCESS)].filter((def) => def.exists(first));
-  for (const def of defs) {
-    if (def.counter) {
-      new Counter({
-        name: def.name,
-        help: def.help,
-        registers: [registry],
-        collect() {
-          const v = def.read(snapshot(def.name));
-          // A counter has no set(): the kernel keeps the running total, so it is copied.
-          if (v === undefined || v < 0) return;
-          this.reset();
-          this.inc(v);
-        },
-      });
-    } else {
-      new Gauge({
-        name: def.name,
-        help: def.help,
-        registers: [registry],
-        collect() {
-          const v = def.read(snapshot(def.name));
-          if (v !== undefined) this.set(v);
-        },
-      });
-    }
+  for (const def of defs) registerFigure(registry, def, snapshot);
+  const names = defs.map((d) => d.name);
+  if (fs.existsSync(`${KSM_SYSFS}/advisor_mode`)) {
+    registerAdvisorMode(registry, snapshot);
+    names.push('ksm_advisor_mode');
   }
-  const advisor = fs.existsSync(`${KSM_SYSFS}/advisor_mode`);
-  if (advisor) {
-    new Gauge({
-      name: 'ksm_advisor_mode',
-      help: 'advisor_mode: 1 for the mode in force',
-      labelNames: ['mode'],
-      registers: [registry],
-      collect() {
-        this.reset();
-        const mode = snapshot('ksm_advisor_mode').system?.advisorMode;
-        if (mode === undefined) return;
-        for (const m of new Set([...ADVISOR_MODES, mode])) this.set({ mode: m }, m === mode ? 1 : 0);
-      },
-    });
-  }
-
+  if (options.groups) names.push(...registerGroups(registry, snapshot));
   const result: KsmMetrics = {
-    names: [...defs.map((d) => d.name), ...(advisor ? ['ksm_advisor_mode'] : [])],
+    names,
     unregister() {
       for (const name of result.names) registry.removeSingleMetric(name);
       registered.delete(registry);

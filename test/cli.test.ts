@@ -14,6 +14,7 @@ import { formatBytes } from '../lib/cli/format';
 import { pageSize } from '../lib/memory';
 import { computeSystemStats, processStats, systemStats, type SystemStats } from '../lib/stats';
 import { lockKsm, pollUntil, requireKsm } from './helpers/ksm';
+import { labelProblems, rsvgAvailable } from './helpers/render';
 import { restore, snapshot } from './helpers/sysfs';
 
 // Other test runs on this machine may hold the KSM test lock for minutes.
@@ -375,16 +376,17 @@ describe('watch', () => {
       }
       const text = fs.readFileSync(svg, 'utf8');
       expect(XMLValidator.validate(text)).toBe(true);
-      const doc = new XMLParser({ ignoreAttributes: false, isArray: (name) => name === 'polyline' }).parse(text) as {
-        svg: { polyline: Array<Record<string, string>> };
-      };
-      const lines = doc.svg.polyline;
-      expect(lines.map((l) => l['@_data-series'])).toEqual(['saved bytes', 'ksmd CPU %']);
-      for (const l of lines) {
-        const points = l['@_points']!.trim().split(/\s+/);
-        expect(points.length).toBe(samples.length);
-        for (const p of points) expect(p).toMatch(/^-?\d+(\.\d+)?,-?\d+(\.\d+)?$/);
-      }
+      const doc = new XMLParser({
+        ignoreAttributes: false,
+        isArray: (name) => name === 'polyline' || name === 'g',
+      }).parse(text) as { svg: { g: Array<{ '@_class': string; polyline?: Array<Record<string, string>> }> } };
+      // One panel of memory saved (a point per sample) and one of ksmd CPU (a step per sample).
+      const [saved, cpu] = doc.svg.g.filter((g) => g['@_class'] === 'panel').map((g) => g.polyline ?? []);
+      const points = (l: Record<string, string>) => l['@_points']!.trim().split(/\s+/);
+      expect(points(saved![0]!).length).toBe(samples.length);
+      expect(points(cpu![0]!).length).toBe(2 * samples.length + 1);
+      for (const p of [...points(saved![0]!), ...points(cpu![0]!)]) expect(p).toMatch(/^-?\d+(\.\d+)?,-?\d+(\.\d+)?$/);
+      if (rsvgAvailable() === null) expect(labelProblems(text)).toEqual([]);
     });
   });
 

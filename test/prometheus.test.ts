@@ -11,6 +11,7 @@ import parsePrometheusTextFormat from 'parse-prometheus-text-format';
 import { Registry } from 'prom-client';
 import { afterEach, beforeAll, describe, expect, onTestFinished, test, vi } from 'vitest';
 import { alloc, free, pageSize } from '../lib/memory';
+import { parseCgroup, processGroups } from '../lib/process-groups';
 import { collectKsmMetrics } from '../lib/prometheus';
 import { processStats, systemStats } from '../lib/stats';
 import { fillPages, pollUntil, requireKsm, withFastKsm } from './helpers/ksm';
@@ -166,6 +167,77 @@ describe('collectKsmMetrics', () => {
       { cwd: ROOT, encoding: 'utf8' },
     );
     expect(r.stdout.trim()).toBe('false');
+  });
+});
+
+describe('process groups', () => {
+  test('parseCgroup: the unified hierarchy, else name=systemd, else the first line', () => {
+    expect(parseCgroup('0::/system.slice/api.service\n')).toBe('/system.slice/api.service');
+    expect(parseCgroup('12:pids:/user.slice\n1:name=systemd:/system.slice/db.service\n0::/\n')).toBe('/');
+    expect(parseCgroup('12:pids:/user.slice\n1:name=systemd:/system.slice/db.service\n')).toBe(
+      '/system.slice/db.service',
+    );
+    expect(parseCgroup('3:cpu,cpuacct:/a:b\n')).toBe('/a:b');
+    expect(parseCgroup('')).toBe('');
+  });
+
+  /** Children that each hold the same `pages` pages in mergeable memory, named `title` (their comm). */
+  async function holders(count: number, title: string, pages: number) {
+    const code = `process.title = ${JSON.stringify(title)};
+      const ksm = require(${JSON.stringify(path.join(ROOT, 'dist/index.js'))});
+      const b = ksm.alloc(${pages} * ksm.pageSize);
+      for (let p = 0; p < ${pages}; p++) b.fill(p % 251 + 1, p * ksm.pageSize, (p + 1) * ksm.pageSize);
+      console.log('ready'); process.stdin.resume(); process.stdin.on('end', () => process.exit(0));`;
+    const kids = Array.from({ length: count }, () =>
+      spawn(process.execPath, ['-e', code], { stdio: ['pipe', 'pipe', 'inherit'] }),
+    );
+    onTestFinished(() => {
+      for (const k of kids) k.kill('SIGKILL');
+    });
+    await Promise.all(kids.map((k) => new Promise((resolve) => k.stdout.once('data', resolve))));
+    return kids.map((k) => k.pid!);
+  }
+
+  test("ksm_group_* sum the host's processes by command and cgroup, read at scrape time", async (ctx) => {
+    requireKsm(ctx);
+    const pages = 512;
+    const pids = await holders(3, 'ksm-grp-test', pages);
+    const registry = new Registry();
+    const metrics = collectKsmMetrics(registry, { process: false, groups: true });
+    expect(metrics.names).toContain('ksm_group_merging_pages');
+    expect(metrics.names).toContain('ksm_group_unreadable_processes');
+    await withFastKsm(async () => {
+      const merged = () => processGroups().groups.find((g) => g.comm === 'ksm-grp-test')?.mergingPages ?? 0;
+      expect(await pollUntil(() => merged() >= 3 * pages, 120_000)).toBe(true);
+      const families = parseExposition(await registry.metrics());
+      expectConventions(families);
+      const cgroup = parseCgroup(fs.readFileSync(`/proc/${pids[0]}/cgroup`, 'utf8'));
+      const labels = { comm: 'ksm-grp-test', cgroup };
+      expect(value(families, 'ksm_group_processes', labels)).toBe(3);
+      // Each child's pages all share KSM pages (the pattern repeats within and across children).
+      expect(value(families, 'ksm_group_merging_pages', labels)).toBe(3 * pages);
+      if (families.has('ksm_group_profit_bytes')) {
+        // Merged pages minus the rmap items' bookkeeping: positive once all 3 x 512 pages share.
+        expect(value(families, 'ksm_group_profit_bytes', labels)).toBeGreaterThan(0);
+      }
+      // Run as root: nothing is hidden from it.
+      expect(value(families, 'ksm_group_unreadable_processes')).toBe(0);
+    });
+    metrics.unregister();
+  });
+
+  test('more groups than the limit: the rest are summed into comm="(other)"', async (ctx) => {
+    requireKsm(ctx);
+    await holders(1, 'ksm-grp-a', 16);
+    await holders(1, 'ksm-grp-b', 16);
+    await holders(1, 'ksm-grp-c', 16);
+    const all = processGroups(1000);
+    expect(all.groups.length).toBeGreaterThanOrEqual(3);
+    const capped = processGroups(2);
+    expect(capped.groups).toHaveLength(2);
+    expect(capped.groups[1]!.comm).toBe('(other)');
+    const total = (gs: typeof all.groups) => gs.reduce((n, g) => n + g.processes, 0);
+    expect(total(capped.groups)).toBeGreaterThanOrEqual(3);
   });
 });
 

@@ -102,7 +102,7 @@ describe('node-ksm/testing and node-ksm/prometheus', () => {
     expectTypeOf(withKsm(() => 1)).resolves.toEqualTypeOf<number>();
     expectTypeOf(expectMerged).toBeCallableWith(alloc(1), 0.9);
     expectTypeOf(collectKsmMetrics).parameters.toEqualTypeOf<
-      [registry?: Registry, options?: { process?: boolean; pid?: number }]
+      [registry?: Registry, options?: { process?: boolean; pid?: number; groups?: boolean | { limit?: number } }]
     >();
     expectTypeOf(collectKsmMetrics()).toEqualTypeOf<KsmMetrics>();
   });

@@ -5,8 +5,17 @@
  * runs (root only) and puts them all back, also on Ctrl-C.
  */
 import fs from 'node:fs';
-import { DEFAULT_POLICIES, runBenchmark, summary, type BenchProgress, type BenchReport } from '../benchmark';
-import { lineChart } from '../svg';
+import os from 'node:os';
+import {
+  DEFAULT_POLICIES,
+  runBenchmark,
+  summary,
+  type BenchPolicy,
+  type BenchProgress,
+  type BenchReport,
+} from '../benchmark';
+import { benchChart } from '../charts';
+import type { KsmSettings } from '../control';
 import { UsageError, parseCount, parseDuration, str, type Options, type Values } from './args';
 import { formatBytes, formatSeconds, table } from './format';
 
@@ -95,32 +104,26 @@ export function renderBench(report: BenchReport): string {
   ].join('\n');
 }
 
-const COLORS = ['#1f77b4', '#d62728', '#2ca02c', '#ff7f0e', '#9467bd', '#8c564b', '#e377c2', '#7f7f7f'];
+/** What a policy is, in the words of the kernel's knobs, for the chart's legend. */
+export function describePolicy(policy: BenchPolicy, settings?: KsmSettings): string {
+  if (policy === 'default') return 'kernel default (100 pages / 20 ms)';
+  if (policy === 'advisor') return `kernel advisor (${settings?.advisorTargetScanTime ?? 2} s target)`;
+  if (policy === 'autotune') return 'node-ksm autotune';
+  return `pages_to_scan ${policy}, sleep 0`;
+}
 
-/** Saved bytes over time, one line per policy, on a common time grid (each policy's last value held). */
+/** The bench chart: memory saved and ksmd CPU over time per policy, in two aligned panels. */
 export function benchSvg(report: BenchReport): string {
-  const end = Math.max(1, ...report.results.map((r) => r.samples[r.samples.length - 1]?.t ?? 0));
-  const step = end / 400;
-  const x = Array.from({ length: 401 }, (_, i) => +(i * step).toFixed(3));
-  const max = Math.max(1 << 20, ...report.results.flatMap((r) => r.samples.map((s) => s.savedBytes)));
-  return lineChart({
-    title: `Saved bytes over time: ${report.workers} workers x ${report.mib} MiB of identical pages`,
-    x,
-    series: report.results.map((r, i) => {
-      let j = 0;
-      let last = 0;
-      return {
-        name: r.policy,
-        color: COLORS[i % COLORS.length]!,
-        min: 0,
-        max,
-        format: formatBytes,
-        values: x.map((t) => {
-          while (j < r.samples.length && r.samples[j]!.t <= t) last = r.samples[j++]!.savedBytes;
-          return last;
-        }),
-      };
-    }),
+  const runs = report.runs > 1 ? `median of ${report.runs} runs` : 'one run';
+  return benchChart({
+    title: `Scanner policies: ${report.workers} workers × ${report.mib} MiB of identical pages`,
+    subtitle: `${runs}; merge target 95 % of the pages; idle: the ${report.idleMs / 1000} s after merging; Linux ${os.release()}, ${os.availableParallelism()} CPUs`,
+    series: report.results.map((r) => ({
+      name: describePolicy(r.policy, r.settings),
+      samples: r.samples,
+      mergeSeconds: r.mergeSeconds,
+      idleCpuPercent: r.idleCpuPercent,
+    })),
   });
 }
 

@@ -1,7 +1,8 @@
 /**
  * `node-ksm exporter`: serves this host's KSM metrics at /metrics for Prometheus. Every
- * host of a fleet runs one; Prometheus aggregates. Loopback only unless --host says
- * otherwise: the figures tell other tenants what this machine holds.
+ * host of a fleet runs one; Prometheus aggregates (deploy/prometheus/ has the rules,
+ * deploy/grafana/ the dashboard, deploy/systemd/ the unit). Loopback only unless --host
+ * says otherwise: the figures tell other tenants what this machine holds.
  */
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -12,6 +13,7 @@ import { KsmError } from '../errors';
 function loadPromClient(): { prom: typeof PromClient; ksm: typeof KsmPrometheus } {
   try {
     // Loaded only here, so the other commands work without the optional peer dependency.
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
     return { prom: require('prom-client') as typeof PromClient, ksm: require('../prometheus') as typeof KsmPrometheus };
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'MODULE_NOT_FOUND') {
@@ -30,8 +32,9 @@ export async function startExporter(
 ): Promise<{ server: http.Server; url: string; address: AddressInfo }> {
   const { prom, ksm } = loadPromClient();
   const registry = new prom.Registry();
-  // The exporter's own process figures would describe the exporter, not the host.
-  ksm.collectKsmMetrics(registry, { process: false });
+  // The exporter's own process figures would describe the exporter, not the host; what
+  // the host's processes save is exported per group (command and cgroup) instead.
+  ksm.collectKsmMetrics(registry, { process: false, groups: true });
   const server = http.createServer((req, res) => {
     const path = (req.url ?? '/').split('?')[0];
     if (req.method !== 'GET' && req.method !== 'HEAD') {
