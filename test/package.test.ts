@@ -163,7 +163,12 @@ describe(RELEASE ? `the release tarball ${path.basename(RELEASE)}` : 'npm pack o
   it('passes publint --strict', async () => {
     const { publint } = await import('publint');
     const { formatMessage } = await import('publint/utils');
-    const { messages, pkg } = await publint({ pkgDir: root, strict: true, level: 'suggestion' });
+    const bytes = fs.readFileSync(tarball);
+    const { messages, pkg } = await publint({
+      pack: { tarball: bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.length) },
+      strict: true,
+      level: 'suggestion',
+    });
     expect(messages.map((m) => formatMessage(m, pkg) ?? m.code)).toEqual([]);
   });
 
