@@ -98,9 +98,10 @@ for part in "${parts[@]}"; do
       KSM_REQUIRE=1 NODE_KSM_TARBALL="$tgz" NODE_KSM_ABI_TESTS="test/memory.test.ts test/gc.test.ts test/worker.test.ts" \
         bash scripts/test-abi.sh "${majors[@]:0:${#majors[@]}-1}" ;;
     integration)
-      # The files that prove KSM works end to end, through the public API, on the newest
-      # line; the rest of the suite (fault injection, fuzzing, examples, the CLI) is about
-      # this library's own logic, which the main run on the machine's Node covers.
+      # The files that prove each KSM API works against the kernel, on the newest line.
+      # Left to the main run on the machine's Node: autotune and the scanner benchmark
+      # (minutes of policy logic), boost-faults, faults, leaks and the fuzzers (this
+      # library's own robustness), the examples, the CLI and Prometheus.
       KSM_REQUIRE=1 NODE_KSM_TARBALL="$tgz" NODE_KSM_ABI_TESTS="test/memory.test.ts test/gc.test.ts \
         test/worker.test.ts test/merge.test.ts test/wait.test.ts test/boost.test.ts test/stats.test.ts \
         test/control.test.ts test/testing.test.ts" bash scripts/test-abi.sh "${majors[-1]}" ;;
