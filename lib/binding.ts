@@ -6,6 +6,7 @@
  */
 import path from 'node:path';
 import { KsmError } from './errors';
+import { buildAdvice, currentHost } from './install';
 
 export interface RegionInfo {
   freed: boolean;
@@ -91,22 +92,22 @@ function load(): { binding: NativeBinding | null; loadError: string | null } {
   try {
     // NODE_KSM_BINARY selects another build of the same sources (the sanitizer build).
     const explicit = process.env.NODE_KSM_BINARY;
-    // eslint-disable-next-line @typescript-eslint/no-require-imports
-    const native = explicit ? require(path.resolve(explicit)) : require('node-gyp-build')(packageRoot);
+    /* eslint-disable @typescript-eslint/no-require-imports */
+    const native = (
+      explicit ? require(path.resolve(explicit)) : (require('node-gyp-build') as (dir: string) => unknown)(packageRoot)
+    ) as NativeBinding & { unsupported?: boolean };
+    /* eslint-enable @typescript-eslint/no-require-imports */
     if (native.unsupported)
       return { binding: null, loadError: 'node-ksm was built without KSM support for this platform' };
     native.setErrorClass(KsmError);
-    return { binding: native as NativeBinding, loadError: null };
+    return { binding: native, loadError: null };
   } catch (err) {
     const reason = err instanceof Error ? err.message.split('\n')[0] : String(err);
     return {
       binding: null,
-      loadError:
-        `The node-ksm native addon could not be loaded (${reason}). ` +
-        `No prebuilt binary for ${process.platform}-${process.arch} loads here and none was built from source: ` +
-        `install a C++ compiler, make and python3 (Debian/Ubuntu: apt-get install build-essential python3; Alpine: apk add build-base python3), ` +
-        `allow node-ksm's install script if your package manager skips them (npm >= 11: npm install-scripts approve node-ksm), ` +
-        `then run "npm rebuild node-ksm".`,
+      loadError: process.env.NODE_KSM_BINARY
+        ? `NODE_KSM_BINARY=${process.env.NODE_KSM_BINARY} could not be loaded (${reason})`
+        : `The node-ksm native addon could not be loaded. ${buildAdvice(currentHost(), reason)}`,
     };
   }
 }

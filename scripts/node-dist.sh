@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
 # Prints the path of a Node binary from the npm registry's node-linux-<arch> package
 # (the official build, repackaged), fetched once into a cache with `npm pack`.
+# Root keeps the cache in /var/cache, not under /root (mode 700): tests run children of
+# these binaries as another user (process.execPath with uid nobody), who must reach them.
 # Usage: scripts/node-dist.sh <major|version> [x64|arm64]
+#        scripts/node-dist.sh --cache        (prints the cache directory)
 set -euo pipefail
-want=$1 arch=${2:-x64}
-cache=${NODE_KSM_NODE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/node-ksm/node}
+if [ "$(id -u)" = 0 ]; then default=/var/cache/node-ksm/node; else default=${XDG_CACHE_HOME:-$HOME/.cache}/node-ksm/node; fi
+cache=${NODE_KSM_NODE_CACHE:-$default}
 mkdir -p "$cache"
+[ "$1" = --cache ] && { echo "$cache"; exit 0; }
+want=$1 arch=${2:-x64}
 # The highest published version in the range, asked once a day at most.
 stamp="$cache/.$arch-$want"
 if [ -z "$(find "$stamp" -mtime -1 2>/dev/null)" ]; then

@@ -1,9 +1,14 @@
 /**
- * The package as users get it. `npm pack` holds exactly what builds from source (plus the
- * prebuilds when scripts/prebuild.sh made them); a consumer project installs the tarball
- * (from the npm cache, as offline as npm allows) and both `import` and `require` work and
- * type-check; with the platform forced to one without KSM, everything still loads and says
- * why it cannot work. Nothing here touches /sys/kernel/mm/ksm.
+ * The package as users get it. The tarball is NODE_KSM_TARBALL when set (CI: the release
+ * tarball `npm pack` made, prebuilds and all, through scripts/test-tarball.sh), else the
+ * work tree packed without scripts (dist/ as built, prebuilds/ if scripts/prebuild.sh ran).
+ * It holds exactly what builds from source, the compiled library and the prebuilds;
+ * publint and attw find nothing; a consumer project installs it (from the npm cache, as
+ * offline as npm allows) and both `import` and `require` work and type-check; with no
+ * prebuild that matches (node-gyp-build told the C library is musl) npm builds it from
+ * source, and where it cannot, install and import say what to install. With the platform
+ * forced to one without KSM everything still loads and says why. Nothing here touches
+ * /sys/kernel/mm/ksm.
  */
 import { execFileSync, spawnSync, type SpawnSyncReturns } from 'node:child_process';
 import fs from 'node:fs';
@@ -13,18 +18,28 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 const root = path.join(__dirname, '..');
 const tsc = path.join(root, 'node_modules/typescript/bin/tsc');
+const attw = path.join(root, 'node_modules/@arethetypeswrong/cli/dist/index.js');
 const hostPrebuild = `prebuilds/${process.platform}-${process.arch}/`;
 const INSTALL_TIMEOUT = 300_000;
+const RELEASE = process.env.NODE_KSM_TARBALL ? path.resolve(process.env.NODE_KSM_TARBALL) : '';
+/** What the release tarball ships; a pack of the work tree has whichever prebuilds were built. */
+const RELEASE_PREBUILDS = ['prebuilds/linux-arm64/node-ksm.glibc.node', 'prebuilds/linux-x64/node-ksm.glibc.node'];
 
 // The consumers must load what they installed, not a binary this run was pointed at.
 const env: NodeJS.ProcessEnv = { ...process.env };
-delete env.NODE_KSM_BINARY;
-delete env.NODE_KSM_FORCE_PLATFORM;
+for (const name of ['NODE_KSM_BINARY', 'NODE_KSM_FORCE_PLATFORM', 'LIBC', 'npm_config_build_from_source'])
+  delete env[name];
 
 let tmp = '';
 let tarball = '';
 let packed: string[] = [];
 const installSeconds: Record<string, number> = {};
+
+interface PackageJson {
+  bin: Record<string, string>;
+  exports: Record<string, string | { types?: string; default: string }>;
+  typesVersions: Record<string, Record<string, string[]>>;
+}
 
 function run(cmd: string, args: string[], cwd: string, extraEnv: NodeJS.ProcessEnv = {}): SpawnSyncReturns<string> {
   return spawnSync(cmd, args, { cwd, env: { ...env, ...extraEnv }, encoding: 'utf8', timeout: INSTALL_TIMEOUT });
@@ -37,21 +52,35 @@ function ok(r: SpawnSyncReturns<string>): string {
   return r.stdout;
 }
 
-/** A fresh project that installs `tgz` from the npm cache (the registry only for a miss). */
-function consumer(name: string, tgz: string, flags: string[] = []): string {
+function json<T = Record<string, unknown>>(text: string): T {
+  return JSON.parse(text) as T;
+}
+
+const INSTALL = ['install', '--prefer-offline', '--no-audit', '--no-fund', '--no-package-lock'];
+
+/** A fresh project directory with only a package.json. */
+function project(name: string): string {
   const dir = path.join(tmp, name);
   fs.mkdirSync(dir);
   fs.writeFileSync(path.join(dir, 'package.json'), JSON.stringify({ name, private: true }));
+  return dir;
+}
+
+/** A fresh project that installs the tarball from the npm cache (the registry only for a miss). */
+function consumer(name: string, flags: string[] = [], extraEnv: NodeJS.ProcessEnv = {}): string {
+  const dir = project(name);
   const started = Date.now();
-  ok(run('npm', ['install', '--prefer-offline', '--no-audit', '--no-fund', '--no-package-lock', ...flags, tgz], dir));
+  ok(run('npm', [...INSTALL, ...flags, tarball], dir, extraEnv));
   installSeconds[name] = (Date.now() - started) / 1000;
   return dir;
 }
 
 /** Which binary node-gyp-build picks in an installed copy (relative to the package). */
-function loadedBinary(dir: string): string {
+function loadedBinary(dir: string, extraEnv: NodeJS.ProcessEnv = {}): string {
   const pkg = path.join(dir, 'node_modules/node-ksm');
-  const found = ok(run(process.execPath, ['-p', `require('node-gyp-build').path(${JSON.stringify(pkg)})`], dir)).trim();
+  const found = ok(
+    run(process.execPath, ['-p', `require('node-gyp-build').path(${JSON.stringify(pkg)})`], dir, extraEnv),
+  ).trim();
   return path.relative(pkg, found);
 }
 
@@ -64,16 +93,23 @@ function walk(dir: string, base = dir): string[] {
 
 beforeAll(() => {
   tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'node-ksm-package-'));
-  // --ignore-scripts: `prepare` would rewrite dist/ under other test runs; dist/ is built
-  // before the tests (npm test's pretest, CI's build:ts).
-  const out = execFileSync('npm', ['pack', '--ignore-scripts', '--json', '--pack-destination', tmp], {
-    cwd: root,
-    env,
-    encoding: 'utf8',
-  });
-  const [info] = JSON.parse(out) as Array<{ filename: string; files: Array<{ path: string }> }>;
-  tarball = path.join(tmp, info!.filename);
-  packed = info!.files.map((f) => f.path).sort();
+  if (RELEASE) {
+    tarball = RELEASE;
+  } else {
+    // --ignore-scripts: prepack would rebuild the prebuilds and empty dist/ under other
+    // test runs; dist/ is built before the tests (npm test's pretest, CI's build:ts).
+    const out = execFileSync('npm', ['pack', '--ignore-scripts', '--json', '--pack-destination', tmp], {
+      cwd: root,
+      env,
+      encoding: 'utf8',
+    });
+    tarball = path.join(tmp, json<Array<{ filename: string }>>(out)[0]!.filename);
+  }
+  packed = execFileSync('tar', ['-tzf', tarball], { encoding: 'utf8' })
+    .split('\n')
+    .filter((f) => f && !f.endsWith('/'))
+    .map((f) => f.replace(/^package\//, ''))
+    .sort();
 }, INSTALL_TIMEOUT);
 
 afterAll(() => {
@@ -81,40 +117,68 @@ afterAll(() => {
   if (Object.keys(installSeconds).length > 0) console.log(`npm install times (s): ${JSON.stringify(installSeconds)}`);
 });
 
-describe('npm pack', () => {
+describe(RELEASE ? `the release tarball ${path.basename(RELEASE)}` : 'npm pack of the work tree', () => {
   it('holds exactly the sources, build files, compiled output and prebuilds', () => {
     const allowed = [
-      /^(package\.json|README\.md|LICENSE|binding\.gyp|CMakeLists\.txt)$/,
+      /^(package\.json|README\.md|LICENSE|CHANGELOG\.md|binding\.gyp|CMakeLists\.txt)$/,
       /^native\/[\w-]+\.(cc|h)$/,
-      // TypeScript sources, for the source maps in dist/.
+      // TypeScript sources: the source and declaration maps in dist/ point at them.
       /^lib\/([\w-]+\/)*[\w-]+\.ts$/,
-      /^dist\/([\w-]+\/)*[\w-]+\.(js|js\.map|d\.ts)$/,
-      /^prebuilds\/linux-(x64|arm64)\/node-ksm\.(glibc|musl)\.node$/,
+      /^dist\/([\w-]+\/)*[\w-]+\.(js|js\.map|d\.ts|d\.ts\.map)$/,
+      /^prebuilds\/linux-(x64|arm64)\/node-ksm\.glibc\.node$/,
     ];
     expect(packed.filter((f) => !allowed.some((re) => re.test(f)))).toEqual([]);
 
-    const expected = ['binding.gyp', 'CMakeLists.txt', 'package.json'];
+    const expected = ['binding.gyp', 'CMakeLists.txt', 'package.json', 'README.md', 'LICENSE', 'CHANGELOG.md'];
     for (const f of fs.readdirSync(path.join(root, 'native'))) if (/\.(cc|h)$/.test(f)) expected.push(`native/${f}`);
     for (const f of walk(path.join(root, 'lib'))) {
       if (!f.endsWith('.ts')) continue;
       const js = f.replace(/\.ts$/, '');
-      expected.push(`lib/${f}`, `dist/${js}.js`, `dist/${js}.d.ts`, `dist/${js}.js.map`);
+      expected.push(`lib/${f}`, ...['.js', '.js.map', '.d.ts', '.d.ts.map'].map((ext) => `dist/${js}${ext}`));
     }
-    const prebuilds = fs.existsSync(path.join(root, 'prebuilds'))
-      ? walk(path.join(root, 'prebuilds')).map((f) => `prebuilds/${f}`)
-      : [];
+    if (RELEASE) {
+      expected.push(...RELEASE_PREBUILDS);
+      // A release is packed after prepack emptied dist/: nothing in it without a source.
+      expect(packed.filter((f) => !expected.includes(f))).toEqual([]);
+    } else if (fs.existsSync(path.join(root, 'prebuilds'))) {
+      expected.push(...walk(path.join(root, 'prebuilds')).map((f) => `prebuilds/${f}`));
+    }
     // A missing dist file means dist/ is older than lib/: npm run build:ts.
-    expect(expected.concat(prebuilds).filter((f) => !packed.includes(f))).toEqual([]);
+    expect(expected.filter((f) => !packed.includes(f))).toEqual([]);
 
-    const pkg = JSON.parse(fs.readFileSync(path.join(root, 'package.json'), 'utf8')) as { bin: Record<string, string> };
+    const pkg = json<PackageJson>(fs.readFileSync(path.join(root, 'package.json'), 'utf8'));
     for (const bin of Object.values(pkg.bin)) expect(packed).toContain(path.normalize(bin));
+  });
+
+  it('gives TypeScript the same types for every subpath under every module resolution', () => {
+    // typesVersions is for moduleResolution node10 (TypeScript's default for module
+    // commonjs), which ignores "exports": each subpath must name the same .d.ts there.
+    const pkg = json<PackageJson>(fs.readFileSync(path.join(root, 'package.json'), 'utf8'));
+    const fromExports = Object.entries(pkg.exports)
+      .filter(([sub, target]) => sub !== '.' && typeof target === 'object' && target.types)
+      .map(([sub, target]) => [sub.slice(2), [(target as { types: string }).types]]);
+    expect(Object.entries(pkg.typesVersions['*']!).sort()).toEqual(fromExports.sort());
   });
 
   it('passes publint --strict', async () => {
     const { publint } = await import('publint');
     const { formatMessage } = await import('publint/utils');
-    const { messages, pkg } = await publint({ pkgDir: root, strict: true, level: 'suggestion' });
+    const bytes = fs.readFileSync(tarball);
+    const { messages, pkg } = await publint({
+      pack: { tarball: bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.length) },
+      strict: true,
+      level: 'suggestion',
+    });
     expect(messages.map((m) => formatMessage(m, pkg) ?? m.code)).toEqual([]);
+  });
+
+  it('passes @arethetypeswrong/cli (attw) under node10, node16 (CJS and ESM) and bundler resolution', () => {
+    const r = run(process.execPath, [attw, tarball, '--format', 'json'], root);
+    const report = json<{ analysis: { problems: unknown[]; entrypoints: Record<string, unknown> } }>(r.stdout);
+    expect(report.analysis.problems).toEqual([]);
+    const pkg = json<PackageJson>(fs.readFileSync(path.join(root, 'package.json'), 'utf8'));
+    expect(Object.keys(report.analysis.entrypoints).sort()).toEqual(Object.keys(pkg.exports).sort());
+    expect(r.status, r.stderr).toBe(0);
   });
 });
 
@@ -123,7 +187,7 @@ describe('a project that installs the tarball', () => {
   let prebuilt = false;
   beforeAll(() => {
     prebuilt = packed.some((f) => f.startsWith(hostPrebuild));
-    dir = consumer('consumer', tarball);
+    dir = consumer('consumer');
     fs.writeFileSync(
       path.join(dir, 'esm.mjs'),
       `import { alloc, free, support, pageSize, KsmError, Arena } from 'node-ksm';
@@ -155,9 +219,9 @@ ${USE}`,
     ['require (CommonJS)', 'cjs.cjs'],
   ] as const) {
     it(`works through ${kind}`, () => {
-      const out = JSON.parse(ok(run(process.execPath, [file], dir))) as Record<string, unknown>;
+      const out = json(ok(run(process.execPath, [file], dir)));
       expect(out).toMatchObject({
-        version: expect.any(String),
+        version: json<{ version: string }>(fs.readFileSync(path.join(root, 'package.json'), 'utf8')).version,
         sameModule: true,
         withKsm: 'function',
         Arena: 'function',
@@ -168,7 +232,7 @@ ${USE}`,
     });
   }
 
-  it('type-checks an ESM (.mts) and a CommonJS (.cts) consumer', () => {
+  it('type-checks an ESM (.mts) and a CommonJS (.cts) consumer, and one on moduleResolution node10', () => {
     const use = `
 const b: Buffer = alloc(2 * pageSize, { mergeable: true });
 const freed: boolean = free(b);
@@ -183,34 +247,49 @@ alloc('4096');
 // @ts-expect-error no such export
 void ksm.allocate;
 `;
+    const imports = `import { alloc, free, support, processStats, pageSize, type Support, type ProcessStats } from 'node-ksm';`;
     fs.writeFileSync(
       path.join(dir, 'typed.mts'),
-      `import { alloc, free, support, processStats, pageSize, type Support, type ProcessStats } from 'node-ksm';
-import * as ksm from 'node-ksm';
-import { withKsm } from 'node-ksm/testing';${use}`,
+      `${imports}\nimport * as ksm from 'node-ksm';\nimport { withKsm } from 'node-ksm/testing';${use}`,
     );
     fs.writeFileSync(
       path.join(dir, 'typed.cts'),
-      `import { alloc, free, support, processStats, pageSize, type Support, type ProcessStats } from 'node-ksm';
-import ksm = require('node-ksm');
-import { withKsm } from 'node-ksm/testing';${use}`,
+      `${imports}\nimport ksm = require('node-ksm');\nimport { withKsm } from 'node-ksm/testing';${use}`,
     );
+    fs.writeFileSync(
+      path.join(dir, 'typed-node10.ts'),
+      `${imports}\nimport ksm = require('node-ksm');\nimport { withKsm } from 'node-ksm/testing';\nimport type { BenchOptions } from 'node-ksm/bench';\nexport type { BenchOptions };${use}`,
+    );
+    const compilerOptions = {
+      target: 'es2022',
+      strict: true,
+      noEmit: true,
+      types: ['node'],
+      typeRoots: [path.join(root, 'node_modules/@types')],
+    };
     fs.writeFileSync(
       path.join(dir, 'tsconfig.json'),
       JSON.stringify({
-        compilerOptions: {
-          module: 'nodenext',
-          moduleResolution: 'nodenext',
-          target: 'es2022',
-          strict: true,
-          noEmit: true,
-          types: ['node'],
-          typeRoots: [path.join(root, 'node_modules/@types')],
-        },
+        compilerOptions: { ...compilerOptions, module: 'nodenext', moduleResolution: 'nodenext' },
         files: ['typed.mts', 'typed.cts'],
       }),
     );
+    fs.writeFileSync(
+      path.join(dir, 'tsconfig.node10.json'),
+      JSON.stringify({
+        // The .d.ts files were checked by the run above: this one is about resolution.
+        compilerOptions: {
+          ...compilerOptions,
+          module: 'commonjs',
+          moduleResolution: 'node10',
+          esModuleInterop: true,
+          skipLibCheck: true,
+        },
+        files: ['typed-node10.ts'],
+      }),
+    );
     ok(run(process.execPath, [tsc, '-p', 'tsconfig.json'], dir));
+    ok(run(process.execPath, [tsc, '-p', 'tsconfig.node10.json'], dir));
   });
 
   it('loads and says why where KSM cannot be (platform forced to darwin), through import and require', () => {
@@ -236,7 +315,12 @@ console.log(JSON.stringify(out));`;
     fs.writeFileSync(path.join(dir, 'darwin.mjs'), `import * as ksm from 'node-ksm';\n${probe}`);
     fs.writeFileSync(path.join(dir, 'darwin.cjs'), `const ksm = require('node-ksm');\n(async () => {${probe}})();`);
     for (const file of ['darwin.mjs', 'darwin.cjs']) {
-      const out = JSON.parse(ok(run(process.execPath, [file], dir, { NODE_KSM_FORCE_PLATFORM: 'darwin' })));
+      const out = json<{
+        pageSize: number;
+        isKsmBuffer: boolean;
+        support: { reasons: string[] };
+        calls: Record<string, string>;
+      }>(ok(run(process.execPath, [file], dir, { NODE_KSM_FORCE_PLATFORM: 'darwin' })));
       expect(out.pageSize).toBe(0);
       expect(out.isKsmBuffer).toBe(false);
       expect(out.support).toMatchObject({ available: false, mode: 'none', running: false, canConfigure: false });
@@ -255,51 +339,48 @@ console.log(JSON.stringify(out));`;
 
   it('loads the prebuild when install scripts are not run (npm --ignore-scripts, allowScripts)', (ctx) => {
     if (!prebuilt) ctx.skip(`no ${hostPrebuild} in the package: npm run prebuild:x64`);
-    const other = consumer('no-scripts', tarball, ['--ignore-scripts']);
+    const other = consumer('no-scripts', ['--ignore-scripts']);
     expect(loadedBinary(other)).toMatch(new RegExp(`^${hostPrebuild}`));
     ok(run(process.execPath, ['-e', `require('node-ksm').support().mode === 'none' && process.exit(1)`], other));
   });
 
-  /** The tarball as a platform without a prebuild gets it (the prebuilds taken out). */
-  let bare = '';
-  function withoutPrebuilds(): string {
-    if (!prebuilt) return tarball;
-    if (bare) return bare;
-    const unpacked = path.join(tmp, 'unpacked');
-    fs.mkdirSync(unpacked);
-    ok(run('tar', ['-xzf', tarball, '-C', unpacked], tmp));
-    fs.rmSync(path.join(unpacked, 'package/prebuilds'), { recursive: true });
-    const name = ok(
-      run(
-        'npm',
-        ['pack', '--ignore-scripts', '--silent', '--pack-destination', unpacked],
-        path.join(unpacked, 'package'),
-      ),
-    ).trim();
-    return (bare = path.join(unpacked, name));
-  }
+  // No prebuild matches when node-gyp-build is told the C library is musl (LIBC=musl: the
+  // prebuilds are tagged glibc), exactly as on Alpine: the same tarball, nothing removed.
+  const MUSL = { LIBC: 'musl' };
 
-  it('builds from source from the tarball alone when no prebuild matches', (ctx) => {
-    if (!prebuilt) {
-      // The consumer above already did.
-      expect(loadedBinary(dir)).toBe('build/Release/ksm.node');
-      return;
-    }
-    if (process.env.NODE_KSM_SKIP_SOURCE_BUILD === '1') ctx.skip('NODE_KSM_SKIP_SOURCE_BUILD=1');
-    const built = consumer('from-source', withoutPrebuilds());
+  it('builds from source when no prebuild matches, and works', () => {
+    const built = consumer('from-source', [], MUSL);
+    expect(loadedBinary(built, MUSL)).toBe('build/Release/ksm.node');
+    // build/ comes first for node-gyp-build, whatever the C library: so without LIBC too.
     expect(loadedBinary(built)).toBe('build/Release/ksm.node');
-    ok(
-      run(
-        process.execPath,
-        ['-e', `const k = require('node-ksm'); k.support().mode === 'none' && process.exit(1); k.free(k.alloc(1))`],
-        built,
+    const out = json(
+      ok(
+        run(
+          process.execPath,
+          [
+            '-e',
+            `const k = require('node-ksm'); const b = k.alloc(2 * k.pageSize); b.fill(3);
+             const sum = b.reduce((s, x) => s + x, 0);
+             console.log(JSON.stringify({ mode: k.support().mode, pageSize: k.pageSize, sum, freed: k.free(b), after: b.length }))`,
+          ],
+          built,
+          MUSL,
+        ),
       ),
     );
+    expect(out).toEqual({
+      mode: 'external',
+      pageSize: out.pageSize,
+      sum: 3 * 2 * (out.pageSize as number),
+      freed: true,
+      after: 0,
+    });
+    expect(out.pageSize).toBeGreaterThan(0);
   });
 
-  it('with neither a prebuild nor a build, still imports and says what to do', () => {
-    const none = consumer('nothing-built', withoutPrebuilds(), ['--ignore-scripts']);
-    const out = JSON.parse(
+  it('with neither a prebuild nor a build, still imports and says what to install', () => {
+    const none = consumer('nothing-built', ['--ignore-scripts'], MUSL);
+    const out = json<{ s: { reasons: string[] }; code: string }>(
       ok(
         run(
           process.execPath,
@@ -308,12 +389,36 @@ console.log(JSON.stringify(out));`;
             `const k = require('node-ksm'); let code; try { k.alloc(1) } catch (e) { code = e.code } console.log(JSON.stringify({ s: k.support(), code }))`,
           ],
           none,
+          MUSL,
         ),
       ),
     );
     expect(out.code).toBe('ERR_KSM_UNSUPPORTED');
     expect(out.s).toMatchObject({ available: false, mode: 'none' });
-    expect(out.s.reasons.join(' ')).toMatch(/could not be loaded .*install a C\+\+ compiler.*npm rebuild node-ksm/);
+    const reason = out.s.reasons.join(' ');
+    expect(reason).toContain('could not be loaded');
+    expect(reason).toContain(`this is linux-${process.arch} (musl)`);
+    expect(reason).toContain('apk add build-base python3, then run "npm rebuild node-ksm"');
+  });
+
+  it('fails to install where nothing fits and nothing can be built, saying what to install', () => {
+    // Only node, npm and the sh npm runs scripts with on PATH: no python3, make or
+    // compiler for node-gyp.
+    const bin = path.join(tmp, 'bin-no-compiler');
+    fs.mkdirSync(bin);
+    fs.symlinkSync(process.execPath, path.join(bin, 'node'));
+    fs.symlinkSync('/bin/sh', path.join(bin, 'sh'));
+    fs.symlinkSync(
+      fs.realpathSync(execFileSync('sh', ['-c', 'command -v npm'], { encoding: 'utf8' }).trim()),
+      path.join(bin, 'npm'),
+    );
+    const dir = project('install-fails');
+    const r = run(path.join(bin, 'npm'), [...INSTALL, tarball], dir, { ...MUSL, PATH: bin });
+    expect(r.status, r.stdout + r.stderr).not.toBe(0);
+    const said = r.stdout + r.stderr;
+    expect(said).toContain('node-ksm: the build from source failed');
+    expect(said).toContain('apk add build-base python3, then run "npm rebuild node-ksm"');
+    expect(fs.existsSync(path.join(dir, 'node_modules/node-ksm'))).toBe(false);
   });
 });
 
