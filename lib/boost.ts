@@ -179,9 +179,24 @@ function removeState(dir: string): void {
   }
 }
 
+/**
+ * mkdir -p, but the directory itself first: Node's recursive mkdir reports ENOENT instead
+ * of EROFS on a read-only filesystem, and the error must name the real cause.
+ */
+function makeDir(dir: string): void {
+  try {
+    fs.mkdirSync(dir, { mode: 0o755 });
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'EEXIST') return;
+    if (code !== 'ENOENT') throw err;
+    fs.mkdirSync(dir, { recursive: true, mode: 0o755 });
+  }
+}
+
 function openLock(dir: string): number {
   try {
-    fs.mkdirSync(dir, { recursive: true, mode: 0o755 });
+    makeDir(dir);
     return fs.openSync(lockPath(dir), 'a', 0o644);
   } catch (err) {
     const e = err as NodeJS.ErrnoException;

@@ -169,7 +169,7 @@ export function advise(s: SystemStats, canConfigure: boolean, freshness?: Counte
     add(
       'stale-counters',
       `The counters are stale: ksmd is stopped (run=0) and still counts ${formatCount(freshness.stalePages)} merged pages ` +
-        `(${formatBytes(freshness.staleBytes)}) of processes that have exited` +
+        `(${formatBytes(freshness.staleBytes)}) of memory that has been freed (processes that exited, buffers unmapped)` +
         (freshness.livePages === 0
           ? ' (no live process has merged pages)'
           : ` (live processes hold ${formatCount(freshness.livePages)})`) +
@@ -323,7 +323,7 @@ export function renderStatus(r: StatusReport): string {
         : '') +
       (s.sharingRatio > 0 ? `, sharing ratio ${s.sharingRatio.toFixed(1)} (pages_sharing / pages_shared)` : '') +
       (r.counters.state === 'stale'
-        ? ` (STALE: ${formatBytes(r.counters.staleBytes)} of it belongs to processes that have exited; see the advice)`
+        ? ` (STALE: ${formatBytes(r.counters.staleBytes)} of it is memory that has been freed; see the advice)`
         : r.counters.state === 'unknown'
           ? ` (ksmd is stopped, and whether this is stale is unknown: ${r.counters.reason})`
           : ''),
