@@ -9,6 +9,12 @@ command -v ninja >/dev/null || need+=(ninja-build)
 command -v setpriv >/dev/null || need+=(util-linux)
 # gdb: the faults test reads the backtrace of a crashed child from its core file.
 command -v gdb >/dev/null || need+=(gdb)
+# test:kernels boots Debian's kernels in QEMU guests with a busybox initramfs; the top
+# test watches a real qemu process.
+command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
+file -L /bin/busybox 2>/dev/null | grep -q 'statically linked' || need+=(busybox-static)
+command -v xz >/dev/null || need+=(xz-utils)
+command -v file >/dev/null || need+=(file)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null

@@ -24,8 +24,14 @@ import { fileURLToPath } from 'node:url';
 import { bootGuest, CACHE, ensureHostTools, fetchKernel, initramfsWithInit, KERNELS } from './test-kernels-qemu.mjs';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
-/** The test files run on each kernel: they assert what that kernel must give (see each file). */
-export const GUEST_FILES = ['test/kernel.test.ts', 'test/wait.test.ts', 'test/boost.test.ts', 'test/control.test.ts'];
+/**
+ * The test files run on each kernel. test/kernel.test.ts asserts, from the kernel's version,
+ * exactly what that kernel must give, across support(), the statistics, configure, boost,
+ * waitForMerge, setProcessMerging and the CLI. The other integration files are written for
+ * the host's 6.18 (they expect the advisor and smart_scan knobs, and compile lib/ in hooks
+ * with a 120 s limit that an emulated guest exceeds), so they run on the host only.
+ */
+export const GUEST_FILES = ['test/kernel.test.ts'];
 const DEFAULT_KERNELS = ['5.10', '6.1'];
 const ALL = [...KERNELS.map((k) => k.label), 'host'];
 
