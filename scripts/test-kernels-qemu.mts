@@ -269,15 +269,22 @@ export interface InitramfsFile {
  * A gzip'd newc cpio of busybox, `files` and the given modules (as /modules/NN-name.ko with
  * /modules/order), cached by the hash of its contents.
  */
-export function buildInitramfs(kernel: Kernel, files: InitramfsFile[], modules: string[]): string {
+export function buildInitramfs(
+  kernel: Kernel,
+  files: InitramfsFile[],
+  modules: string[],
+  options: { out?: string; compress?: boolean } = {},
+): string {
   const mods = moduleLoadOrder(kernel, modules);
+  const compress = options.compress ?? true;
   const hash = createHash('sha256');
   hash.update(kernel.release);
   for (const f of files) hash.update(f.name).update(f.data);
   for (const m of mods) hash.update(m.name);
   const digest = hash.digest('hex').slice(0, 16);
-  const out = path.join(CACHE, 'initramfs', `${kernel.spec.suite}-${digest}.cpio.gz`);
-  if (fs.existsSync(out)) return out;
+  const out =
+    options.out ?? path.join(CACHE, 'initramfs', `${kernel.spec.suite}-${digest}.cpio${compress ? '.gz' : ''}`);
+  if (options.out === undefined && fs.existsSync(out)) return out;
   fs.mkdirSync(path.dirname(out), { recursive: true });
   const stage = fs.mkdtempSync(path.join(CACHE, '.initramfs-'));
   try {
@@ -301,13 +308,12 @@ export function buildInitramfs(kernel: Kernel, files: InitramfsFile[], modules: 
       .filter((l) => l && l !== '.')
       .sort()
       .join('\n');
-    const cpio = spawnSync('sh', ['-c', 'busybox cpio -o -H newc 2>/dev/null | gzip -1'], {
-      cwd: stage,
-      input: `${list}\n`,
-      maxBuffer: 1 << 30,
-    });
+    const cpio = spawnSync(
+      'sh',
+      ['-c', `busybox cpio -o -H newc 2>/dev/null ${compress ? '| gzip -1 ' : ''}> "$0"`, `${out}.tmp`],
+      { cwd: stage, input: `${list}\n` },
+    );
     if (cpio.status !== 0) throw new Error(`cpio failed: ${cpio.stderr.toString()}`);
-    fs.writeFileSync(`${out}.tmp`, cpio.stdout);
     fs.renameSync(`${out}.tmp`, out);
     return out;
   } finally {
