@@ -228,6 +228,12 @@ function walkedStats(pid: number, want: 'auto' | 'kpageflags' | 'pagemap'): Proc
     fs.closeSync(fd);
   }
   const ksm = hidden || want === 'pagemap' ? undefined : countKsmFrames(frames);
+  if (want === 'kpageflags' && ksm === undefined && kpageflagsKsmReliable() === false) {
+    throw new KsmError(
+      "This kernel's /proc/kpageflags marks every anonymous page KSM (seen on 6.12), so it cannot count merged pages: use the pagemap method",
+      'ERR_KSM_UNSUPPORTED',
+    );
+  }
   if (want === 'kpageflags' && ksm === undefined && (hidden || frames.length > 0)) {
     throw new KsmError(
       'Reading page frames and /proc/kpageflags needs root (CAP_SYS_ADMIN): run as root, or use the pagemap method for an estimate',
@@ -244,8 +250,53 @@ function walkedStats(pid: number, want: 'auto' | 'kpageflags' | 'pagemap'): Proc
   };
 }
 
+let ksmFlagTrusted: boolean | undefined;
+
+/**
+ * Whether /proc/kpageflags tells KSM pages apart on this kernel. Debian's 6.12 sets KPF_KSM
+ * on every anonymous page (measured in a guest: a buffer never scanned by ksmd read as
+ * fully merged), so the flag is checked once on a page that cannot be a KSM page: a fresh,
+ * written, unmergeable one. Undefined when kpageflags cannot be read (not root).
+ */
+export function kpageflagsKsmReliable(): boolean | undefined {
+  if (ksmFlagTrusted !== undefined) return ksmFlagTrusted;
+  const b = native();
+  let ab: ArrayBuffer;
+  try {
+    ab = b.alloc(pageSize, false);
+  } catch {
+    return undefined;
+  }
+  try {
+    new Uint8Array(ab).fill(0x5a);
+    const page = b.addressOf(ab) / BigInt(pageSize);
+    const buf = Buffer.alloc(8);
+    const pm = fs.openSync('/proc/self/pagemap', 'r');
+    try {
+      fs.readSync(pm, buf, 0, 8, Number(page) * 8);
+    } finally {
+      fs.closeSync(pm);
+    }
+    const pfn = buf.readBigUInt64LE(0) & PM_PFN;
+    if (pfn === 0n) return undefined;
+    const kf = fs.openSync('/proc/kpageflags', 'r');
+    try {
+      fs.readSync(kf, buf, 0, 8, Number(pfn) * 8);
+    } finally {
+      fs.closeSync(kf);
+    }
+    ksmFlagTrusted = (buf.readBigUInt64LE(0) & KPF_KSM) === 0n;
+    return ksmFlagTrusted;
+  } catch {
+    return undefined;
+  } finally {
+    b.free(ab);
+  }
+}
+
 /** How many of the frames are KSM pages, or undefined when /proc/kpageflags cannot be read. */
 function countKsmFrames(frames: number[]): number | undefined {
+  if (kpageflagsKsmReliable() === false) return undefined;
   let fd: number;
   try {
     fd = fs.openSync('/proc/kpageflags', 'r');

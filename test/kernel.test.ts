@@ -15,7 +15,7 @@ import { configure, readSettings } from '../lib/control';
 import { bufferStats } from '../lib/buffer-stats';
 import { alloc, free, pageSize, processMerging, setProcessMerging } from '../lib/memory';
 import { counterFreshness, liveMergingPages } from '../lib/cli/status';
-import { processStats, systemStats } from '../lib/stats';
+import { kpageflagsKsmReliable, processStats, systemStats } from '../lib/stats';
 import { support } from '../lib/support';
 import { waitForMerge } from '../lib/wait';
 import { DIST, ensureDist } from './helpers/dist';
@@ -114,6 +114,11 @@ describe(`Linux ${os.release()}: what the kernel has`, () => {
     expect(processStats(process.pid, { method: 'pagemap' }).method).toBe('pagemap');
   });
 
+  it("kpageflags' KSM flag is trusted exactly where the kernel sets it on KSM pages only", (ctx) => {
+    if (!isRoot) return ctx.skip('/proc/kpageflags needs root');
+    expect(kpageflagsKsmReliable()).toBe(has.kpageflagsKsm);
+  });
+
   it('setProcessMerging / processMerging: work from 6.4, a typed ERR_KSM_UNSUPPORTED before', () => {
     if (has.prctl) {
       expect(processMerging()).toBe(false);
@@ -162,7 +167,7 @@ describe(`Linux ${os.release()}: merging for real`, { timeout: 900_000 }, () => 
         expect(bufferStats(c).mergedPages).toBe(0);
         // smaps describes a buffer only when its mapping is the buffer alone (the kernel may
         // join a, b and c into one), and has a KSM: line only from 6.7.
-        const exact = isRoot ? 'kpageflags' : 'pagemap';
+        const exact = isRoot && has.kpageflagsKsm ? 'kpageflags' : 'pagemap';
         expect(has.smapsKsm ? ['smaps', exact] : [exact]).toContain(bufferStats(a).method);
         if (!has.smapsKsm)
           expect(() => bufferStats(a, { method: 'smaps' })).toThrow(
@@ -173,7 +178,11 @@ describe(`Linux ${os.release()}: merging for real`, { timeout: 900_000 }, () => 
         const proc = processStats();
         expect(proc.method).toBe(expectedMethod);
         expect(proc.mergingPages).toBe(2 * pages);
-        if (isRoot) expect(processStats(process.pid, { method: 'kpageflags' }).mergingPages).toBe(2 * pages);
+        if (isRoot && has.kpageflagsKsm) {
+          expect(processStats(process.pid, { method: 'kpageflags' }).mergingPages).toBe(2 * pages);
+        } else if (isRoot) {
+          expect(() => processStats(process.pid, { method: 'kpageflags' })).toThrow(/every anonymous page/);
+        }
         if (has.ksmStat) expect(proc.rmapItems).toBeGreaterThanOrEqual(3 * pages);
         // ksm_process_profit: (merging + zero pages) × page - rmap items × sizeof(struct ksm_rmap_item), 64 on x86-64.
         if (has.profit) {

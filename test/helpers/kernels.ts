@@ -22,6 +22,11 @@ export interface KernelFeatures {
   advisor: boolean;
   /** ksm_stat's ksm_merge_any: and ksm_mergeable: */
   mergeFlags: boolean;
+  /**
+   * /proc/kpageflags' KPF_KSM marks KSM pages only. Measured: Debian's 6.12.95 sets it on
+   * every anonymous page; 5.10, 6.1 and 6.18 do not (no other line is booted here).
+   */
+  kpageflagsKsm: boolean;
 }
 
 export function featuresOf(release: string): KernelFeatures {
@@ -37,6 +42,7 @@ export function featuresOf(release: string): KernelFeatures {
     smapsKsm: atLeast(6, 7),
     advisor: atLeast(6, 8),
     mergeFlags: atLeast(6, 14),
+    kpageflagsKsm: !(major === 6 && minor === 12),
   };
 }
 
