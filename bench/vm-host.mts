@@ -157,7 +157,8 @@ async function bootAll(kernel: ReturnType<typeof fetchKernel>, initramfs: string
       kernel,
       initramfs,
       append: 'quiet rdinit=/init',
-      memoryMiB: mib * 2 + 192,
+      // The initramfs twice (loaded, then unpacked) and the kernel's own needs.
+      memoryMiB: mib * 3 + 256,
       cpus: 1,
       timeoutMs: 3_600_000,
       onLine: (l) => {
@@ -165,7 +166,12 @@ async function bootAll(kernel: ReturnType<typeof fetchKernel>, initramfs: string
       },
     });
     guests.push(g);
-    void g.done.then(() => resolveReady());
+    ready[i] = Promise.race([
+      ready[i]!,
+      g.done.then((r) => {
+        throw new Error(`guest ${i} stopped before holding its data (QEMU exit ${r.code}):\n${r.console.slice(-1500)}`);
+      }),
+    ]);
   }
   const deadline = sleep(600_000).then(() => {
     throw new Error('guests did not boot within 10 minutes');
