@@ -173,10 +173,17 @@ async function bootAll(kernel: ReturnType<typeof fetchKernel>, initramfs: string
       }),
     ]);
   }
-  const deadline = sleep(600_000).then(() => {
+  // Cancelled once they are up, so that the timer does not keep the process alive.
+  const timer = new AbortController();
+  const deadline = sleep(600_000, undefined, { signal: timer.signal }).then(() => {
     throw new Error('guests did not boot within 10 minutes');
   });
-  await Promise.race([Promise.all(ready), deadline]);
+  deadline.catch(() => undefined);
+  try {
+    await Promise.race([Promise.all(ready), deadline]);
+  } finally {
+    timer.abort();
+  }
   return guests;
 }
 
