@@ -15,6 +15,12 @@ fc-list 2>/dev/null | grep -q 'DejaVuSans\.ttf' || need+=(fonts-dejavu-core)
 # deploy/: systemd-analyze checks the units; prometheus brings promtool and the server the
 # dashboard test queries (without its recommended node exporter).
 command -v systemd-analyze >/dev/null || need+=(systemd)
+# test:kernels boots Debian's kernels in QEMU guests with a busybox initramfs; the top
+# test watches a real qemu process.
+command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
+file -L /bin/busybox 2>/dev/null | grep -q 'statically linked' || need+=(busybox-static)
+command -v xz >/dev/null || need+=(xz-utils)
+command -v file >/dev/null || need+=(file)
 bare=()
 { command -v promtool && command -v prometheus; } >/dev/null || bare+=(prometheus)
 if [ ${#need[@]} -gt 0 ] || [ ${#bare[@]} -gt 0 ]; then

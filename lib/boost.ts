@@ -28,7 +28,11 @@ export interface BoostOptions {
   sleepMillisecs?: number;
   /** smart_scan while boosted (default 0; see BOOST_POLICY). */
   smartScan?: 0 | 1;
-  /** Where the machine-wide state lives (default /run/node-ksm); tests use their own. */
+  /**
+   * Where the machine-wide state (boost.json and its lock) lives: `NODE_KSM_STATE_DIR`
+   * when set, else /run/node-ksm. Every process that boosts on the machine must use the
+   * same directory, on a filesystem that is emptied at boot (tmpfs) like the settings.
+   */
   stateDir?: string;
 }
 
@@ -69,6 +73,12 @@ interface StateFile {
 
 export const DEFAULT_STATE_DIR = '/run/node-ksm';
 
+/** The state directory when no option names one: `NODE_KSM_STATE_DIR`, else /run/node-ksm. */
+export function defaultStateDir(): string {
+  const env = process.env.NODE_KSM_STATE_DIR;
+  return env !== undefined && env !== '' ? env : DEFAULT_STATE_DIR;
+}
+
 /**
  * The boosted policy. run=1 with the advisor off (the scan-time advisor owns
  * pages_to_scan), a large batch and no sleep: ~100x the merge rate of the kernel's
@@ -91,7 +101,7 @@ export const BOOST_POLICY = {
 const LOCK_TIMEOUT_MS = 30_000;
 
 function validateOptions(options: unknown): Required<Pick<BoostOptions, 'stateDir'>> & BoostOptions {
-  if (options === undefined) return { stateDir: DEFAULT_STATE_DIR };
+  if (options === undefined) return { stateDir: defaultStateDir() };
   if (options === null || typeof options !== 'object') throw invalidArgType('options', 'of type object', options);
   const o = options as BoostOptions;
   if (o.pagesToScan !== undefined) validateInteger(o.pagesToScan, 'options.pagesToScan', 1, 2 ** 32 - 1);
@@ -100,7 +110,7 @@ function validateOptions(options: unknown): Required<Pick<BoostOptions, 'stateDi
   if (o.stateDir !== undefined && (typeof o.stateDir !== 'string' || o.stateDir === '')) {
     throw invalidArgType('options.stateDir', 'a non-empty string', o.stateDir);
   }
-  return { ...o, stateDir: o.stateDir ?? DEFAULT_STATE_DIR };
+  return { ...o, stateDir: o.stateDir ?? defaultStateDir() };
 }
 
 function stateDirOf(options: unknown): string {
@@ -169,17 +179,54 @@ function removeState(dir: string): void {
   }
 }
 
+/**
+ * mkdir -p, but the directory itself first: Node's recursive mkdir reports ENOENT instead
+ * of EROFS on a read-only filesystem, and the error must name the real cause.
+ */
+function makeDir(dir: string): void {
+  try {
+    fs.mkdirSync(dir, { mode: 0o755 });
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'EEXIST') return;
+    if (code !== 'ENOENT') throw err;
+    fs.mkdirSync(dir, { recursive: true, mode: 0o755 });
+  }
+}
+
 function openLock(dir: string): number {
   try {
-    fs.mkdirSync(dir, { recursive: true, mode: 0o755 });
+    makeDir(dir);
     return fs.openSync(lockPath(dir), 'a', 0o644);
   } catch (err) {
     const e = err as NodeJS.ErrnoException;
-    if (e.code === 'EACCES' || e.code === 'EPERM' || e.code === 'EROFS') {
+    const fix =
+      'set NODE_KSM_STATE_DIR (or the stateDir option) to a writable directory on tmpfs that every process ' +
+      'boosting on this machine uses';
+    if (e.code === 'EROFS') {
       throw new KsmError(
-        `Cannot create ${lockPath(dir)} (${e.code}): boosting KSM needs root (it changes /sys/kernel/mm/ksm for the whole machine)`,
+        `Cannot create ${lockPath(dir)}: ${e.path ?? dir} is on a read-only filesystem (EROFS), not a permission ` +
+          `problem: ${fix}, or mount a tmpfs on ${dir}`,
+        'EROFS',
+        { errno: e.errno, syscall: e.syscall, path: e.path, cause: err },
+      );
+    }
+    if (e.code === 'EACCES' || e.code === 'EPERM') {
+      throw new KsmError(
+        process.getuid?.() === 0
+          ? `Cannot create ${lockPath(dir)} (${e.code}) although running as root (a security module or the ` +
+              `directory's owner refuses it): ${fix}`
+          : `Cannot create ${lockPath(dir)} (${e.code}): boosting KSM needs root (it changes /sys/kernel/mm/ksm for ` +
+              'the whole machine)',
         'ERR_KSM_PERMISSION',
         { cause: err },
+      );
+    }
+    if (e.code === 'ENOENT' || e.code === 'ENOTDIR') {
+      throw new KsmError(
+        `Cannot create ${lockPath(dir)} (${e.code}): a parent of ${dir} is missing or not a directory: ${fix}`,
+        e.code,
+        { errno: e.errno, syscall: e.syscall, path: e.path, cause: err },
       );
     }
     throw fromFsError(err);

@@ -8,6 +8,7 @@ import { native, type RegionInfo } from './binding';
 import { KsmError, fromFsError, invalidArgType } from './errors';
 import { deadArenaView, pageSize, viewRange } from './memory';
 import { type MapsEntry, type SmapsEntry, parseMaps, parseMapsLine, parseSmaps } from './procfs';
+import { kpageflagsKsmReliable } from './stats';
 
 export type BufferStatsMethod = 'smaps' | 'kpageflags' | 'pagemap';
 
@@ -232,6 +233,17 @@ export function bufferStats(buf: ArrayBufferView | ArrayBuffer, options: BufferS
   }
 
   const states = b.pageStates(buf, offset, length);
+  // A kernel whose kpageflags marks every anonymous page KSM (Debian's 6.12) cannot count
+  // merged pages that way: an estimate from pagemap, or an error when kpageflags was asked for.
+  if (states.ksm !== null && states.present > 0 && kpageflagsKsmReliable() === false) {
+    if (method === 'kpageflags') {
+      throw new KsmError(
+        "This kernel's /proc/kpageflags marks every anonymous page KSM (seen on 6.12), so it cannot count merged pages: use the pagemap method",
+        'ERR_KSM_UNSUPPORTED',
+      );
+    }
+    states.ksm = null;
+  }
   // With no page present there are no frame numbers to look up, even for root: zero is exact.
   if (method === 'kpageflags' && states.ksm === null && states.present === 0) states.ksm = 0;
   if (method === 'kpageflags' && states.ksm === null) {

@@ -16,6 +16,11 @@ export interface Support {
     prctl: boolean;
     /** /proc/<pid>/ksm_stat (Linux 6.1+). */
     ksmStat: boolean;
+    /**
+     * A per-process merged-pages counter, `/proc/<pid>/ksm_merging_pages` (Linux 5.19+).
+     * Without it `processStats` counts merged pages page by page (see `ProcessStatsMethod`).
+     */
+    mergingPages: boolean;
     /** The `KSM:` line of /proc/<pid>/smaps (Linux 6.7+). */
     smapsKsm: boolean;
     /** The scan-time advisor (Linux 6.8+). */
@@ -60,6 +65,14 @@ function firstSmapsEntry(): string {
   }
 }
 
+function readQuietly(file: string): string {
+  try {
+    return readIfExists(file) ?? '';
+  } catch {
+    return '';
+  }
+}
+
 /** What this kernel and this process can do, each "no" with its reason. Never throws. */
 export function support(): Support {
   const reasons: string[] = [];
@@ -67,6 +80,7 @@ export function support(): Support {
     madvise: false,
     prctl: false,
     ksmStat: false,
+    mergingPages: false,
     smapsKsm: false,
     advisor: false,
     smartScan: false,
@@ -150,8 +164,21 @@ export function support(): Support {
     );
   }
   features.ksmStat = fs.existsSync('/proc/self/ksm_stat');
-  if (!features.ksmStat)
-    reasons.push('/proc/<pid>/ksm_stat is missing (Linux 6.1+): process figures come from ksm_merging_pages');
+  features.mergingPages = fs.existsSync('/proc/self/ksm_merging_pages');
+  if (!features.mergingPages) {
+    reasons.push(
+      'No per-process KSM counters (/proc/<pid>/ksm_merging_pages is Linux 5.19+, ksm_stat 6.1+): processStats counts ' +
+        'merged pages page by page in the mergeable memory (pagemap + kpageflags: exact as root, an estimate otherwise; ' +
+        'milliseconds instead of microseconds), leaves rmapItems, profitBytes and zeroPages undefined, and ' +
+        "waitForMerge polls the machine's pages_shared + pages_sharing between exact checks",
+    );
+  } else if (!features.ksmStat) {
+    reasons.push('/proc/<pid>/ksm_stat is missing (Linux 6.1+): process figures come from ksm_merging_pages alone');
+  } else if (!/^ksm_process_profit/m.test(readQuietly('/proc/self/ksm_stat'))) {
+    reasons.push(
+      'ksm_stat has only ksm_rmap_items (Linux 6.1-6.3): merged pages come from ksm_merging_pages, and profitBytes is undefined (6.4+)',
+    );
+  }
   features.smapsKsm = smapsHasKsm(firstSmapsEntry());
   if (!features.smapsKsm) {
     reasons.push(

@@ -27,6 +27,7 @@ import {
   snakeCase,
 } from '../lib/procfs';
 import { computeSystemStats } from '../lib/stats';
+import { featuresOf, SYSFS_OLD, sysfsNew } from './helpers/kernels';
 
 const KERNELS = path.join(__dirname, 'fixtures/kernels');
 const KiB = 1024;
@@ -73,15 +74,6 @@ describe('per-process figures, kernel by kernel', () => {
     expect(parseProcessKsm(undefined, fixture('5.19', 'ksm_merging_pages'))).toEqual({ mergingPages: 3072 });
   });
 
-  it('6.1: ksm_stat with rmap items only, merging pages from ksm_merging_pages', () => {
-    expect(parseKsmStat(fixture('6.1', 'ksm_stat')!)).toEqual({ ...none, rmapItems: 2048 });
-    expect(parseProcessKsm(fixture('6.1', 'ksm_stat'), fixture('6.1', 'ksm_merging_pages'))).toEqual({
-      ...none,
-      rmapItems: 2048,
-      mergingPages: 1024,
-    });
-  });
-
   it('6.4: merging pages and profit in ksm_stat', () => {
     const f = parseProcessKsm(fixture('6.4', 'ksm_stat'), undefined);
     expect(f).toEqual({ ...none, rmapItems: 8192, mergingPages: 4096, profitBytes: 16252928 });
@@ -90,20 +82,6 @@ describe('per-process figures, kernel by kernel', () => {
   it('6.8: zero pages, and a negative profit', () => {
     const f = parseKsmStat(fixture('6.8', 'ksm_stat')!);
     expect(f).toEqual({ ...none, rmapItems: 100000, zeroPages: 512, mergingPages: 10, profitBytes: -4261888 });
-  });
-
-  it('6.18 (this machine): every field, the flags as booleans', () => {
-    const f = parseProcessKsm(fixture('6.18', 'ksm_stat'), fixture('6.18', 'ksm_merging_pages'));
-    expect(f).toEqual({
-      rmapItems: 4096,
-      zeroPages: 0,
-      mergingPages: 4096,
-      profitBytes: 16515072,
-      mergeAny: false,
-      mergeable: true,
-    });
-    // ksm_stat's figure wins; ksm_merging_pages says the same.
-    expect(parseUnsigned(fixture('6.18', 'ksm_merging_pages'))).toBe(f.mergingPages);
   });
 });
 
@@ -152,7 +130,7 @@ describe('/sys/kernel/mm/ksm, kernel by kernel', () => {
     'use_zero_pages',
   ];
 
-  it.each(['5.15', '5.19', '6.1'])('%s: the old files only; newer ones are undefined', (kernel) => {
+  it.each(['5.15', '5.19'])('%s: the old files only; newer ones are undefined', (kernel) => {
     const files = sysfsTexts(kernel);
     expect(Object.keys(files).sort()).toEqual(oldFiles);
     const s = computeSystemStats(files, pageSize);
@@ -215,26 +193,6 @@ describe('/sys/kernel/mm/ksm, kernel by kernel', () => {
     expect(s.sharingRatio).toBe(2);
   });
 
-  it('6.18 (this machine): every file typed, none dropped', () => {
-    const files = sysfsTexts('6.18');
-    const s = computeSystemStats(files, pageSize);
-    for (const file of Object.keys(files)) expect(s, file).toHaveProperty(camelCase(file));
-    expect(s.advisorMode).toBe('none');
-    expect(s).toMatchObject({
-      pagesShared: 2048,
-      pagesSharing: 2048,
-      generalProfit: 8126464,
-      ksmZeroPages: 0,
-      smartScan: 0,
-    });
-    expect(s.savedBytes).toBe(2048 * pageSize);
-    expect(s.sharingRatio).toBe(1);
-    // general_profit = saved - rmap items × sizeof(struct ksm_rmap_item), 64 bytes on 64-bit.
-    const stat = parseKsmStat(fixture('6.18', 'ksm_stat')!);
-    const kernelPage = 4 * KiB; // the page size of the machine the fixture came from
-    expect(s.generalProfit).toBe(s.pagesSharing! * kernelPage - stat.rmapItems! * 64);
-  });
-
   it('savedBytes scales with the page size it is given (64 KiB pages)', () => {
     const files = sysfsTexts('6.8');
     expect(computeSystemStats(files, 65536).savedBytes).toBe((10 + 512) * 65536);
@@ -260,7 +218,7 @@ describe('/sys/kernel/mm/ksm, kernel by kernel', () => {
   });
 
   it('a negative ksm_zero_pages (the pre-6.10 accounting bug) adds nothing to savedBytes', () => {
-    const files = { ...sysfsTexts('6.18'), ksm_zero_pages: '-7\n' };
+    const files = { ...sysfsTexts('6.8'), ksm_zero_pages: '-7\n' };
     const s = computeSystemStats(files, pageSize);
     expect(s.ksmZeroPages).toBe(-7);
     expect(s.savedBytes).toBe(s.pagesSharing! * pageSize);
@@ -293,7 +251,7 @@ describe('/sys/kernel/mm/ksm, kernel by kernel', () => {
 });
 
 describe('smaps', () => {
-  it.each(['5.15', '5.19', '6.1', '6.4'])('%s: VMAs and VmFlags, but no KSM: line', (kernel) => {
+  it.each(['5.15', '5.19', '6.4'])('%s: VMAs and VmFlags, but no KSM: line', (kernel) => {
     const text = fixture(kernel, 'smaps')!;
     const entries = parseSmaps(text);
     expect(entries).toHaveLength(3);
@@ -318,22 +276,6 @@ describe('smaps', () => {
     expect(parseSmaps(text).map((e) => e.bytes.KSM)).toEqual([0, 16384 * KiB, 0]);
   });
 
-  it('6.18 (this machine): the merged buffers, each its own mapping', () => {
-    const text = fixture('6.18', 'smaps')!;
-    const where = JSON.parse(fixture('6.18', 'buffers.json')!) as Record<string, [string, number]>;
-    const entries = parseSmaps(text);
-    const at = (name: string) => entries.find((e) => e.start === BigInt(`0x${where[name]![0]}`))!;
-    for (const dup of ['a', 'b']) {
-      expect(at(dup).bytes.KSM).toBe(where[dup]![1]);
-      expect(at(dup).vmFlags).toEqual(['rd', 'wr', 'mr', 'mw', 'me', 'ac', 'nh', 'mg']);
-    }
-    expect(at('c').bytes.KSM).toBe(0);
-    expect(at('c').vmFlags).not.toContain('mg');
-    // 8 MiB of KSM pages per buffer = ksm_merging_pages pages of the fixture's 4 KiB.
-    const merging = parseUnsigned(fixture('6.18', 'ksm_merging_pages'))!;
-    expect((at('a').bytes.KSM! + at('b').bytes.KSM!) / (4 * KiB)).toBe(merging);
-  });
-
   it('a truncated entry keeps what it has and invents nothing', () => {
     const entries = parseSmaps(fixture('malformed', 'smaps-truncated')!);
     expect(entries).toHaveLength(1);
@@ -346,30 +288,140 @@ describe('smaps', () => {
 
 describe('maps and stat', () => {
   it('parses maps lines, and skips what is not one', () => {
-    const entries = parseMaps(fixture('6.18', 'maps')!);
-    expect(entries.map((e) => e.pathname)).toEqual([
-      '/usr/bin/node',
-      '/usr/bin/node',
-      '/usr/bin/node',
-      '[heap]',
-      '[vdso]',
-      '[stack]',
-      '[vsyscall]',
-    ]);
-    expect(entries[6]!.end).toBe(0xffffffffff601000n);
     expect(parseMaps(fixture('malformed', 'maps-garbage')!)).toEqual([]);
     expect(parseMapsLine('7f00-7f01 rw-p 00000000 00:00 0   /tmp/a file (deleted)')!.pathname).toBe(
       '/tmp/a file (deleted)',
     );
+    expect(parseMapsLine('ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0   [vsyscall]')!.end).toBe(
+      0xffffffffff601000n,
+    );
   });
 
-  it("parses ksmd's /proc/<pid>/stat, and a command name with spaces and parentheses", () => {
-    const ksmd = parseProcStat(fixture('6.18', 'ksmd-stat')!);
-    expect(ksmd.comm).toBe('ksmd');
-    expect(ksmd.utime).toBeGreaterThanOrEqual(0);
-    const odd = parseProcStat(fixture('malformed', 'stat-odd-comm')!);
-    expect(odd).toEqual({ ...ksmd, comm: 'a) b (c' });
+  it('parses a /proc/<pid>/stat whose command name has spaces and parentheses', () => {
+    const text = fixture('malformed', 'stat-odd-comm')!;
+    const odd = parseProcStat(text);
+    expect(odd.comm).toBe('a) b (c');
+    expect(odd).toEqual({ ...parseProcStat(text.replace('(a) b (c)', '(ksmd)')), comm: 'a) b (c' });
     expect(parseError(() => parseProcStat(fixture('malformed', 'stat-truncated')!)).code).toBe('ERR_KSM_PARSE');
     expect(parseError(() => parseProcStat('')).code).toBe('ERR_KSM_PARSE');
+  });
+});
+
+interface Captured {
+  label: string;
+  release: string;
+  source: 'captured' | 'hand-written';
+  pageSize: number;
+  exclusive: boolean;
+  nodeBinary: string;
+  buffers: Record<'a' | 'b' | 'c', { start: string; bytes: number; mergedBytes: number }>;
+  processStats: { mergingPages: number; rmapItems?: number; method: string };
+}
+
+function metadata(kernel: string): Captured {
+  return JSON.parse(fixture(kernel, 'kernel.json')!) as Captured;
+}
+
+const kernelDirs = fs.readdirSync(KERNELS).filter((d) => fs.existsSync(path.join(KERNELS, d, 'kernel.json')));
+const captured = kernelDirs.filter((d) => metadata(d).source === 'captured');
+
+describe('every kernel directory says where its text came from', () => {
+  it('a kernel.json with the release, and "captured" for every kernel test:kernels boots', () => {
+    expect(kernelDirs.sort()).toEqual(
+      fs
+        .readdirSync(KERNELS)
+        .filter((d) => d !== 'malformed' && d !== 'README.md')
+        .sort(),
+    );
+    for (const d of kernelDirs) expect(metadata(d).release.startsWith(`${d}.`) || metadata(d).release === d).toBe(true);
+    expect(captured).toEqual(expect.arrayContaining(['5.10', '6.1', '6.12', '6.18']));
+  });
+});
+
+/**
+ * Text captured from real kernels by scripts/test-kernels-capture.mts: two identical 8 MiB
+ * buffers a and b merged, a unique unmergeable c between them. Every expectation follows
+ * from the kernel's version and the capture's own metadata, never from numbers typed here.
+ */
+describe.each(captured)('captured from Linux %s', (kernel) => {
+  const meta = metadata(kernel);
+  const has = featuresOf(meta.release);
+  const page = meta.pageSize;
+  const pages = meta.buffers.a.bytes / page;
+  const statText = fixture(kernel, 'ksm_stat');
+  const mergingText = fixture(kernel, 'ksm_merging_pages');
+
+  it('per-process files: exactly those of this kernel, and what they say', () => {
+    expect(statText !== undefined).toBe(has.ksmStat);
+    expect(mergingText !== undefined).toBe(has.mergingPagesFile);
+    if (!has.mergingPagesFile) {
+      expect(parseError(() => parseProcessKsm(statText, mergingText)).code).toBe('ERR_KSM_UNSUPPORTED');
+      // processStats counted the pages one by one (as root: each page's KSM flag).
+      expect(meta.processStats).toMatchObject({ method: 'kpageflags', mergingPages: 2 * pages });
+      return;
+    }
+    const f = parseProcessKsm(statText, mergingText);
+    expect(f.mergingPages).toBe(2 * pages);
+    expect(f.mergingPages).toBe(meta.processStats.mergingPages);
+    expect(f.rmapItems === undefined).toBe(!has.ksmStat);
+    expect(f.profitBytes === undefined).toBe(!has.profit);
+    expect(f.zeroPages === undefined).toBe(!has.zeroPages);
+    expect(f.mergeAny === undefined).toBe(!has.mergeFlags);
+    expect(f.mergeable === undefined).toBe(!has.mergeFlags);
+    if (has.mergeFlags) expect(f).toMatchObject({ mergeAny: false, mergeable: true });
+    // a and b were scanned (c is not mergeable): at least one rmap item per page of them.
+    if (has.ksmStat) expect(f.rmapItems).toBeGreaterThanOrEqual(2 * pages);
+    // ksm_process_profit = (merging + zero pages) × page - rmap items × sizeof(struct ksm_rmap_item) (64).
+    if (has.profit) expect(f.profitBytes).toBe((f.mergingPages! + (f.zeroPages ?? 0)) * page - f.rmapItems! * 64);
+    if (mergingText !== undefined) expect(parseUnsigned(mergingText)).toBe(f.mergingPages);
+  });
+
+  it('sysfs: the files of this kernel, typed, and the merged buffers in the counts', () => {
+    const files = sysfsTexts(kernel);
+    for (const f of SYSFS_OLD) expect(files, f).toHaveProperty(f);
+    for (const [f, present] of sysfsNew(has)) expect(f in files, f).toBe(present);
+    const s = computeSystemStats(files, page);
+    for (const file of Object.keys(files)) expect(s[camelCase(file) as keyof typeof s], file).not.toBeUndefined();
+    expect(s.generalProfitBytes === undefined).toBe(!has.profit);
+    if (has.advisor) expect(['none', 'scan-time']).toContain(s.advisorMode);
+    if (meta.exclusive) {
+      // Nothing else on the guest merged: the machine's counts are a and b.
+      expect(s).toMatchObject({ pagesShared: pages, pagesSharing: pages, savedBytes: pages * page, sharingRatio: 1 });
+      if (has.profit) {
+        const rmap = parseKsmStat(statText!).rmapItems!;
+        expect(s.generalProfit).toBe(pages * page - rmap * 64);
+      }
+    } else {
+      expect(s.pagesSharing).toBeGreaterThanOrEqual(pages);
+    }
+  });
+
+  it('smaps: the node binary and the three buffers, each a mapping of its own', () => {
+    const text = fixture(kernel, 'smaps')!;
+    const entries = parseSmaps(text);
+    expect(entries).toHaveLength(4);
+    expect(entries[0]!.pathname).toBe(meta.nodeBinary);
+    expect(smapsHasKsm(text)).toBe(has.smapsKsm);
+    for (const name of ['a', 'b', 'c'] as const) {
+      const buf = meta.buffers[name];
+      const e = entries.find((x) => x.start === BigInt(`0x${buf.start}`))!;
+      expect(e, name).toBeDefined();
+      expect(Number(e.end - e.start)).toBe(buf.bytes);
+      expect(e.bytes.Rss).toBe(buf.bytes);
+      expect(e.perms).toBe('rw-p');
+      expect(e.vmFlags.includes('mg'), name).toBe(name !== 'c');
+      expect(e.bytes.KSM).toBe(has.smapsKsm ? buf.mergedBytes : undefined);
+    }
+    expect(meta.buffers.a.mergedBytes).toBe(meta.buffers.a.bytes);
+    expect(meta.buffers.c.mergedBytes).toBe(0);
+  });
+
+  it("maps and ksmd's stat", () => {
+    const maps = parseMaps(fixture(kernel, 'maps')!);
+    expect(maps.some((e) => e.pathname === meta.nodeBinary && e.perms.includes('x'))).toBe(true);
+    expect(maps.map((e) => e.pathname)).toEqual(expect.arrayContaining(['[stack]', '[vdso]']));
+    const ksmd = parseProcStat(fixture(kernel, 'ksmd-stat')!);
+    expect(ksmd.comm).toBe('ksmd');
+    expect(ksmd.state).toMatch(/^[SRD]$/);
   });
 });

@@ -475,6 +475,7 @@ describe('support', () => {
         madvise: true,
         prctl: true,
         ksmStat: true,
+        mergingPages: true,
         smapsKsm: true,
         advisor: true,
         smartScan: true,

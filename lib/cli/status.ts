@@ -3,7 +3,10 @@
  * what to change. The advice is a pure function of the figures so that each piece of it
  * can be reasoned about (and tested) from the state that triggers it.
  */
-import { systemStats, type SystemStats } from '../stats';
+import fs from 'node:fs';
+import { KsmError } from '../errors';
+import { parseUnsigned } from '../procfs';
+import { processStats, systemStats, type SystemStats } from '../stats';
 import { support } from '../support';
 import { readSettings, type KsmSettings } from '../control';
 import { snakeCase } from '../procfs';
@@ -20,6 +23,7 @@ export type AdviceCode =
   | 'nothing-mergeable'
   | 'volatile'
   | 'negative-profit'
+  | 'stale-counters'
   | 'not-root';
 
 export interface Advice {
@@ -58,9 +62,121 @@ export function estimateScan(s: SystemStats): ScanEstimate {
 /** A full pass slower than this leaves new duplicates unmerged for too long to matter. */
 const SLOW_PASS_SECONDS = 600;
 
-export function advise(s: SystemStats, canConfigure: boolean): Advice[] {
+/**
+ * Whether the machine's merge counters describe live processes. The kernel counts a page
+ * in pages_shared/pages_sharing for as long as ksmd tracks it, and ksmd lets go of the
+ * pages of a process that has exited only when its scan next reaches that process: with
+ * ksmd stopped (run=0) they stay counted indefinitely, and "saved" then reports memory
+ * that no longer exists. pages_shared + pages_sharing is exactly the sum of every
+ * process's merging pages, so the difference from the live processes' sum is the stale
+ * part.
+ */
+export interface CounterFreshness {
+  /**
+   * `stale`: ksmd is stopped and counts pages no live process holds; `fresh`: the live
+   * processes account for every counted page (or ksmd is scanning and will correct the
+   * counters itself); `unknown`: some processes could not be read (run as root).
+   */
+  state: 'stale' | 'fresh' | 'unknown';
+  /** pages_shared + pages_sharing. */
+  countedPages: number;
+  /** The sum of the merging pages of the processes that could be read. */
+  livePages: number;
+  /** `countedPages - livePages` when stale, else 0. */
+  stalePages: number;
+  staleBytes: number;
+  /** Processes whose figures could not be read. */
+  unreadable: number;
+  /** Why the state is `unknown`. */
+  reason?: string;
+}
+
+/** The inode of the initial pid namespace (PROC_PID_INIT_INO): only there is every process visible. */
+const INIT_PID_NS = 'pid:[4026531836]';
+
+export interface LiveProcesses {
+  pages: number;
+  unreadable: number;
+  /** This process sees only its own pid namespace (a container): others may hold merged pages. */
+  namespaced: boolean;
+}
+
+/** The merging pages of every live process (see CounterFreshness). */
+export function liveMergingPages(): LiveProcesses {
+  let namespaced: boolean;
+  try {
+    namespaced = fs.readlinkSync('/proc/self/ns/pid') !== INIT_PID_NS;
+  } catch {
+    namespaced = true;
+  }
+  let pages = 0;
+  let unreadable = 0;
+  const perProcessFile = fs.existsSync('/proc/self/ksm_merging_pages');
+  for (const name of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(name)) continue;
+    try {
+      if (perProcessFile) {
+        pages += parseUnsigned(fs.readFileSync(`/proc/${name}/ksm_merging_pages`, 'utf8')) ?? 0;
+      } else {
+        // Before 5.19 each process is walked page by page; without root that is only an
+        // estimate, which cannot prove the counters stale.
+        const p = processStats(Number(name));
+        if (p.method === 'pagemap' && (p.mergingPages ?? 0) > 0) unreadable++;
+        else pages += p.mergingPages ?? 0;
+      }
+    } catch (err) {
+      const code = (err as { code?: string }).code;
+      // A process that exited while we read holds nothing any more.
+      if (code === 'ENOENT' || code === 'ESRCH') continue;
+      if (code === 'EACCES' || code === 'EPERM' || err instanceof KsmError) unreadable++;
+      else throw err;
+    }
+  }
+  return { pages, unreadable, namespaced };
+}
+
+/** Pure: whether the counters are stale, from the figures and the live processes' sum. */
+export function counterFreshness(s: SystemStats, live: LiveProcesses): CounterFreshness {
+  const counted = (s.pagesShared ?? 0) + (s.pagesSharing ?? 0);
+  const excess = Math.max(0, counted - live.pages);
+  // While ksmd scans (run=1) it drops what it finds gone within one pass; run=2 unmerges all.
+  const stopped = s.run === 0;
+  const reason =
+    !stopped || excess === 0
+      ? undefined
+      : live.namespaced
+        ? 'this process runs in a pid namespace of its own (a container) and cannot see every process that may hold merged pages'
+        : live.unreadable > 0
+          ? `${live.unreadable} processes could not be read: run as root`
+          : undefined;
+  const state = !stopped || excess === 0 ? 'fresh' : reason !== undefined ? 'unknown' : 'stale';
+  const stalePages = state === 'stale' ? excess : 0;
+  return {
+    state,
+    countedPages: counted,
+    livePages: live.pages,
+    stalePages,
+    staleBytes: stalePages * s.pageSize,
+    unreadable: live.unreadable,
+    ...(reason !== undefined ? { reason } : {}),
+  };
+}
+
+export function advise(s: SystemStats, canConfigure: boolean, freshness?: CounterFreshness): Advice[] {
   const out: Advice[] = [];
   const add = (code: AdviceCode, message: string) => out.push({ code, message });
+  if (freshness?.state === 'stale') {
+    add(
+      'stale-counters',
+      `The counters are stale: ksmd is stopped (run=0) and still counts ${formatCount(freshness.stalePages)} merged pages ` +
+        `(${formatBytes(freshness.staleBytes)}) of memory that has been freed (processes that exited, buffers unmapped)` +
+        (freshness.livePages === 0
+          ? ' (no live process has merged pages)'
+          : ` (live processes hold ${formatCount(freshness.livePages)})`) +
+        '; the kernel drops them only when ksmd scans again, so the savings shown are not real. ' +
+        '"node-ksm boost --for 10s" lets it scan once and puts the settings back.',
+    );
+  }
   const scan = estimateScan(s);
   const advisor = s.advisorMode === 'scan-time';
 
@@ -161,6 +277,8 @@ export function advise(s: SystemStats, canConfigure: boolean): Advice[] {
 
 export interface StatusReport {
   running: boolean;
+  /** Whether pages_shared/pages_sharing (and so savedBytes) describe live processes. */
+  counters: CounterFreshness;
   canConfigure: boolean;
   pageSize: number;
   settings: KsmSettings;
@@ -172,14 +290,20 @@ export interface StatusReport {
 export function status(): StatusReport {
   const stats = systemStats();
   const canConfigure = support().canConfigure;
+  // Reading every process costs something; only a stopped ksmd can leave stale counters.
+  const counters = counterFreshness(
+    stats,
+    stats.run === 0 ? liveMergingPages() : { pages: 0, unreadable: 0, namespaced: false },
+  );
   return {
     running: stats.run === 1,
+    counters,
     canConfigure,
     pageSize: stats.pageSize,
     settings: readSettings(),
     stats,
     scan: estimateScan(stats),
-    advice: advise(stats, canConfigure),
+    advice: advise(stats, canConfigure, counters),
   };
 }
 
@@ -197,7 +321,12 @@ export function renderStatus(r: StatusReport): string {
       (s.generalProfitBytes !== undefined
         ? `, profit ${formatBytes(s.generalProfitBytes)} after ksmd's bookkeeping`
         : '') +
-      (s.sharingRatio > 0 ? `, sharing ratio ${s.sharingRatio.toFixed(1)} (pages_sharing / pages_shared)` : ''),
+      (s.sharingRatio > 0 ? `, sharing ratio ${s.sharingRatio.toFixed(1)} (pages_sharing / pages_shared)` : '') +
+      (r.counters.state === 'stale'
+        ? ` (STALE: ${formatBytes(r.counters.staleBytes)} of it is memory that has been freed; see the advice)`
+        : r.counters.state === 'unknown'
+          ? ` (ksmd is stopped, and whether this is stale is unknown: ${r.counters.reason})`
+          : ''),
     `Full scans ${formatCount(s.fullScans ?? 0)}` +
       (s.pagesScanned !== undefined ? `, ${formatCount(s.pagesScanned)} pages scanned` : ''),
     '',
