@@ -33,6 +33,14 @@ export default defineConfig(
       '@typescript-eslint/no-floating-promises': 'error',
       '@typescript-eslint/no-misused-promises': 'error',
       '@typescript-eslint/switch-exhaustiveness-check': 'error',
+      // `const { a: _a, ...rest } = x` is how a copy without `a` is written.
+      '@typescript-eslint/no-unused-vars': ['error', { ignoreRestSiblings: true }],
+      // As only-throw-error allows by default: passing on a value of unknown type (an
+      // AbortSignal's reason, a caught error) is not inventing a non-Error rejection.
+      '@typescript-eslint/prefer-promise-reject-errors': [
+        'error',
+        { allowThrowingAny: true, allowThrowingUnknown: true },
+      ],
     },
   },
   {

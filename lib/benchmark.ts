@@ -178,8 +178,8 @@ export async function startWorkers(count: number, mib: number, seed: number, sig
   const kill = async () => {
     await Promise.all(
       procs.map((p) => {
-        if (p.exitCode !== null || p.signalCode !== null) return undefined;
-        const gone = new Promise((resolve) => p.once('exit', resolve));
+        if (p.exitCode !== null || p.signalCode !== null) return Promise.resolve();
+        const gone = new Promise<void>((resolve) => p.once('exit', () => resolve()));
         p.kill('SIGKILL');
         return gone;
       }),
@@ -319,13 +319,15 @@ function restorable(s: KsmSettings): KsmSettings {
 function validate(options: unknown) {
   if (options === null || typeof options !== 'object') throw invalidArgType('options', 'of type object', options);
   const o = options as BenchOptions;
+  // Checked as unknown: Array.isArray would otherwise widen the declared type to any[].
+  const policies: unknown = o.policies;
   const workers = o.workers === undefined ? 4 : validateInteger(o.workers, 'options.workers', 2, 256);
   const mib = o.mib === undefined ? 256 : validateInteger(o.mib, 'options.mib', 1, 1 << 20);
   if (
-    o.policies !== undefined &&
-    (!Array.isArray(o.policies) || o.policies.length === 0 || o.policies.some((p) => typeof p !== 'string'))
+    policies !== undefined &&
+    (!Array.isArray(policies) || policies.length === 0 || policies.some((p) => typeof p !== 'string'))
   ) {
-    throw invalidArgType('options.policies', 'a non-empty array of strings', o.policies);
+    throw invalidArgType('options.policies', 'a non-empty array of strings', policies);
   }
   const ratio = o.ratio ?? 0.95;
   if (typeof ratio !== 'number' || !(ratio > 0 && ratio <= 1))

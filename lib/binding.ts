@@ -91,12 +91,17 @@ function load(): { binding: NativeBinding | null; loadError: string | null } {
   try {
     // NODE_KSM_BINARY selects another build of the same sources (the sanitizer build).
     const explicit = process.env.NODE_KSM_BINARY;
-    // eslint-disable-next-line @typescript-eslint/no-require-imports
-    const native = explicit ? require(path.resolve(explicit)) : require('node-gyp-build')(packageRoot);
+    // The addon's path is known only at run time and loading must be synchronous, so
+    // require() it is (node-gyp-build ships no types).
+    /* eslint-disable @typescript-eslint/no-require-imports */
+    const native = (
+      explicit ? require(path.resolve(explicit)) : (require('node-gyp-build') as (root: string) => unknown)(packageRoot)
+    ) as NativeBinding & { unsupported?: boolean };
+    /* eslint-enable @typescript-eslint/no-require-imports */
     if (native.unsupported)
       return { binding: null, loadError: 'node-ksm was built without KSM support for this platform' };
     native.setErrorClass(KsmError);
-    return { binding: native as NativeBinding, loadError: null };
+    return { binding: native, loadError: null };
   } catch (err) {
     const reason = err instanceof Error ? err.message.split('\n')[0] : String(err);
     return {

@@ -55,7 +55,8 @@ function describe(value: unknown): string {
     const ctor = value.constructor?.name;
     return ctor ? `an instance of ${ctor}` : 'an object';
   }
-  let shown = String(value);
+  const primitive = value as string | number | bigint | boolean | symbol; // all that is left
+  let shown = String(primitive);
   if (shown.length > 28) shown = `${shown.slice(0, 25)}...`;
   if (typeof value === 'string') shown = `'${shown}'`;
   return `type ${typeof value} (${shown})`;
