@@ -19,7 +19,7 @@ const dist = new URL('../dist/', import.meta.url).pathname;
 const { binding } = require(`${dist}binding.js`);
 const memory = require(`${dist}memory.js`);
 const { Arena } = require(`${dist}arena.js`);
-const { bufferStats } = require(`${dist}stats.js`);
+const { bufferStats } = require(`${dist}buffer-stats.js`);
 const { KsmError } = require(`${dist}errors.js`);
 
 const seed = Number(process.argv[2] ?? 1);

@@ -70,9 +70,11 @@ function newestTs(dir) {
 function ensureDist() {
   const probe = path.join(root, 'dist', 'memory.js');
   if (fs.existsSync(probe) && fs.statSync(probe).mtimeMs >= newestTs(path.join(root, 'lib'))) return;
-  spawnSync(process.execPath, [path.join(root, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', root], {
-    stdio: 'inherit',
-  });
+  spawnSync(
+    process.execPath,
+    [path.join(root, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', path.join(root, 'tsconfig.build.json')],
+    { stdio: 'inherit' },
+  );
   if (!fs.existsSync(probe)) throw new Error('dist/ could not be built (npm run build:ts)');
 }
 

@@ -13,26 +13,12 @@ import os from 'node:os';
 import path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { boostState, restore } from '../lib/boost';
+import { DIST, ensureDist } from './helpers/dist';
 import { lockKsm, requireKsm } from './helpers/ksm';
 import { diff, restore as putBack, snapshot } from './helpers/sysfs';
 
-const ROOT = path.join(__dirname, '..');
-const DIST = path.join(ROOT, 'dist');
-
-beforeAll(async () => {
-  const probe = path.join(DIST, 'boost.js');
-  const newest = Math.max(
-    ...fs
-      .readdirSync(path.join(ROOT, 'lib'))
-      .filter((f) => f.endsWith('.ts'))
-      .map((f) => fs.statSync(path.join(ROOT, 'lib', f)).mtimeMs),
-  );
-  if (!fs.existsSync(probe) || fs.statSync(probe).mtimeMs < newest) {
-    await new Promise((resolve) =>
-      spawn('npx', ['tsc', '-p', '.'], { cwd: ROOT, stdio: 'ignore' }).on('exit', resolve),
-    );
-  }
-  expect(fs.existsSync(probe)).toBe(true);
+beforeAll(() => {
+  expect(ensureDist()).toBe(true);
 }, 120_000);
 
 /**

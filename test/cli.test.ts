@@ -13,6 +13,7 @@ import { advise, estimateScan } from '../lib/cli/status';
 import { formatBytes } from '../lib/cli/format';
 import { pageSize } from '../lib/memory';
 import { computeSystemStats, processStats, systemStats, type SystemStats } from '../lib/stats';
+import { ensureDist } from './helpers/dist';
 import { lockKsm, pollUntil, requireKsm } from './helpers/ksm';
 import { restore, snapshot } from './helpers/sysfs';
 
@@ -23,20 +24,9 @@ const ROOT = path.join(__dirname, '..');
 const MAIN = path.join(ROOT, 'dist/cli/main.js');
 const NOBODY = 65534;
 
-function newestSource(dir: string): number {
-  let newest = 0;
-  for (const e of fs.readdirSync(dir, { withFileTypes: true })) {
-    const p = path.join(dir, e.name);
-    newest = Math.max(newest, e.isDirectory() ? newestSource(p) : e.name.endsWith('.ts') ? fs.statSync(p).mtimeMs : 0);
-  }
-  return newest;
-}
-
 beforeAll(() => {
   // The command under test is the compiled one; rebuild when lib/ is newer than dist/.
-  if (!fs.existsSync(MAIN) || fs.statSync(MAIN).mtimeMs < newestSource(path.join(ROOT, 'lib'))) {
-    spawnSync('npx', ['tsc', '-p', '.'], { cwd: ROOT, stdio: 'ignore' });
-  }
+  expect(ensureDist()).toBe(true);
   expect(fs.existsSync(MAIN)).toBe(true);
 }, 120_000);
 

@@ -25,7 +25,7 @@ const PRELUDE = `
 const fs = require('node:fs');
 const m = require(${JSON.stringify(`${DIST}/memory.js`)});
 const { Arena } = require(${JSON.stringify(`${DIST}/arena.js`)});
-const { bufferStats } = require(${JSON.stringify(`${DIST}/stats.js`)});
+const { bufferStats } = require(${JSON.stringify(`${DIST}/buffer-stats.js`)});
 const { KsmError } = require(${JSON.stringify(`${DIST}/errors.js`)});
 const shape = (e) => ({ name: e && e.name, ksm: e instanceof KsmError, code: e && e.code, syscall: e && e.syscall });
 const out = (o) => process.stdout.write(JSON.stringify(o) + '\\n');

@@ -13,6 +13,7 @@ import { afterEach, beforeAll, describe, expect, onTestFinished, test, vi } from
 import { alloc, free, pageSize } from '../lib/memory';
 import { collectKsmMetrics } from '../lib/prometheus';
 import { processStats, systemStats } from '../lib/stats';
+import { ensureDist } from './helpers/dist';
 import { fillPages, pollUntil, requireKsm, withFastKsm } from './helpers/ksm';
 
 // Other test runs on this machine may hold the KSM test lock for minutes.
@@ -176,7 +177,7 @@ describe('node-ksm exporter', () => {
   });
 
   beforeAll(() => {
-    if (!fs.existsSync(MAIN)) spawnSync('npx', ['tsc', '-p', '.'], { cwd: ROOT, stdio: 'ignore' });
+    expect(ensureDist()).toBe(true);
   }, 120_000);
 
   async function startExporter(args: string[], env: NodeJS.ProcessEnv = process.env) {
