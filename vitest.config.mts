@@ -9,5 +9,7 @@ export default defineConfig({
     globalSetup: ['test/helpers/global-setup.ts'],
     testTimeout: 120_000,
     hookTimeout: 60_000,
+    // Every skipped test with its reason, at the end of the run (and into NODE_KSM_SKIP_LOG).
+    reporters: ['default', './test/helpers/skip-reporter.mts'],
   },
 });

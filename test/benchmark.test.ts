@@ -118,7 +118,9 @@ describe('bench: with the real scanner', { timeout: 600_000 }, () => {
       expect(records[0]!.policy).toBe('100000');
       expect(text).toMatch(/policy\s+merged 95 % in\s+saved/);
       expect(text).toMatch(/^100000\s/m);
-      const doc = new XMLParser({ ignoreAttributes: false }).parse(fs.readFileSync(svg, 'utf8'));
+      const doc = new XMLParser({ ignoreAttributes: false }).parse(fs.readFileSync(svg, 'utf8')) as {
+        svg: { polyline: Record<string, string> };
+      };
       expect(doc.svg.polyline['@_data-series']).toBe('100000');
     }));
 

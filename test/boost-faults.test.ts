@@ -151,7 +151,7 @@ describe('boosting processes that die at random moments', () => {
           return i < choices.length ? choices[i]! : choices[Math.floor(rnd() * choices.length)]!;
         });
         const outcomes = await Promise.all(fates.map((f) => runOne(f, stateDir)));
-        ctx.annotate(
+        await ctx.annotate(
           outcomes
             .map((o) => `${o.fate}${o.boosted ? ' (had boosted)' : ''} -> ${o.signal ?? `exit ${o.code}`}`)
             .join('; '),

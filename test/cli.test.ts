@@ -14,6 +14,7 @@ import { formatBytes } from '../lib/cli/format';
 import { pageSize } from '../lib/memory';
 import { computeSystemStats, processStats, systemStats, type SystemStats } from '../lib/stats';
 import { ensureDist } from './helpers/dist';
+import { skipTest } from './helpers/skips';
 import { lockKsm, pollUntil, requireKsm } from './helpers/ksm';
 import { restore, snapshot } from './helpers/sysfs';
 
@@ -232,7 +233,7 @@ describe('status', () => {
 
   test('the scan-time advisor is explained when it is on', async (ctx) => {
     requireKsm(ctx);
-    if (!fs.existsSync('/sys/kernel/mm/ksm/advisor_mode')) ctx.skip('no advisor on this kernel (6.8+)');
+    if (!fs.existsSync('/sys/kernel/mm/ksm/advisor_mode')) skipTest(ctx, 'no advisor on this kernel (6.8+)', 'kernel');
     await locked(
       () => {
         const report = json<{ advice: Array<{ code: string; message: string }> }>(run(['status', '--json']));
@@ -249,7 +250,7 @@ describe('status', () => {
     await locked(
       () => {
         const r = run(['status', '--json']);
-        expect(codes(json(r) as never)).toContain('zero-pages');
+        expect(codes(json<{ advice: Array<{ code: string }> }>(r))).toContain('zero-pages');
         expect(run(['status']).stdout).toContain('use_zero_pages=1');
       },
       { use_zero_pages: '1', run: '0' },
@@ -415,7 +416,7 @@ describe('tune', () => {
 
   test('the advisor with a target scan time', async (ctx) => {
     requireKsm(ctx);
-    if (!fs.existsSync('/sys/kernel/mm/ksm/advisor_mode')) ctx.skip('no advisor on this kernel (6.8+)');
+    if (!fs.existsSync('/sys/kernel/mm/ksm/advisor_mode')) skipTest(ctx, 'no advisor on this kernel (6.8+)', 'kernel');
     await locked(
       () => {
         const r = json<{ after: Record<string, unknown> }>(

@@ -10,6 +10,9 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { skipTest } from './helpers/skips';
+import { matchingAny } from './helpers/expect';
+import type { Support } from '../lib/support';
 
 const root = path.join(__dirname, '..');
 const tsc = path.join(root, 'node_modules/typescript/bin/tsc');
@@ -157,7 +160,7 @@ ${USE}`,
     it(`works through ${kind}`, () => {
       const out = JSON.parse(ok(run(process.execPath, [file], dir))) as Record<string, unknown>;
       expect(out).toMatchObject({
-        version: expect.any(String),
+        version: matchingAny(String),
         sameModule: true,
         withKsm: 'function',
         Arena: 'function',
@@ -236,7 +239,12 @@ console.log(JSON.stringify(out));`;
     fs.writeFileSync(path.join(dir, 'darwin.mjs'), `import * as ksm from 'node-ksm';\n${probe}`);
     fs.writeFileSync(path.join(dir, 'darwin.cjs'), `const ksm = require('node-ksm');\n(async () => {${probe}})();`);
     for (const file of ['darwin.mjs', 'darwin.cjs']) {
-      const out = JSON.parse(ok(run(process.execPath, [file], dir, { NODE_KSM_FORCE_PLATFORM: 'darwin' })));
+      const out = JSON.parse(ok(run(process.execPath, [file], dir, { NODE_KSM_FORCE_PLATFORM: 'darwin' }))) as {
+        pageSize: number;
+        isKsmBuffer: boolean;
+        support: Support;
+        calls: Record<string, string>;
+      };
       expect(out.pageSize).toBe(0);
       expect(out.isKsmBuffer).toBe(false);
       expect(out.support).toMatchObject({ available: false, mode: 'none', running: false, canConfigure: false });
@@ -254,7 +262,7 @@ console.log(JSON.stringify(out));`;
   });
 
   it('loads the prebuild when install scripts are not run (npm --ignore-scripts, allowScripts)', (ctx) => {
-    if (!prebuilt) ctx.skip(`no ${hostPrebuild} in the package: npm run prebuild:x64`);
+    if (!prebuilt) skipTest(ctx, `no ${hostPrebuild} in the package: npm run prebuild:x64`);
     const other = consumer('no-scripts', tarball, ['--ignore-scripts']);
     expect(loadedBinary(other)).toMatch(new RegExp(`^${hostPrebuild}`));
     ok(run(process.execPath, ['-e', `require('node-ksm').support().mode === 'none' && process.exit(1)`], other));
@@ -285,7 +293,7 @@ console.log(JSON.stringify(out));`;
       expect(loadedBinary(dir)).toBe('build/Release/ksm.node');
       return;
     }
-    if (process.env.NODE_KSM_SKIP_SOURCE_BUILD === '1') ctx.skip('NODE_KSM_SKIP_SOURCE_BUILD=1');
+    if (process.env.NODE_KSM_SKIP_SOURCE_BUILD === '1') skipTest(ctx, 'NODE_KSM_SKIP_SOURCE_BUILD=1');
     const built = consumer('from-source', withoutPrebuilds());
     expect(loadedBinary(built)).toBe('build/Release/ksm.node');
     ok(
@@ -310,7 +318,7 @@ console.log(JSON.stringify(out));`;
           none,
         ),
       ),
-    );
+    ) as { s: Support; code: string };
     expect(out.code).toBe('ERR_KSM_UNSUPPORTED');
     expect(out.s).toMatchObject({ available: false, mode: 'none' });
     expect(out.s.reasons.join(' ')).toMatch(/could not be loaded .*install a C\+\+ compiler.*npm rebuild node-ksm/);
