@@ -15,6 +15,7 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { boostState, restore } from '../lib/boost';
 import { DIST, ensureDist } from './helpers/dist';
 import { lockKsm, requireKsm } from './helpers/ksm';
+import { testSeed } from './helpers/seed';
 import { diff, restore as putBack, snapshot } from './helpers/sysfs';
 
 beforeAll(() => {
@@ -60,7 +61,7 @@ interface Outcome {
   stderr: string;
 }
 
-let seed = Date.now() % 100000;
+let seed = testSeed('boost faults');
 const rnd = () => {
   seed = (seed * 1103515245 + 12345) % 2147483648;
   return seed / 2147483648;

@@ -1,10 +1,10 @@
-#!/usr/bin/env node
-// The API fuzzer's driver: runs fuzz/child.mjs once per seed, each in a fresh process, a
+// The API fuzzer's driver: runs fuzz/child.mts once per seed, each in a fresh process, a
 // few at a time, and fails when any child dies by a signal, aborts (a sanitizer report),
 // hangs, throws an undocumented error, breaks an invariant or leaves mappings behind.
 //
 //   npm run fuzz -- --seeds 200 --ops 2000 [--sanitized] [--start 1] [--jobs N]
 //   npm run fuzz -- --seed 1234 --ops 2000 --trace      (replay one seed)
+//   (npm run fuzz is node --import tsx fuzz/run.mts)
 //
 // --sanitized runs the children against the ASan+UBSan build (build-asan/, made by
 // `npm run build:asan`), the way test/run-asan.sh runs the tests. When the environment
@@ -17,10 +17,63 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const root = path.join(path.dirname(fileURLToPath(import.meta.url)), '..');
-const CHILD = path.join(root, 'fuzz', 'child.mjs');
+const CHILD = path.join(root, 'fuzz', 'child.mts');
 
-function parseArgs(argv) {
-  const o = {
+export interface FuzzOptions {
+  seeds: number;
+  ops: number;
+  start: number;
+  jobs: number;
+  sanitized: boolean;
+  trace: boolean;
+  json: boolean;
+  timeoutMs: number;
+  /** One seed to replay, instead of `seeds` seeds from `start`. */
+  seed: number | undefined;
+}
+
+/** What a child printed as its last line when it finished. */
+interface ChildSummary {
+  seed: number;
+  ops: number;
+  ms: number;
+  errors: Record<string, number>;
+  profile?: Record<string, number>;
+}
+
+interface SeedResult {
+  seed: number;
+  ok: boolean;
+  kind: string;
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  summary: ChildSummary | null;
+  stderr: string;
+}
+
+export interface FuzzFailure {
+  seed: number;
+  kind: string;
+  replay: string;
+  stderr: string;
+  lastOps: string;
+}
+
+/** The driver's report (the last line of its output with --json). */
+export interface FuzzReport {
+  seeds: number;
+  ops: number;
+  passed: number;
+  failed: number;
+  seconds: number;
+  sanitized: boolean;
+  /** Documented errors thrown, by "Class:code", over all passing seeds. */
+  errors: Record<string, number>;
+  failures: FuzzFailure[];
+}
+
+function parseArgs(argv: string[]): FuzzOptions {
+  const o: FuzzOptions = {
     seeds: 100,
     ops: 2000,
     start: 1,
@@ -49,7 +102,7 @@ function parseArgs(argv) {
     else if (a === '--json') o.json = true;
     else if (a === '-h' || a === '--help') {
       console.log(
-        'usage: node fuzz/run.mjs [--seeds N] [--ops N] [--start S] [--seed S] [--jobs N] [--timeout SECONDS] [--sanitized] [--trace] [--json]',
+        'usage: node --import tsx fuzz/run.mts [--seeds N] [--ops N] [--start S] [--seed S] [--jobs N] [--timeout SECONDS] [--sanitized] [--trace] [--json]',
       );
       process.exit(0);
     } else throw new Error(`unknown argument ${a}`);
@@ -57,7 +110,7 @@ function parseArgs(argv) {
   return o;
 }
 
-function newestTs(dir) {
+function newestTs(dir: string): number {
   let newest = 0;
   for (const e of fs.readdirSync(dir, { withFileTypes: true })) {
     const p = path.join(dir, e.name);
@@ -67,7 +120,7 @@ function newestTs(dir) {
 }
 
 /** The children load the compiled library: rebuild dist/ when lib/ is newer. */
-function ensureDist() {
+function ensureDist(): void {
   const probe = path.join(root, 'dist', 'memory.js');
   if (fs.existsSync(probe) && fs.statSync(probe).mtimeMs >= newestTs(path.join(root, 'lib'))) return;
   spawnSync(
@@ -78,10 +131,10 @@ function ensureDist() {
   if (!fs.existsSync(probe)) throw new Error('dist/ could not be built (npm run build:ts)');
 }
 
-function sanitizedEnv() {
+function sanitizedEnv(): NodeJS.ProcessEnv {
   const binary = path.join(root, 'build-asan', 'Release', 'ksm.node');
   if (!fs.existsSync(binary)) throw new Error(`${binary} is missing: run "npm run build:asan" first`);
-  const lib = (name) => spawnSync('gcc', [`-print-file-name=${name}`], { encoding: 'utf8' }).stdout.trim();
+  const lib = (name: string) => spawnSync('gcc', [`-print-file-name=${name}`], { encoding: 'utf8' }).stdout.trim();
   return {
     NODE_KSM_SANITIZED: '1',
     NODE_KSM_BINARY: binary,
@@ -91,15 +144,15 @@ function sanitizedEnv() {
   };
 }
 
-function runSeed(seed, o, env, trace) {
+function runSeed(seed: number, o: FuzzOptions, env: NodeJS.ProcessEnv, trace: boolean): Promise<SeedResult> {
   return new Promise((resolve) => {
-    const args = ['--expose-gc', CHILD, String(seed), String(o.ops), ...(trace ? ['--trace'] : [])];
+    const args = ['--import', 'tsx', '--expose-gc', CHILD, String(seed), String(o.ops), ...(trace ? ['--trace'] : [])];
     const child = spawn(process.execPath, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
-    child.stdout.on('data', (d) => (stdout += d));
-    child.stderr.on('data', (d) => {
-      stderr += d;
+    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.stderr.on('data', (d: Buffer) => {
+      stderr += d.toString();
       // A trace of 100,000 operations is long; the end is what matters.
       if (stderr.length > 4_000_000) stderr = stderr.slice(-2_000_000);
     });
@@ -110,9 +163,9 @@ function runSeed(seed, o, env, trace) {
     }, o.timeoutMs);
     child.on('close', (code, signal) => {
       clearTimeout(timer);
-      let summary = null;
+      let summary: ChildSummary | null = null;
       try {
-        summary = JSON.parse(stdout.trim().split('\n').pop());
+        summary = JSON.parse(stdout.trim().split('\n').pop() ?? '') as ChildSummary;
       } catch {
         // no summary: the child did not finish
       }
@@ -135,31 +188,31 @@ function runSeed(seed, o, env, trace) {
   });
 }
 
-function replayCommand(seed, o) {
-  return `node fuzz/run.mjs --seed ${seed} --ops ${o.ops}${o.sanitized || process.env.NODE_KSM_SANITIZED === '1' ? ' --sanitized' : ''} --trace`;
+function replayCommand(seed: number, o: FuzzOptions): string {
+  return `npm run fuzz -- --seed ${seed} --ops ${o.ops}${o.sanitized || process.env.NODE_KSM_SANITIZED === '1' ? ' --sanitized' : ''} --trace`;
 }
 
-function tail(text, lines) {
+function tail(text: string, lines: number): string {
   return text.trimEnd().split('\n').slice(-lines).join('\n');
 }
 
-export async function main(argv = process.argv.slice(2)) {
+export async function main(argv = process.argv.slice(2)): Promise<FuzzReport> {
   const o = parseArgs(argv);
   ensureDist();
   const env = { ...process.env, ...(o.sanitized ? sanitizedEnv() : {}) };
   const seeds = o.seed !== undefined ? [o.seed] : Array.from({ length: o.seeds }, (_, i) => o.start + i);
   const started = Date.now();
-  const failures = [];
-  const errors = {};
+  const failures: FuzzFailure[] = [];
+  const errors: Record<string, number> = {};
   let passed = 0;
   let next = 0;
   const worker = async () => {
     while (next < seeds.length) {
-      const seed = seeds[next++];
+      const seed = seeds[next++]!;
       const r = await runSeed(seed, o, env, o.trace);
       if (r.ok) {
         passed++;
-        for (const [k, n] of Object.entries(r.summary.errors)) errors[k] = (errors[k] ?? 0) + n;
+        for (const [k, n] of Object.entries(r.summary!.errors)) errors[k] = (errors[k] ?? 0) + n;
         if (o.trace) process.stderr.write(tail(r.stderr, 3) + '\n');
         continue;
       }
@@ -191,7 +244,7 @@ export async function main(argv = process.argv.slice(2)) {
   };
   await Promise.all(Array.from({ length: Math.min(o.jobs, seeds.length) }, worker));
   const seconds = (Date.now() - started) / 1000;
-  const report = {
+  const report: FuzzReport = {
     seeds: seeds.length,
     ops: o.ops,
     passed,
@@ -215,7 +268,7 @@ if (process.argv[1] && fs.realpathSync(process.argv[1]) === fileURLToPath(import
   main().then(
     (r) => process.exit(r.failed === 0 ? 0 : 1),
     (err) => {
-      console.error(err instanceof Error ? err.message : err);
+      console.error(err instanceof Error ? err.message : String(err));
       process.exit(2);
     },
   );
