@@ -5,7 +5,7 @@ export default defineConfig({
     // Native code under test: a crash must take down one fork, not the runner.
     pool: 'forks',
     execArgv: ['--expose-gc'],
-    include: ['test/**/*.test.ts'],
+    include: ['test/**/*.test.ts', 'test/**/*.test.mts'],
     globalSetup: ['test/helpers/global-setup.ts'],
     testTimeout: 120_000,
     hookTimeout: 60_000,
