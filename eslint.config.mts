@@ -5,6 +5,7 @@
  */
 import js from '@eslint/js';
 import { defineConfig } from 'eslint/config';
+import { createNodeResolver, importX } from 'eslint-plugin-import-x';
 import globals from 'globals';
 import tseslint from 'typescript-eslint';
 
@@ -47,4 +48,63 @@ export default defineConfig(
     files: ['**/*.cjs', '**/*.js', '**/*.mjs'],
     extends: [tseslint.configs.disableTypeChecked],
   },
+  layers(),
 );
+
+/**
+ * Which code may import which (the layers point down: lib -> lib/cli -> examples, bench):
+ *
+ * - lib/ imports neither lib/cli/ nor anything outside lib/; lib/cli/ imports lib/ only.
+ * - examples/ and scripts/ use the library as its users do: `node-ksm`, `node-ksm/testing`,
+ *   `node-ksm/prometheus`, `node-ksm/bench` (resolved through package.json's exports to
+ *   dist/), never lib/ or another dist/ file.
+ * - bench/ may also use the compiled internals in dist/ (a benchmark measures what ships,
+ *   and sometimes a figure only an internal gives, like mergingPages()), never lib/'s
+ *   sources; it may use an example's modules (it benchmarks the examples).
+ * - fuzz/ uses the public entry, plus dist/binding.js: it calls the addon itself, with
+ *   arguments the TypeScript layer would refuse, to prove the addon checks them too.
+ * - test/ may import anything; nothing imports test/ (nor fuzz/ nor bench/).
+ *
+ * Paths are matched after resolution, so `../dist/x.js`, `node-ksm` and `./y.mjs`
+ * (for y.mts) are all seen for what they are. Imports whose path is computed at run time
+ * (require(path.join(...))) are not: keep those to test/.
+ */
+function layers() {
+  const PUBLIC = ['./index.js', './testing.js', './prometheus.js', './benchmark.js'];
+  const outside = ['./bench', './examples', './fuzz', './scripts', './test'];
+  return {
+    plugins: { 'import-x': importX },
+    settings: {
+      'import-x/resolver-next': [
+        createNodeResolver({
+          extensions: ['.ts', '.mts', '.js', '.mjs', '.cjs', '.json', '.node'],
+          extensionAlias: { '.js': ['.ts', '.js'], '.mjs': ['.mts', '.mjs'] },
+          conditionNames: ['node', 'import', 'require', 'default'],
+        }),
+      ],
+    },
+    rules: {
+      'import-x/no-restricted-paths': [
+        'error',
+        {
+          zones: [
+            { target: './lib/*', from: ['./lib/cli', ...outside], message: 'lib/ depends on nothing above it' },
+            { target: './lib/cli', from: outside, message: 'lib/cli/ depends on lib/ only' },
+            ...['./examples', './scripts'].flatMap((target) => [
+              { target, from: ['./lib', './bench', './fuzz', './test'], message: 'use the public entry points' },
+              { target, from: './dist', except: PUBLIC, message: 'use the public entry points (node-ksm...)' },
+            ]),
+            { target: './bench', from: ['./lib', './fuzz', './test'], message: 'bench/ uses the compiled library' },
+            { target: './fuzz', from: ['./lib', './bench', './examples', './test'], message: 'fuzz/ uses dist/' },
+            {
+              target: './fuzz',
+              from: './dist',
+              except: [...PUBLIC, './binding.js'],
+              message: 'public entry or binding',
+            },
+          ],
+        },
+      ],
+    },
+  };
+}
