@@ -4,6 +4,7 @@
  * switches that miss a case) are errors.
  */
 import js from '@eslint/js';
+import type { Linter } from 'eslint';
 import { defineConfig } from 'eslint/config';
 import { createNodeResolver, importX } from 'eslint-plugin-import-x';
 import globals from 'globals';
@@ -69,7 +70,7 @@ export default defineConfig(
  * (for y.mts) are all seen for what they are. Imports whose path is computed at run time
  * (require(path.join(...))) are not: keep those to test/.
  */
-function layers() {
+function layers(): Linter.Config {
   const PUBLIC = ['./index.js', './testing.js', './prometheus.js', './benchmark.js'];
   const outside = ['./bench', './examples', './fuzz', './scripts', './test'];
   return {
