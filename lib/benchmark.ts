@@ -5,6 +5,9 @@
  * merging and over the idle time after. This changes the machine's global KSM settings
  * while it runs and puts every one of them back afterwards (also on SIGINT/SIGTERM, by
  * the caller aborting the signal); other KSM users on the machine see the policies too.
+ * This is `node-ksm/bench`.
+ *
+ * @module node-ksm/bench
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
@@ -19,6 +22,9 @@ import { clockTicks, ksmdCpuSeconds, type ClockTicks } from './ksmd';
 import { pageSize } from './memory';
 import { parseInteger } from './procfs';
 import { KSM_SYSFS } from './stats';
+
+// BenchReport.clockTicks has this type: users of node-ksm/bench can name it.
+export type { ClockTicks } from './ksmd';
 
 /** `default`, a pages_to_scan number (with sleep 0), `advisor` or `autotune`. */
 export type BenchPolicy = string;

@@ -9,8 +9,10 @@ import { KsmError, fromFsError, invalidArgType } from './errors';
 import { deadArenaView, pageSize, viewRange } from './memory';
 import { type MapsEntry, type SmapsEntry, parseMaps, parseMapsLine, parseSmaps } from './procfs';
 
+/** How {@link bufferStats} got its figures: see {@link BufferStats.method}. */
 export type BufferStatsMethod = 'smaps' | 'kpageflags' | 'pagemap';
 
+/** Options of {@link bufferStats}. */
 export interface BufferStatsOptions {
   /**
    * `'auto'` (default): `smaps` when the buffer's pages are exactly whole mappings, else
@@ -20,6 +22,10 @@ export interface BufferStatsOptions {
   method?: BufferStatsMethod | 'auto';
 }
 
+/**
+ * What KSM did to exactly the pages of one buffer ({@link bufferStats}). The merged share
+ * is `(mergedPages + (zeroPages ?? 0)) / residentPages`.
+ */
 export interface BufferStats {
   /** The bytes of the buffer (its length). */
   bytes: number;

@@ -4,6 +4,10 @@ import { binding, loadError, type NativeBinding } from './binding';
 import { parseInteger, smapsHasKsm } from './procfs';
 import { KSM_SYSFS, readIfExists } from './stats';
 
+/**
+ * What this kernel and this process can do with KSM ({@link support}), each missing
+ * thing with its reason in `reasons`, in words a person can act on.
+ */
 export interface Support {
   /** KSM can be used from this process: Linux, the addon loaded, CONFIG_KSM. */
   available: boolean;

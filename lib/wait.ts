@@ -17,6 +17,7 @@ import { parseInteger, parseSmaps } from './procfs';
 import { bufferStats, type BufferStats } from './buffer-stats';
 import { KSM_SYSFS, mergingPages, processStats, type ProcessStats } from './stats';
 
+/** What {@link WaitOptions.onProgress} is told as merging goes on. */
 export interface WaitProgress {
   /** Merged pages of the target; between exact checks an estimate from the process's counter. */
   mergedPages: number;
@@ -28,6 +29,7 @@ export interface WaitProgress {
   elapsedMs: number;
 }
 
+/** Options of {@link waitForMerge}. */
 export interface WaitOptions {
   /** The merged share to wait for, in (0, 1] (default 0.95). */
   ratio?: number;
@@ -41,6 +43,7 @@ export interface WaitOptions {
   boost?: boolean;
 }
 
+/** How {@link waitForMerge} ended, with exact figures. */
 export interface WaitResult {
   /** Merged share of the target's mergeable pages, exact. */
   ratio: number;
