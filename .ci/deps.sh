@@ -9,6 +9,9 @@ command -v ninja >/dev/null || need+=(ninja-build)
 command -v setpriv >/dev/null || need+=(util-linux)
 # gdb: the faults test reads the backtrace of a crashed child from its core file.
 command -v gdb >/dev/null || need+=(gdb)
+# clang-format and clang-tidy: scripts/lint-native.sh checks native/ with them.
+command -v clang-format >/dev/null || need+=(clang-format)
+command -v clang-tidy >/dev/null || need+=(clang-tidy)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
