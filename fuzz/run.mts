@@ -256,7 +256,7 @@ export async function main(argv = process.argv.slice(2)): Promise<FuzzReport> {
   };
   const mode = report.sanitized ? ' under ASan+UBSan' : '';
   console.log(
-    `fuzz: ${seeds.length} seeds × ${o.ops} ops${mode}: ${passed} ok, ${failures.length} failing (${seconds.toFixed(1)} s)`,
+    `fuzz: ${seeds.length} seeds (${seeds[0]}..${seeds[seeds.length - 1]}) × ${o.ops} ops${mode}: ${passed} ok, ${failures.length} failing (${seconds.toFixed(1)} s)`,
   );
   if (!o.json) console.log(`documented errors thrown: ${JSON.stringify(errors)}`);
   for (const f of failures) console.log(`  seed ${f.seed}: ${f.kind} — replay: ${f.replay}`);
