@@ -4,7 +4,8 @@
 //
 //   npm run fuzz -- --seeds 200 --ops 2000 [--sanitized] [--start 1] [--jobs N]
 //   npm run fuzz -- --seed 1234 --ops 2000 --trace      (replay one seed)
-//   (npm run fuzz is node --import tsx fuzz/run.mts)
+//   (npm run fuzz is node --import tsx fuzz/run.mts; a seed by hand:
+//    node --import tsx --expose-gc fuzz/child.mts SEED OPS --trace)
 //
 // --sanitized runs the children against the ASan+UBSan build (build-asan/, made by
 // `npm run build:asan`), the way test/run-asan.sh runs the tests. When the environment
@@ -12,12 +13,13 @@
 // children inherit it.
 import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
+import { createRequire } from 'node:module';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const root = path.join(path.dirname(fileURLToPath(import.meta.url)), '..');
-const CHILD = path.join(root, 'fuzz', 'child.mts');
+const CHILD_SOURCE = path.join(root, 'fuzz', 'child.mts');
 
 export interface FuzzOptions {
   seeds: number;
@@ -131,6 +133,26 @@ function ensureDist(): void {
   if (!fs.existsSync(probe)) throw new Error('dist/ could not be built (npm run build:ts)');
 }
 
+/**
+ * The child as plain JavaScript, transpiled once per run into dist/ (where its imports,
+ * `node-ksm` and `../dist/binding.js`, resolve as they do from fuzz/): starting tsx in
+ * every seed's process would cost about half a second of CPU each, minutes over CI's
+ * 200 seeds. Written under a temporary name and renamed, so concurrent runs never see
+ * half a file.
+ */
+function compileChild(): string {
+  const ts = createRequire(import.meta.url)('typescript') as typeof import('typescript');
+  const js = ts.transpileModule(fs.readFileSync(CHILD_SOURCE, 'utf8'), {
+    compilerOptions: { module: ts.ModuleKind.ESNext, target: ts.ScriptTarget.ES2022 },
+    fileName: CHILD_SOURCE,
+  }).outputText;
+  const file = path.join(root, 'dist', 'fuzz-child.mjs');
+  const tmp = `${file}.${process.pid}.tmp`;
+  fs.writeFileSync(tmp, js);
+  fs.renameSync(tmp, file);
+  return file;
+}
+
 function sanitizedEnv(): NodeJS.ProcessEnv {
   const binary = path.join(root, 'build-asan', 'Release', 'ksm.node');
   if (!fs.existsSync(binary)) throw new Error(`${binary} is missing: run "npm run build:asan" first`);
@@ -144,14 +166,20 @@ function sanitizedEnv(): NodeJS.ProcessEnv {
   };
 }
 
-function runSeed(seed: number, o: FuzzOptions, env: NodeJS.ProcessEnv, trace: boolean): Promise<SeedResult> {
+function runSeed(
+  child: string,
+  seed: number,
+  o: FuzzOptions,
+  env: NodeJS.ProcessEnv,
+  trace: boolean,
+): Promise<SeedResult> {
   return new Promise((resolve) => {
-    const args = ['--import', 'tsx', '--expose-gc', CHILD, String(seed), String(o.ops), ...(trace ? ['--trace'] : [])];
-    const child = spawn(process.execPath, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    const args = ['--expose-gc', child, String(seed), String(o.ops), ...(trace ? ['--trace'] : [])];
+    const proc = spawn(process.execPath, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on('data', (d: Buffer) => {
+    proc.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    proc.stderr.on('data', (d: Buffer) => {
       stderr += d.toString();
       // A trace of 100,000 operations is long; the end is what matters.
       if (stderr.length > 4_000_000) stderr = stderr.slice(-2_000_000);
@@ -159,9 +187,9 @@ function runSeed(seed: number, o: FuzzOptions, env: NodeJS.ProcessEnv, trace: bo
     let hung = false;
     const timer = setTimeout(() => {
       hung = true;
-      child.kill('SIGKILL');
+      proc.kill('SIGKILL');
     }, o.timeoutMs);
-    child.on('close', (code, signal) => {
+    proc.on('close', (code, signal) => {
       clearTimeout(timer);
       let summary: ChildSummary | null = null;
       try {
@@ -199,6 +227,7 @@ function tail(text: string, lines: number): string {
 export async function main(argv = process.argv.slice(2)): Promise<FuzzReport> {
   const o = parseArgs(argv);
   ensureDist();
+  const child = compileChild();
   const env = { ...process.env, ...(o.sanitized ? sanitizedEnv() : {}) };
   const seeds = o.seed !== undefined ? [o.seed] : Array.from({ length: o.seeds }, (_, i) => o.start + i);
   const started = Date.now();
@@ -209,7 +238,7 @@ export async function main(argv = process.argv.slice(2)): Promise<FuzzReport> {
   const worker = async () => {
     while (next < seeds.length) {
       const seed = seeds[next++]!;
-      const r = await runSeed(seed, o, env, o.trace);
+      const r = await runSeed(child, seed, o, env, o.trace);
       if (r.ok) {
         passed++;
         for (const [k, n] of Object.entries(r.summary!.errors)) errors[k] = (errors[k] ?? 0) + n;
@@ -219,7 +248,7 @@ export async function main(argv = process.argv.slice(2)): Promise<FuzzReport> {
       // A crash leaves no message of ours: run it again with the trace to name the call.
       let last = '';
       if (!o.trace && (r.signal || r.kind.startsWith('EXIT') || r.kind === 'HANG')) {
-        const again = await runSeed(seed, o, env, true);
+        const again = await runSeed(child, seed, o, env, true);
         last = tail(
           again.stderr
             .split('\n')
