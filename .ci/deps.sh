@@ -21,6 +21,9 @@ command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
 file -L /bin/busybox 2>/dev/null | grep -q 'statically linked' || need+=(busybox-static)
 command -v xz >/dev/null || need+=(xz-utils)
 command -v file >/dev/null || need+=(file)
+# clang-format and clang-tidy: scripts/lint-native.sh checks native/ with them.
+command -v clang-format >/dev/null || need+=(clang-format)
+command -v clang-tidy >/dev/null || need+=(clang-tidy)
 bare=()
 { command -v promtool && command -v prometheus; } >/dev/null || bare+=(prometheus)
 if [ ${#need[@]} -gt 0 ] || [ ${#bare[@]} -gt 0 ]; then

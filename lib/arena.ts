@@ -58,6 +58,7 @@ import {
   type BinaryLike,
 } from './memory';
 
+/** Options of `new` {@link Arena}. */
 export interface ArenaOptions {
   /** Bytes per chunk (rounded up to whole pages). Default 64 MiB. */
   chunkSize?: number;
@@ -71,6 +72,7 @@ export interface ArenaOptions {
   maxDirtyBytes?: number;
 }
 
+/** What an {@link Arena} holds ({@link Arena.stats}). */
 export interface ArenaStats {
   /** Mappings held, dedicated ones (allocations larger than a chunk) included. */
   chunks: number;
@@ -155,8 +157,22 @@ interface Chunk {
   views: (ArrayBuffer | undefined)[];
 }
 
+/**
+ * Many page-aligned buffers carved out of a few large mergeable mappings, so a service
+ * can hold 100,000 blobs without 100,000 mappings (`vm.max_map_count` is 65530 by
+ * default) and allocate them faster than one mapping each. Use {@link alloc} for a few
+ * large, long-lived buffers; an Arena for many blobs.
+ *
+ * Each buffer starts on a page and is zero to the end of its last page, so identical
+ * blobs merge fully, odd sizes included. An arena is explicit like `malloc`: a buffer
+ * dropped without {@link Arena.release} keeps its pages until {@link Arena.close}.
+ * Releasing twice gives `ERR_KSM_FREED`, a buffer from elsewhere `ERR_KSM_NOT_OWNED`,
+ * using a closed arena `ERR_KSM_CLOSED`. Not available in window mode.
+ */
 export class Arena {
+  /** Bytes per chunk, rounded up to whole pages. */
   readonly chunkSize: number;
+  /** Whether the chunks are marked MADV_MERGEABLE. */
   readonly mergeable: boolean;
   readonly #b: NativeBinding;
   readonly #page: number;

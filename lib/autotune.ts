@@ -25,6 +25,7 @@ import { invalidArgType, validateInteger } from './errors';
 import { parseKsmSysfs, snakeCase } from './procfs';
 import { readKsmSysfsFiles } from './stats';
 
+/** Where autotune stands ({@link AutotuneHandle.state}). */
 export type AutotuneState =
   /** Low-cost scanning, watching for work. */
   | 'idle'
@@ -36,8 +37,10 @@ export type AutotuneState =
   | 'overridden'
   /** Reading or writing the settings failed; autotune stopped adjusting (see `error`). */
   | 'failed'
+  /** stop() has run. */
   | 'stopped';
 
+/** A change of {@link AutotuneState}, with its reason ({@link AutotuneOptions.onChange}, 'change'). */
 export interface AutotuneEvent {
   state: AutotuneState;
   previous: AutotuneState;
@@ -49,6 +52,7 @@ export interface AutotuneEvent {
   settings: KsmSettings;
 }
 
+/** Options of {@link startAutotune}. */
 export interface AutotuneOptions {
   /** Low-cost settings. Default: the settings found at start when they cost no more than the kernel's defaults, else the defaults (100 pages every 20 ms). */
   idle?: { pagesToScan?: number; sleepMillisecs?: number };
@@ -72,6 +76,7 @@ export interface AutotuneOptions {
   onChange?: (event: AutotuneEvent) => void;
 }
 
+/** A running autotune ({@link startAutotune}); emits 'change' with each {@link AutotuneEvent}. */
 export interface AutotuneHandle extends EventEmitter {
   readonly state: AutotuneState;
   /** The settings found at start; stop() puts back those autotune changed and nobody else did. */
@@ -89,6 +94,7 @@ export interface AutotuneHandle extends EventEmitter {
 
 /** The kernel's own defaults: the cost autotune idles at unless the operator chose lower. */
 export const KERNEL_DEFAULT_SCAN = { pagesToScan: 100, sleepMillisecs: 20 } as const;
+/** The boosted settings autotune uses unless told otherwise ({@link AutotuneOptions.boost}). */
 export const AUTOTUNE_BOOST = { pagesToScan: 100_000, sleepMillisecs: 0, smartScan: 0 } as const;
 
 /** The knobs autotune and boost() write, and so the ones it watches for other writers. */

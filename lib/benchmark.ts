@@ -5,6 +5,9 @@
  * merging and over the idle time after. This changes the machine's global KSM settings
  * while it runs and puts every one of them back afterwards (also on SIGINT/SIGTERM, by
  * the caller aborting the signal); other KSM users on the machine see the policies too.
+ * This is `node-ksm/bench`.
+ *
+ * @module node-ksm/bench
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
@@ -19,6 +22,9 @@ import { clockTicks, ksmdCpuSeconds, type ClockTicks } from './ksmd';
 import { pageSize } from './memory';
 import { parseInteger } from './procfs';
 import { KSM_SYSFS } from './stats';
+
+// BenchReport.clockTicks has this type: users of node-ksm/bench can name it.
+export type { ClockTicks } from './ksmd';
 
 /** `default`, a pages_to_scan number (with sleep 0), `advisor` or `autotune`. */
 export type BenchPolicy = string;
@@ -200,7 +206,7 @@ export async function startWorkers(count: number, mib: number, seed: number, sig
     await Promise.all(
       procs.map((p) => {
         if (p.exitCode !== null || p.signalCode !== null) return Promise.resolve();
-        const gone = new Promise((resolve) => p.once('exit', resolve));
+        const gone = new Promise<void>((resolve) => p.once('exit', () => resolve()));
         p.kill('SIGKILL');
         return gone;
       }),
@@ -323,13 +329,15 @@ function restorable(s: KsmSettings): KsmSettings {
 function validate(options: unknown) {
   if (options === null || typeof options !== 'object') throw invalidArgType('options', 'of type object', options);
   const o = options as BenchOptions;
+  // Checked as unknown: Array.isArray would otherwise widen the declared type to any[].
+  const policies: unknown = o.policies;
   const workers = o.workers === undefined ? 4 : validateInteger(o.workers, 'options.workers', 2, 256);
   const mib = o.mib === undefined ? 256 : validateInteger(o.mib, 'options.mib', 1, 1 << 20);
   if (
-    o.policies !== undefined &&
-    (!Array.isArray(o.policies) || o.policies.length === 0 || o.policies.some((p) => typeof p !== 'string'))
+    policies !== undefined &&
+    (!Array.isArray(policies) || policies.length === 0 || policies.some((p) => typeof p !== 'string'))
   ) {
-    throw invalidArgType('options.policies', 'a non-empty array of strings', o.policies);
+    throw invalidArgType('options.policies', 'a non-empty array of strings', policies);
   }
   const ratio = o.ratio ?? 0.95;
   if (typeof ratio !== 'number' || !(ratio > 0 && ratio <= 1))

@@ -92,9 +92,11 @@ function load(): { binding: NativeBinding | null; loadError: string | null } {
   try {
     // NODE_KSM_BINARY selects another build of the same sources (the sanitizer build).
     const explicit = process.env.NODE_KSM_BINARY;
+    // The addon's path is known only at run time and loading must be synchronous, so
+    // require() it is (node-gyp-build ships no types).
     /* eslint-disable @typescript-eslint/no-require-imports */
     const native = (
-      explicit ? require(path.resolve(explicit)) : (require('node-gyp-build') as (dir: string) => unknown)(packageRoot)
+      explicit ? require(path.resolve(explicit)) : (require('node-gyp-build') as (root: string) => unknown)(packageRoot)
     ) as NativeBinding & { unsupported?: boolean };
     /* eslint-enable @typescript-eslint/no-require-imports */
     if (native.unsupported)

@@ -21,6 +21,7 @@ import { configure, readSettings, type KsmSettings, type KsmSettingName } from '
 import { KsmError, fromFsError, invalidArgType, validateBoolean, validateInteger } from './errors';
 import { parseProcStat } from './procfs';
 
+/** Options of {@link boost}: the fast settings to hold, and where the shared state lives. */
 export interface BoostOptions {
   /** Pages ksmd scans per batch while boosted (default 10000). */
   pagesToScan?: number;
@@ -36,6 +37,10 @@ export interface BoostOptions {
   stateDir?: string;
 }
 
+/**
+ * A held boost ({@link boost}). Release it with `release()` or `await using`; the original
+ * settings come back when the last holder on the machine lets go.
+ */
 export interface BoostHandle {
   /** Lets go of this boost; the originals come back if it was the last holder. Idempotent. */
   release(): Promise<void>;
@@ -44,6 +49,7 @@ export interface BoostHandle {
   readonly settings: KsmSettings;
 }
 
+/** One process holding a boost, as recorded in the machine-wide state file. */
 export interface BoostHolder {
   pid: number;
   /** Start time of the process in clock ticks after boot (/proc/<pid>/stat field 22). */
@@ -55,7 +61,9 @@ export interface BoostHolder {
   requested: KsmSettings;
 }
 
+/** The machine-wide boost record ({@link boostState}): the originals and who holds a boost. */
 export interface BoostState {
+  /** The state file. */
   file: string;
   /** The settings before the first holder boosted; they come back after the last. */
   originals: KsmSettings;

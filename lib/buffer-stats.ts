@@ -10,8 +10,10 @@ import { deadArenaView, pageSize, viewRange } from './memory';
 import { type MapsEntry, type SmapsEntry, parseMaps, parseMapsLine, parseSmaps } from './procfs';
 import { kpageflagsKsmReliable } from './stats';
 
+/** How {@link bufferStats} got its figures: see {@link BufferStats.method}. */
 export type BufferStatsMethod = 'smaps' | 'kpageflags' | 'pagemap';
 
+/** Options of {@link bufferStats}. */
 export interface BufferStatsOptions {
   /**
    * `'auto'` (default): `smaps` when the buffer's pages are exactly whole mappings, else
@@ -21,6 +23,10 @@ export interface BufferStatsOptions {
   method?: BufferStatsMethod | 'auto';
 }
 
+/**
+ * What KSM did to exactly the pages of one buffer ({@link bufferStats}). The merged share
+ * is `(mergedPages + (zeroPages ?? 0)) / residentPages`.
+ */
 export interface BufferStats {
   /** The bytes of the buffer (its length). */
   bytes: number;
@@ -137,6 +143,23 @@ function mergeableIn(entries: SmapsEntry[], start: bigint, end: bigint): boolean
  * included; for any other view only the whole pages inside it. See `BufferStats.method`.
  */
 export function bufferStats(buf: ArrayBufferView | ArrayBuffer, options: BufferStatsOptions = {}): BufferStats {
+  const method = validate(buf, options);
+  const range = pageRangeOf(buf);
+  if (range.pages === 0) return figures(range, method === 'auto' ? 'pagemap' : method, 0, 0, false);
+  // maps is cheap (no page walks): it says whether smaps can describe the buffer alone.
+  const maps = parseMaps(readVmaText('maps', range.start, range.end));
+  const exact = tiles(maps, range.start, range.end);
+  if (method === 'smaps' || (method === 'auto' && exact)) {
+    const stats = fromSmaps(range, exact, method === 'smaps');
+    if (stats !== undefined) return stats;
+  }
+  return fromPageStates(buf, range, maps, method);
+}
+
+const METHODS = ['auto', 'smaps', 'kpageflags', 'pagemap'] as const;
+
+/** The method asked for, once `buf` and `options` are known to be what bufferStats takes. */
+function validate(buf: unknown, options: BufferStatsOptions): BufferStatsMethod | 'auto' {
   const expected = 'an instance of Buffer, TypedArray, DataView or ArrayBuffer';
   if (!(ArrayBuffer.isView(buf) || buf instanceof ArrayBuffer)) throw invalidArgType('buf', expected, buf);
   // Memory of a SharedArrayBuffer cannot be located by the addon.
@@ -145,9 +168,33 @@ export function bufferStats(buf: ArrayBufferView | ArrayBuffer, options: BufferS
   }
   if (options === null || typeof options !== 'object') throw invalidArgType('options', 'of type object', options);
   const method = options.method ?? 'auto';
-  if (!['auto', 'smaps', 'kpageflags', 'pagemap'].includes(method)) {
+  if (!METHODS.includes(method)) {
     throw invalidArgType('options.method', "one of 'auto', 'smaps', 'kpageflags', 'pagemap'", method);
   }
+  return method;
+}
+
+/** The pages a buffer's statistics cover, as the view sees them and as addresses. */
+interface PageRange {
+  /** The addon's record of the buffer's mapping, or null when node-ksm did not allocate it. */
+  info: RegionInfo | null;
+  /** The view's length in bytes. */
+  bytes: number;
+  /** [offset, offset + length) of the view: the whole pages that are this buffer's own. */
+  offset: number;
+  length: number;
+  /** The same pages as addresses: the range pageStates() reports on. */
+  start: bigint;
+  end: bigint;
+  pages: number;
+}
+
+/**
+ * The whole pages that are this buffer's own: from its first page to the end of its last
+ * for a buffer node-ksm allocated (the padding is its own), the pages wholly inside it
+ * for any other view. Throws ERR_KSM_FREED for a freed buffer.
+ */
+function pageRangeOf(buf: ArrayBufferView | ArrayBuffer): PageRange {
   const b = native();
   const ab = buf instanceof ArrayBuffer ? buf : (buf.buffer as ArrayBuffer);
   const info = b.info(ab);
@@ -156,14 +203,11 @@ export function bufferStats(buf: ArrayBufferView | ArrayBuffer, options: BufferS
   // A detached buffer holds no memory, nor does a view its resizable buffer no longer
   // reaches (viewRange: 0 and 0 for both).
   const { byteOffset, byteLength } = viewRange(buf);
-
-  // The whole pages that are this buffer's own, as [offset, offset + length) of the view.
   const address = b.addressOf(buf);
   const page = BigInt(pageSize);
   let offset = 0;
   let length: number;
   if (info !== null) {
-    // Ours: from its first page to the end of its last page (the padding is its own).
     length = byteLength === 0 ? 0 : Number(((address + BigInt(byteLength) + page - 1n) / page) * page - address);
     // In window mode the region starts `bufferOffset` bytes into its ArrayBuffer.
     const regionStart = (info as { bufferOffset?: number }).bufferOffset ?? 0;
@@ -174,65 +218,77 @@ export function bufferStats(buf: ArrayBufferView | ArrayBuffer, options: BufferS
     offset = Number(first - address);
     length = end > first ? Number(end - first) : 0;
   }
-  // The same page range pageStates() reports on.
-  const rangeStart = ((address + BigInt(offset)) / page) * page;
-  const rangeEnd = length === 0 ? rangeStart : ((address + BigInt(offset + length) + page - 1n) / page) * page;
-  const pages = Number((rangeEnd - rangeStart) / page);
-  const result = (
-    how: BufferStatsMethod,
-    resident: number,
-    merged: number,
-    mergeable: boolean,
-    zero?: number,
-  ): BufferStats => {
-    const mergedPages = Math.min(merged, pages);
-    return {
-      bytes: byteLength,
-      pages,
-      residentPages: Math.min(resident, pages),
-      mergedPages,
-      mergedBytes: mergedPages * pageSize,
-      ...(zero !== undefined ? { zeroPages: zero } : {}),
-      mergeable,
-      method: how,
-    };
+  const start = ((address + BigInt(offset)) / page) * page;
+  const end = length === 0 ? start : ((address + BigInt(offset + length) + page - 1n) / page) * page;
+  return { info, bytes: byteLength, offset, length, start, end, pages: Number((end - start) / page) };
+}
+
+/** The result, with each count capped at the pages the range holds. */
+function figures(
+  range: PageRange,
+  how: BufferStatsMethod,
+  resident: number,
+  merged: number,
+  mergeable: boolean,
+  zero?: number,
+): BufferStats {
+  const mergedPages = Math.min(merged, range.pages);
+  return {
+    bytes: range.bytes,
+    pages: range.pages,
+    residentPages: Math.min(resident, range.pages),
+    mergedPages,
+    mergedBytes: mergedPages * pageSize,
+    ...(zero !== undefined ? { zeroPages: zero } : {}),
+    mergeable,
+    method: how,
   };
-  if (pages === 0) return result(method === 'auto' ? 'pagemap' : method, 0, 0, false);
+}
 
-  // maps is cheap (no page walks): it says whether smaps can describe the buffer alone.
-  const maps = parseMaps(readVmaText('maps', rangeStart, rangeEnd));
-  const exact = tiles(maps, rangeStart, rangeEnd);
-  if (method === 'smaps' || (method === 'auto' && exact)) {
-    if (!exact) {
-      throw new KsmError(
-        "smaps describes whole mappings, and this buffer's pages are only part of one (the kernel joins " +
-          'neighbouring mappings with the same flags): use the kpageflags or pagemap method',
-        'ERR_KSM_UNSUPPORTED',
-      );
-    }
-    const entries = parseSmaps(readVmaText('smaps', rangeStart, rangeEnd));
-    const hasKsm = entries.every((e) => e.bytes.KSM !== undefined);
-    // The mappings may have changed between the two reads; then smaps is not exact either.
-    if (hasKsm && tiles(entries, rangeStart, rangeEnd)) {
-      const sum = (key: string) => entries.reduce((n, e) => n + (e.bytes[key] ?? 0), 0);
-      return result(
-        'smaps',
-        Math.round(sum('Rss') / pageSize),
-        Math.round(sum('KSM') / pageSize),
-        mergeableIn(entries, rangeStart, rangeEnd),
-      );
-    }
-    if (method === 'smaps') {
-      throw new KsmError(
-        hasKsm
-          ? "The buffer's mappings changed while they were read"
-          : "This kernel's smaps has no KSM: line (Linux 6.7+)",
-        'ERR_KSM_UNSUPPORTED',
-      );
-    }
+/**
+ * From the `KSM:` lines of the mappings that are exactly the buffer. Undefined when
+ * smaps cannot tell (a kernel without the line, mappings that changed between two
+ * reads) and the method was not forced; forced, that throws ERR_KSM_UNSUPPORTED.
+ */
+function fromSmaps(range: PageRange, exact: boolean, forced: boolean): BufferStats | undefined {
+  if (!exact) {
+    throw new KsmError(
+      "smaps describes whole mappings, and this buffer's pages are only part of one (the kernel joins " +
+        'neighbouring mappings with the same flags): use the kpageflags or pagemap method',
+      'ERR_KSM_UNSUPPORTED',
+    );
   }
+  const entries = parseSmaps(readVmaText('smaps', range.start, range.end));
+  const hasKsm = entries.every((e) => e.bytes.KSM !== undefined);
+  // The mappings may have changed between the two reads; then smaps is not exact either.
+  if (hasKsm && tiles(entries, range.start, range.end)) {
+    const sum = (key: string) => entries.reduce((n, e) => n + (e.bytes[key] ?? 0), 0);
+    return figures(
+      range,
+      'smaps',
+      Math.round(sum('Rss') / pageSize),
+      Math.round(sum('KSM') / pageSize),
+      mergeableIn(entries, range.start, range.end),
+    );
+  }
+  if (!forced) return undefined;
+  throw new KsmError(
+    hasKsm ? "The buffer's mappings changed while they were read" : "This kernel's smaps has no KSM: line (Linux 6.7+)",
+    'ERR_KSM_UNSUPPORTED',
+  );
+}
 
-  const states = b.pageStates(buf, offset, length);
+/**
+ * From each page's state in /proc/self/pagemap: the KSM flag from /proc/kpageflags when
+ * it can be read (root), else pages present and not mapped exclusively (an estimate).
+ */
+function fromPageStates(
+  buf: ArrayBufferView | ArrayBuffer,
+  range: PageRange,
+  maps: MapsEntry[],
+  method: BufferStatsMethod | 'auto',
+): BufferStats {
+  const states = native().pageStates(buf, range.offset, range.length);
   // A kernel whose kpageflags marks every anonymous page KSM (Debian's 6.12) cannot count
   // merged pages that way: an estimate from pagemap, or an error when kpageflags was asked for.
   if (states.ksm !== null && states.present > 0 && kpageflagsKsmReliable() === false) {
@@ -256,14 +312,14 @@ export function bufferStats(buf: ArrayBufferView | ArrayBuffer, options: BufferS
   // clears the flag), so a merged page in the buffer's one mapping answers `mergeable`
   // without walking that mapping again in smaps.
   const mergeable =
-    states.ksm !== null && states.ksm > 0 && maps.length === 1 && covers(maps, rangeStart, rangeEnd)
+    states.ksm !== null && states.ksm > 0 && maps.length === 1 && covers(maps, range.start, range.end)
       ? true
-      : (knownAdvice(info) ??
-        mergeableIn(parseSmaps(readVmaText('smaps', rangeStart, rangeEnd)), rangeStart, rangeEnd));
+      : (knownAdvice(range.info) ??
+        mergeableIn(parseSmaps(readVmaText('smaps', range.start, range.end)), range.start, range.end));
   if (states.ksm !== null && method !== 'pagemap') {
-    return result('kpageflags', states.present, states.ksm, mergeable, states.zero ?? 0);
+    return figures(range, 'kpageflags', states.present, states.ksm, mergeable, states.zero ?? 0);
   }
-  return result('pagemap', states.present, states.present - states.exclusive, mergeable);
+  return figures(range, 'pagemap', states.present, states.present - states.exclusive, mergeable);
 }
 
 /**

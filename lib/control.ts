@@ -32,6 +32,7 @@ export interface KsmSettings {
   advisorMaxPagesToScan?: number;
 }
 
+/** The name of one writable knob, as {@link KsmSettings} spells it. */
 export type KsmSettingName = keyof KsmSettings;
 
 const UINT = 2 ** 32 - 1;

@@ -15,6 +15,21 @@ export type KsmErrorCode =
   | 'ERR_KSM_PARSE'
   | 'ERR_KSM_CLOSED';
 
+/**
+ * Every failure node-ksm reports, other than bad arguments (which get Node's own
+ * `TypeError` `ERR_INVALID_ARG_TYPE` / `ERR_INVALID_ARG_VALUE` and `RangeError`
+ * `ERR_OUT_OF_RANGE`). Its `code` is stable:
+ *
+ * - an errno name from the kernel (`EINVAL`, `ENOMEM`, `EAGAIN`, `EPERM`, `EACCES`,
+ *   `EROFS`, `EBUSY`, ...), with `errno` and `syscall` as in Node's fs errors;
+ * - or one of node-ksm's own ({@link KsmErrorCode}): `ERR_KSM_UNSUPPORTED` (no KSM or no
+ *   addon here), `ERR_KSM_NOT_OWNED` (a buffer node-ksm did not make),
+ *   `ERR_KSM_FREED` (used after `free()` or `release()`), `ERR_KSM_DISABLED` (ksmd is off
+ *   and may not be started), `ERR_KSM_PERMISSION` (not root, or a read-only
+ *   `/sys/kernel/mm/ksm`: the message says how to fix it), `ERR_KSM_TIMEOUT`,
+ *   `ERR_KSM_CLOSED` (a closed {@link Arena}), `ERR_KSM_PARSE` (a kernel file or state
+ *   file that does not parse).
+ */
 export class KsmError extends Error {
   /** `ERR_KSM_*`, or an errno name such as `EINVAL`, `ENOMEM`, `EACCES`, `EBUSY`. */
   code!: string;
@@ -55,7 +70,8 @@ function describe(value: unknown): string {
     const ctor = value.constructor?.name;
     return ctor ? `an instance of ${ctor}` : 'an object';
   }
-  let shown = String(value);
+  const primitive = value as string | number | bigint | boolean | symbol; // all that is left
+  let shown = String(primitive);
   if (shown.length > 28) shown = `${shown.slice(0, 25)}...`;
   if (typeof value === 'string') shown = `'${shown}'`;
   return `type ${typeof value} (${shown})`;

@@ -1,6 +1,8 @@
 /**
  * node-ksm: Kernel Samepage Merging for Node.js.
  * Mergeable memory, the numbers that show what merging saved, and safe control of ksmd.
+ *
+ * @module node-ksm
  */
 export { KsmError, type KsmErrorCode } from './errors';
 export {

@@ -12,11 +12,13 @@ export const pageSize: number = binding?.pageSize ?? 0;
 /** The largest `size` that `alloc` accepts: the largest Buffer this Node can make. */
 export const maxAllocSize: number = bufferConstants.MAX_LENGTH;
 
+/** Options of {@link alloc}. */
 export interface AllocOptions {
   /** Mark the mapping `MADV_MERGEABLE` (default true). */
   mergeable?: boolean;
 }
 
+/** Memory node-ksm can be handed: any view (Buffer, TypedArray, DataView) or an ArrayBuffer. */
 export type BinaryLike = ArrayBufferView | ArrayBuffer;
 
 function isBinary(value: unknown): value is BinaryLike {

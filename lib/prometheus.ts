@@ -5,6 +5,8 @@
  *
  * Names follow Prometheus conventions: base units in the name (`_bytes`, `_seconds`,
  * `_ratio`), `_total` for counters, sysfs values under their kernel names.
+ *
+ * @module node-ksm/prometheus
  */
 import fs from 'node:fs';
 import { Counter, Gauge, register as defaultRegistry, type Registry } from 'prom-client';

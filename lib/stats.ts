@@ -34,7 +34,13 @@ export function readIfExists(file: string): string | undefined {
  */
 export type ProcessStatsMethod = 'ksm_stat' | 'ksm_merging_pages' | 'kpageflags' | 'pagemap';
 
+/**
+ * A process's KSM figures, from `/proc/<pid>/ksm_stat` (Linux 6.1+; `ksm_merging_pages`
+ * before; on kernels with neither, its mergeable pages one by one: see
+ * {@link ProcessStatsMethod}). A field the kernel does not have is `undefined`, never 0.
+ */
 export interface ProcessStats {
+  /** The process the figures are of. */
   pid: number;
   /** Pages of the process that ksmd tracks (`ksm_rmap_items`). */
   rmapItems?: number;

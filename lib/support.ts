@@ -1,9 +1,13 @@
 /** What this kernel and this process can do with KSM, each "no" with its reason. */
 import fs from 'node:fs';
-import { binding, loadError } from './binding';
+import { binding, loadError, type NativeBinding } from './binding';
 import { parseInteger, smapsHasKsm } from './procfs';
 import { KSM_SYSFS, readIfExists } from './stats';
 
+/**
+ * What this kernel and this process can do with KSM ({@link support}), each missing
+ * thing with its reason in `reasons`, in words a person can act on.
+ */
 export interface Support {
   /** KSM can be used from this process: Linux, the addon loaded, CONFIG_KSM. */
   available: boolean;
@@ -93,68 +97,86 @@ export function support(): Support {
   }
   result.mode = (binding as { mode?: Support['mode'] }).mode ?? 'external';
   const sysfs = fs.existsSync(`${KSM_SYSFS}/run`);
-  // Each of these exists only with CONFIG_KSM; the madvise probe settles the rest.
-  let compiledIn = sysfs || fs.existsSync('/proc/self/ksm_merging_pages') || fs.existsSync('/proc/self/ksm_stat');
-  if (!compiledIn) {
-    try {
-      binding.free(binding.alloc(binding.pageSize, true));
-      compiledIn = true;
-    } catch (err) {
-      reasons.push(
-        (err as { code?: string }).code === 'EINVAL'
-          ? 'The kernel was built without CONFIG_KSM (madvise(MADV_MERGEABLE) fails with EINVAL): use a kernel with CONFIG_KSM=y'
-          : `madvise(MADV_MERGEABLE) failed: ${(err as Error).message}`,
-      );
-      return result;
-    }
-  }
+  if (!compiledIn(binding, sysfs, reasons)) return result;
   result.available = true;
   features.madvise = true;
-
-  if (!sysfs) {
+  if (sysfs) {
+    seeScanner(result, reasons);
+    seeScannerFeatures(features, reasons);
+  } else {
     reasons.push(
       `${KSM_SYSFS} is not visible (/sys not mounted, as in some containers): ksmd is configured and watched on the host`,
     );
-  } else {
-    let run: number | undefined;
-    try {
-      run = parseInteger(readIfExists(`${KSM_SYSFS}/run`));
-    } catch {
-      run = undefined;
-    }
-    result.running = run === 1;
-    if (!result.running) {
-      reasons.push(
-        run === undefined
-          ? `${KSM_SYSFS}/run cannot be read, so whether ksmd runs is unknown`
-          : `ksmd is not running (run=${run}): nothing gets merged until it is; start it with "node-ksm boost", or "echo 1 > ${KSM_SYSFS}/run" as root`,
-      );
-    }
-    try {
-      fs.accessSync(`${KSM_SYSFS}/run`, fs.constants.W_OK);
-      result.canConfigure = true;
-    } catch (err) {
-      const code = (err as NodeJS.ErrnoException).code;
-      reasons.push(
-        code === 'EROFS'
-          ? `${KSM_SYSFS} is read-only (a container?): configure KSM on the host`
-          : `${KSM_SYSFS} is not writable by this user: run as root to configure KSM`,
-      );
-    }
-    features.advisor = fs.existsSync(`${KSM_SYSFS}/advisor_mode`);
-    if (!features.advisor)
-      reasons.push('No scan-time advisor (advisor_mode, Linux 6.8+): ksmd speed is set by pages_to_scan alone');
-    features.smartScan = fs.existsSync(`${KSM_SYSFS}/smart_scan`);
-    if (!features.smartScan) reasons.push('No smart_scan (Linux 6.7+): ksmd rescans pages that never merge');
-    features.zeroPages = fs.existsSync(`${KSM_SYSFS}/ksm_zero_pages`);
-    if (!features.zeroPages) {
-      reasons.push(
-        'ksm_zero_pages is not counted (Linux 6.6+): pages merged into the zero page (use_zero_pages=1) are left out of savedBytes',
-      );
-    }
+  }
+  seeProcessFeatures(binding, features, reasons);
+  return result;
+}
+
+/** Whether the kernel has CONFIG_KSM; when not, says so in `reasons`. */
+function compiledIn(b: NativeBinding, sysfs: boolean, reasons: string[]): boolean {
+  // Each of these exists only with CONFIG_KSM; the madvise probe settles the rest.
+  if (sysfs || fs.existsSync('/proc/self/ksm_merging_pages') || fs.existsSync('/proc/self/ksm_stat')) return true;
+  try {
+    b.free(b.alloc(b.pageSize, true));
+    return true;
+  } catch (err) {
+    reasons.push(
+      (err as { code?: string }).code === 'EINVAL'
+        ? 'The kernel was built without CONFIG_KSM (madvise(MADV_MERGEABLE) fails with EINVAL): use a kernel with CONFIG_KSM=y'
+        : `madvise(MADV_MERGEABLE) failed: ${(err as Error).message}`,
+    );
+    return false;
+  }
+}
+
+/** `running` and `canConfigure` from /sys/kernel/mm/ksm/run, each "no" with its reason. */
+function seeScanner(result: Support, reasons: string[]): void {
+  let run: number | undefined;
+  try {
+    run = parseInteger(readIfExists(`${KSM_SYSFS}/run`));
+  } catch {
+    run = undefined;
+  }
+  result.running = run === 1;
+  if (!result.running) {
+    reasons.push(
+      run === undefined
+        ? `${KSM_SYSFS}/run cannot be read, so whether ksmd runs is unknown`
+        : `ksmd is not running (run=${run}): nothing gets merged until it is; start it with "node-ksm boost", or "echo 1 > ${KSM_SYSFS}/run" as root`,
+    );
   }
   try {
-    binding.processMerging();
+    fs.accessSync(`${KSM_SYSFS}/run`, fs.constants.W_OK);
+    result.canConfigure = true;
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    reasons.push(
+      code === 'EROFS'
+        ? `${KSM_SYSFS} is read-only (a container?): configure KSM on the host`
+        : `${KSM_SYSFS} is not writable by this user: run as root to configure KSM`,
+    );
+  }
+}
+
+/** The scanner's newer files: the advisor, smart_scan, ksm_zero_pages. */
+function seeScannerFeatures(features: Support['features'], reasons: string[]): void {
+  features.advisor = fs.existsSync(`${KSM_SYSFS}/advisor_mode`);
+  if (!features.advisor)
+    reasons.push('No scan-time advisor (advisor_mode, Linux 6.8+): ksmd speed is set by pages_to_scan alone');
+  features.smartScan = fs.existsSync(`${KSM_SYSFS}/smart_scan`);
+  if (!features.smartScan) reasons.push('No smart_scan (Linux 6.7+): ksmd rescans pages that never merge');
+  features.zeroPages = fs.existsSync(`${KSM_SYSFS}/ksm_zero_pages`);
+  if (!features.zeroPages) {
+    reasons.push(
+      'ksm_zero_pages is not counted (Linux 6.6+): pages merged into the zero page (use_zero_pages=1) are left out of savedBytes',
+    );
+  }
+}
+
+/** What this process can see and ask: prctl, ksm_stat, smaps' KSM line. */
+function seeProcessFeatures(b: NativeBinding, features: Support['features'], reasons: string[]): void {
+  try {
+    b.processMerging();
     features.prctl = true;
   } catch (err) {
     reasons.push(
@@ -185,5 +207,4 @@ export function support(): Support {
       'smaps has no KSM: line (Linux 6.7+): buffer figures come from kpageflags (root) or a pagemap estimate',
     );
   }
-  return result;
 }

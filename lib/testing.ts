@@ -26,6 +26,8 @@
  * This module never imports vitest (not even its types), so it costs nothing to users
  * of other test runners. Boosting is machine-wide: if several test files run at once,
  * boosts share one fast scanner and the originals return after the last.
+ *
+ * @module node-ksm/testing
  */
 import { AssertionError } from 'node:assert';
 import { boost, type BoostOptions } from './boost';
@@ -50,6 +52,7 @@ export async function withKsm<T>(fn: () => Promise<T> | T, options?: BoostOption
   }
 }
 
+/** Options of {@link expectMerged}: how long to wait for the merge, and how to stop waiting. */
 export interface ExpectMergedOptions {
   /** Give up (failing the assertion) after this long (default 60 s). */
   timeoutMs?: number;
@@ -125,6 +128,7 @@ export interface MatcherContext {
   isNot?: boolean;
 }
 
+/** What {@link toBeMerged} returns to the test runner, as vitest and jest matchers do. */
 export interface MatcherResult {
   pass: boolean;
   message: () => string;

@@ -17,6 +17,7 @@ import { parseInteger, parseSmaps } from './procfs';
 import { bufferStats, type BufferStats } from './buffer-stats';
 import { KSM_SYSFS, mergingPages, processStats, type ProcessStats } from './stats';
 
+/** What {@link WaitOptions.onProgress} is told as merging goes on. */
 export interface WaitProgress {
   /** Merged pages of the target; between exact checks an estimate from the process's counter. */
   mergedPages: number;
@@ -28,6 +29,7 @@ export interface WaitProgress {
   elapsedMs: number;
 }
 
+/** Options of {@link waitForMerge}. */
 export interface WaitOptions {
   /** The merged share to wait for, in (0, 1] (default 0.95). */
   ratio?: number;
@@ -41,6 +43,7 @@ export interface WaitOptions {
   boost?: boolean;
 }
 
+/** How {@link waitForMerge} ended, with exact figures. */
 export interface WaitResult {
   /** Merged share of the target's mergeable pages, exact. */
   ratio: number;
@@ -231,6 +234,10 @@ export async function waitForMerge(
   }
 }
 
+/**
+ * The wait itself: cheap counters every POLL_MS, an exact count of the target only when
+ * they say it may be done, has gone quiet, or has not been looked at for a while.
+ */
 async function poll(
   exact: () => Exact,
   first: Exact,
@@ -253,19 +260,12 @@ async function poll(
   let lastAt = elapsed();
   let exactCost = 0;
   let trigger = 0; // estimate at which an exact check is worth it again
-  let progressAt = -Infinity;
-  let lastReported = -1;
+  const report = progressReporter(o.onProgress, scans0);
   const finish = (e: Exact, reason: 'ratio' | 'stable', scans: number) => result(e, reason, scans - scans0, elapsed());
 
   for (let polls = 1; ; polls++) {
     const left = deadline - elapsed();
-    if (left <= 0) {
-      throw new KsmError(
-        `waitForMerge timed out after ${o.timeoutMs} ms: ${last.merged} of ${last.total} pages merged ` +
-          `(${(share(last) * 100).toFixed(1)} %, wanted ${(o.ratio * 100).toFixed(1)} %) after ${lastScans - scans0} full scans`,
-        'ERR_KSM_TIMEOUT',
-      );
-    }
+    if (left <= 0) throw timedOut(o, last, lastScans - scans0);
     await delay(Math.min(POLL_MS, left), o.signal);
     const scans = readFullScans();
     const now = mergingPages();
@@ -297,19 +297,38 @@ async function poll(
       const r = readKnob('run');
       if (r !== 1) throw disabled(r);
     }
-    if (o.onProgress && at - progressAt >= PROGRESS_MS) {
-      const merged = check ? last.merged : Math.max(0, Math.min(estimate, last.total));
-      if (merged !== lastReported || check) {
-        progressAt = at;
-        lastReported = merged;
-        o.onProgress({
-          mergedPages: merged,
-          totalPages: last.total,
-          ratio: last.total === 0 ? 1 : merged / last.total,
-          fullScans: scans - scans0,
-          elapsedMs: at,
-        });
-      }
-    }
+    report(at, check ? last.merged : Math.max(0, Math.min(estimate, last.total)), check, last.total, scans);
   }
+}
+
+function timedOut(o: ReturnType<typeof validate>, last: Exact, fullScans: number): KsmError {
+  return new KsmError(
+    `waitForMerge timed out after ${o.timeoutMs} ms: ${last.merged} of ${last.total} pages merged ` +
+      `(${(share(last) * 100).toFixed(1)} %, wanted ${(o.ratio * 100).toFixed(1)} %) after ${fullScans} full scans`,
+    'ERR_KSM_TIMEOUT',
+  );
+}
+
+/**
+ * Calls onProgress at most every PROGRESS_MS, and then only with news (a changed figure,
+ * or one from an exact count).
+ */
+function progressReporter(
+  onProgress: WaitOptions['onProgress'],
+  scans0: number,
+): (at: number, merged: number, exact: boolean, total: number, scans: number) => void {
+  let reportedAt = -Infinity;
+  let reported = -1;
+  return (at, merged, exact, total, scans) => {
+    if (!onProgress || at - reportedAt < PROGRESS_MS || (merged === reported && !exact)) return;
+    reportedAt = at;
+    reported = merged;
+    onProgress({
+      mergedPages: merged,
+      totalPages: total,
+      ratio: total === 0 ? 1 : merged / total,
+      fullScans: scans - scans0,
+      elapsedMs: at,
+    });
+  };
 }

@@ -90,16 +90,22 @@ Napi::Error CodeError(Napi::Env env, const char* code, const std::string& messag
   return error;
 }
 
+namespace {
+
+template <typename E>
+E WithCode(E error, const char* code) {
+  error.Set("code", Napi::String::New(error.Env(), code));
+  return error;
+}
+
+}  // namespace
+
 void ThrowTypeError(Napi::Env env, const std::string& message) {
-  Napi::TypeError error = Napi::TypeError::New(env, message);
-  error.Set("code", Napi::String::New(env, "ERR_INVALID_ARG_TYPE"));
-  throw error;
+  throw WithCode(Napi::TypeError::New(env, message), "ERR_INVALID_ARG_TYPE");
 }
 
 void ThrowRangeError(Napi::Env env, const std::string& message) {
-  Napi::RangeError error = Napi::RangeError::New(env, message);
-  error.Set("code", Napi::String::New(env, "ERR_OUT_OF_RANGE"));
-  throw error;
+  throw WithCode(Napi::RangeError::New(env, message), "ERR_OUT_OF_RANGE");
 }
 
 }  // namespace ksm

@@ -315,7 +315,8 @@ Napi::Value Alloc(const Napi::CallbackInfo& info) {
   inst->live[reinterpret_cast<uintptr_t>(base)] = m;
   Napi::ArrayBuffer ab;
   try {
-    ab = MakeRegion(env, m, 0, size, length, true);
+    // The caller's size is the region's length, the whole mapping (whole pages) its extent.
+    ab = MakeRegion(env, m, 0, size, length, true);  // NOLINT(readability-suspicious-call-argument)
   } catch (...) {
     if (m->stores == 0) {
       Unmap(m);
@@ -353,7 +354,9 @@ Napi::Value View(const Napi::CallbackInfo& info) {
   }
   size_t index = (o.offset + offset) / page;
   if (m->views == nullptr) {
-    m->views = static_cast<ViewRec**>(calloc(m->length / page, sizeof(ViewRec*)));
+    // One pointer per page (sizeof a pointer is meant).
+    m->views = static_cast<ViewRec**>(
+        calloc(m->length / page, sizeof(ViewRec*)));  // NOLINT(bugprone-sizeof-expression)
     if (m->views == nullptr) throw ErrnoError(env, ENOMEM, "view");
   }
   // One attached view per page, so that the address names it (arena runs never overlap).
@@ -707,50 +710,52 @@ bool Tagged(napi_env env, napi_value ab) {
   return napi_check_object_type_tag(env, ab, &kRegionTag, &tagged) == napi_ok && tagged;
 }
 
+// Lookup by address: an attached ArrayBuffer whose bytes start in one of our live mappings
+// is a light view (on a page with an attached view) or the mapping's own region (at its
+// base: regions always start there). False when the address says neither.
+bool LookupByAddress(Napi::Env env, napi_value ab, void* data, size_t length, Owned* out) {
+  Instance* inst = Instance::Get(env);
+  if (data == nullptr || inst->live.empty()) return false;
+  uintptr_t address = reinterpret_cast<uintptr_t>(data);
+  auto it = inst->live.upper_bound(address);
+  if (it == inst->live.begin()) return false;
+  Mapping* m = (--it)->second;
+  size_t offset = address - reinterpret_cast<uintptr_t>(m->base);
+  size_t page = inst->pageSize;
+  if (offset >= m->length || offset % page != 0) return false;
+  ViewRec* v = m->views != nullptr ? m->views[offset / page] : nullptr;
+  // At the base, a view of another length than the one attached there is the region.
+  bool region = offset == 0 && (v == nullptr || v->length != length || Tagged(env, ab));
+  if (v != nullptr && !region) {
+    out->region = nullptr;
+    out->view = v;
+    out->mapping = m;
+    out->offset = offset;
+    out->abOffset = 0;
+    out->length = length;
+    out->extent = std::min(std::max(RoundUp(length, page), page), m->length - offset);
+    out->owner = false;
+    out->freed = m->released || m->unmapped;
+    return true;
+  }
+  if (region) {
+    for (Region* r : m->regions) {
+      if (r->owner && r->storeLive && r->offset == 0) return FromRegion(env, ab, r, out);
+    }
+  }
+  return false;
+}
+
 }  // namespace
 
 bool Lookup(Napi::Env env, napi_value ab, Owned* out) {
-  // By address first: an attached ArrayBuffer whose bytes start in one of our live
-  // mappings is a light view (on a page with an attached view) or the mapping's own
-  // region (at its base: regions always start there). Only the one address both can
-  // share, a mapping's base, needs the type tag to tell them apart. This keeps the tag
-  // and wrap lookups (two private-property reads) off the arena's every alloc and release.
+  // By address first. Only the one address a light view and a region can share, a
+  // mapping's base, needs the type tag to tell them apart. This keeps the tag and wrap
+  // lookups (two private-property reads) off the arena's every alloc and release.
   void* data = nullptr;
   size_t length = 0;
   if (napi_get_arraybuffer_info(env, ab, &data, &length) != napi_ok) return false;
-  Instance* inst = Instance::Get(env);
-  if (data != nullptr && !inst->live.empty()) {
-    uintptr_t address = reinterpret_cast<uintptr_t>(data);
-    auto it = inst->live.upper_bound(address);
-    if (it != inst->live.begin()) {
-      Mapping* m = (--it)->second;
-      uintptr_t base = reinterpret_cast<uintptr_t>(m->base);
-      size_t offset = address - base;
-      size_t page = inst->pageSize;
-      if (offset < m->length && offset % page == 0) {
-        ViewRec* v = m->views != nullptr ? m->views[offset / page] : nullptr;
-        // At the base, a view of another length than the one attached there is the region.
-        bool region = offset == 0 && (v == nullptr || v->length != length || Tagged(env, ab));
-        if (v != nullptr && !region) {
-          out->region = nullptr;
-          out->view = v;
-          out->mapping = m;
-          out->offset = offset;
-          out->abOffset = 0;
-          out->length = length;
-          out->extent = std::min(std::max(RoundUp(length, page), page), m->length - offset);
-          out->owner = false;
-          out->freed = m->released || m->unmapped;
-          return true;
-        }
-        if (region) {
-          for (Region* r : m->regions) {
-            if (r->owner && r->storeLive && r->offset == 0) return FromRegion(env, ab, r, out);
-          }
-        }
-      }
-    }
-  }
+  if (LookupByAddress(env, ab, data, length, out)) return true;
   // Detached, window mode, or not ours at all: only the tag can tell.
   if (Region* r = FindRegion(env, ab)) return FromRegion(env, ab, r, out);
   return false;

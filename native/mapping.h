@@ -73,7 +73,7 @@ bool ViewOf(Napi::Env env, const Napi::Value& v, Napi::ArrayBuffer* ab, size_t* 
             size_t* length);
 
 // Returns the Region behind an ArrayBuffer made by this addon, or nullptr.
-Region* FindRegion(Napi::Env env, napi_value arrayBuffer);
+Region* FindRegion(Napi::Env env, napi_value ab);
 
 // What the addon knows of an ArrayBuffer it made: a Region (alloc, window), or a light view
 // (an arena buffer: an external ArrayBuffer with no tag or wrap, recognised while attached
@@ -93,7 +93,7 @@ struct Owned {
 
 // False if the ArrayBuffer is not ours (or is a detached light view: it no longer has an
 // address to be recognised by).
-bool Lookup(Napi::Env env, napi_value arrayBuffer, Owned* out);
+bool Lookup(Napi::Env env, napi_value ab, Owned* out);
 
 void InitMapping(Napi::Env env, Napi::Object exports);
 

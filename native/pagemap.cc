@@ -41,13 +41,18 @@ class Fd {
   int fd_;
 };
 
+constexpr double kMaxSafeInteger = 9007199254740991.0;  // 2^53 - 1, Number.MAX_SAFE_INTEGER
+// Frames closer than this are read in one run of /proc/kpageflags, the gap read along.
+constexpr uint64_t kMaxFrameGap = 256;
+
 // Reads `count` 8-byte entries at index `first`; short reads past the end are zeros.
 bool ReadEntries(int fd, uint64_t first, size_t count, uint64_t* out) {
   size_t want = count * sizeof(uint64_t);
   size_t got = 0;
   auto* bytes = reinterpret_cast<char*>(out);
   while (got < want) {
-    ssize_t n = pread(fd, bytes + got, want - got, static_cast<off_t>(first * 8 + got));
+    ssize_t n =
+        pread(fd, bytes + got, want - got, static_cast<off_t>(first * sizeof(uint64_t) + got));
     if (n < 0) {
       if (errno == EINTR) continue;
       return false;
@@ -64,20 +69,18 @@ size_t ToSize(Napi::Env env, const Napi::Value& v, const char* name) {
     ThrowTypeError(env, std::string("The \"") + name + "\" argument must be of type number");
   }
   double d = v.As<Napi::Number>().DoubleValue();
-  if (!(d >= 0) || d > 9007199254740991.0 || std::floor(d) != d) {
+  if (!(d >= 0) || d > kMaxSafeInteger || std::floor(d) != d) {
     ThrowRangeError(env, std::string("The value of \"") + name + "\" is out of range");
   }
   return static_cast<size_t>(d);
 }
 
-// pageStates(view, offset, length): counts over the pages that overlap bytes
-// [offset, offset+length) of the view. For a buffer of this addon the range may reach to
-// the end of its last page (that padding is its own); for any other view it must stay
-// inside the view. The bytes are only read as addresses, never dereferenced.
-Napi::Value PageStates(const Napi::CallbackInfo& info) {
+// The first byte of the range pageStates() was asked about, once the arguments are known
+// to be a view and a range inside it (or inside our buffer's own padding). Throws the
+// JS error otherwise.
+uintptr_t RangeStart(const Napi::CallbackInfo& info, size_t* length) {
   Napi::Env env = info.Env();
   Napi::Value target = info.Length() > 0 ? info[0] : env.Undefined();
-  uint8_t* data = nullptr;
   size_t byteLength = 0;
   size_t viewOffset = 0;
   Napi::ArrayBuffer ab;
@@ -87,7 +90,7 @@ Napi::Value PageStates(const Napi::CallbackInfo& info) {
         "The \"view\" argument must be an ArrayBuffer, TypedArray or DataView over an ArrayBuffer");
   }
   size_t offset = ToSize(env, info[1], "offset");
-  size_t length = ToSize(env, info[2], "length");
+  *length = ToSize(env, info[2], "length");
 
   size_t limit = byteLength;
   Owned own;
@@ -98,97 +101,126 @@ Napi::Value PageStates(const Napi::CallbackInfo& info) {
   // Ours: the region's page-rounded extent (its own zero padding) is in bounds too.
   if (r != nullptr && viewOffset <= r->abOffset + r->extent)
     limit = r->abOffset + r->extent - viewOffset;
-  if (offset > limit || length > limit - offset) {
+  if (offset > limit || *length > limit - offset) {
     ThrowRangeError(env, "The range is outside the view");
   }
-  data = static_cast<uint8_t*>(ab.Data()) + viewOffset;
+  return reinterpret_cast<uintptr_t>(static_cast<uint8_t*>(ab.Data()) + viewOffset) + offset;
+}
 
+// What /proc/self/pagemap says of a run of pages.
+struct Presence {
+  uint64_t present = 0;
+  uint64_t swapped = 0;
+  uint64_t exclusive = 0;
+  std::vector<uint64_t> pfns;  // of present pages, in address order (0 when hidden)
+};
+
+Presence ReadPagemap(Napi::Env env, uint64_t firstPage, uint64_t pages) {
+  Presence p;
+  if (pages == 0) return p;
+  Fd pagemap("/proc/self/pagemap");
+  if (pagemap.get() < 0) throw ErrnoError(env, errno, "open");
+  std::vector<uint64_t> entries(std::min<uint64_t>(pages, kBatch));
+  p.pfns.reserve(pages);
+  for (uint64_t done = 0; done < pages;) {
+    auto n = static_cast<size_t>(std::min<uint64_t>(pages - done, kBatch));
+    if (!ReadEntries(pagemap.get(), firstPage + done, n, entries.data())) {
+      throw ErrnoError(env, errno, "pread");
+    }
+    for (size_t i = 0; i < n; i++) {
+      uint64_t e = entries[i];
+      if ((e & kPresent) != 0) {
+        p.present++;
+        if ((e & kExclusive) != 0) p.exclusive++;
+        p.pfns.push_back(e & kPfnMask);
+      } else if ((e & kSwapped) != 0) {
+        p.swapped++;
+      }
+    }
+    done += n;
+  }
+  return p;
+}
+
+// The /proc/kpageflags entry of each frame in `frames` (sorted, distinct), read in runs:
+// frames of freshly faulted memory mostly come in long consecutive stretches, so this
+// is a few large reads. False when a read fails.
+bool ReadFrameFlags(int fd, const std::vector<uint64_t>& frames, std::vector<uint64_t>* flags) {
+  flags->resize(frames.size());
+  std::vector<uint64_t> run;
+  for (size_t i = 0; i < frames.size();) {
+    size_t j = i + 1;
+    while (j < frames.size() && frames[j] - frames[i] < kBatch &&
+           frames[j] - frames[j - 1] <= kMaxFrameGap)
+      j++;
+    auto span = static_cast<size_t>(frames[j - 1] - frames[i] + 1);
+    run.resize(span);
+    if (!ReadEntries(fd, frames[i], span, run.data())) return false;
+    for (size_t k = i; k < j; k++) (*flags)[k] = run[frames[k] - frames[i]];
+    i = j;
+  }
+  return true;
+}
+
+// The KSM side of the result: distinct frames, and of the present pages those that are
+// KSM pages and those that map the zero page. Each stays null when it cannot be known
+// (frame numbers hidden without CAP_SYS_ADMIN, kpageflags unreadable).
+struct FrameCounts {
+  Napi::Value frames;
+  Napi::Value ksm;
+  Napi::Value zero;
+};
+
+FrameCounts CountFrames(Napi::Env env, const std::vector<uint64_t>& pfns) {
+  FrameCounts out{env.Null(), env.Null(), env.Null()};
+  // Frame numbers are hidden (read as 0) without CAP_SYS_ADMIN.
+  if (std::none_of(pfns.begin(), pfns.end(), [](uint64_t p) { return p != 0; })) return out;
+  std::vector<uint64_t> unique = pfns;
+  std::sort(unique.begin(), unique.end());
+  unique.erase(std::unique(unique.begin(), unique.end()), unique.end());
+  out.frames = Napi::Number::New(env, static_cast<double>(unique.size()));
+  Fd kpageflags("/proc/kpageflags");
+  std::vector<uint64_t> flags;
+  if (kpageflags.get() < 0 || !ReadFrameFlags(kpageflags.get(), unique, &flags)) return out;
+  uint64_t ksmPages = 0;
+  uint64_t zeroPages = 0;
+  for (uint64_t pfn : pfns) {
+    auto idx =
+        static_cast<size_t>(std::lower_bound(unique.begin(), unique.end(), pfn) - unique.begin());
+    uint64_t f = flags[idx];
+    if ((f & kKpfKsm) != 0)
+      ksmPages++;
+    else if ((f & kKpfZeroPage) != 0)
+      zeroPages++;
+  }
+  out.ksm = Napi::Number::New(env, static_cast<double>(ksmPages));
+  out.zero = Napi::Number::New(env, static_cast<double>(zeroPages));
+  return out;
+}
+
+// pageStates(view, offset, length): counts over the pages that overlap bytes
+// [offset, offset+length) of the view. For a buffer of this addon the range may reach to
+// the end of its last page (that padding is its own); for any other view it must stay
+// inside the view. The bytes are only read as addresses, never dereferenced.
+Napi::Value PageStates(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  size_t length = 0;
+  uintptr_t start = RangeStart(info, &length);
   size_t page = Instance::Get(env)->pageSize;
-  Napi::Object result = Napi::Object::New(env);
-  uintptr_t start = reinterpret_cast<uintptr_t>(data) + offset;
   uint64_t firstPage = start / page;
   uint64_t endPage = length == 0 ? firstPage : (start + length + page - 1) / page;
   uint64_t pages = endPage - firstPage;
+  Presence p = ReadPagemap(env, firstPage, pages);
+  FrameCounts frames = CountFrames(env, p.pfns);
 
-  uint64_t present = 0, swapped = 0, exclusive = 0;
-  std::vector<uint64_t> pfns;  // of present pages, in address order (0 when hidden)
-  if (pages > 0) {
-    Fd pagemap("/proc/self/pagemap");
-    if (pagemap.get() < 0) throw ErrnoError(env, errno, "open");
-    std::vector<uint64_t> entries(std::min<uint64_t>(pages, kBatch));
-    pfns.reserve(pages);
-    for (uint64_t done = 0; done < pages;) {
-      size_t n = static_cast<size_t>(std::min<uint64_t>(pages - done, kBatch));
-      if (!ReadEntries(pagemap.get(), firstPage + done, n, entries.data())) {
-        throw ErrnoError(env, errno, "pread");
-      }
-      for (size_t i = 0; i < n; i++) {
-        uint64_t e = entries[i];
-        if (e & kPresent) {
-          present++;
-          if (e & kExclusive) exclusive++;
-          pfns.push_back(e & kPfnMask);
-        } else if (e & kSwapped) {
-          swapped++;
-        }
-      }
-      done += n;
-    }
-  }
-
-  // Frame numbers are hidden (read as 0) without CAP_SYS_ADMIN.
-  bool pfnKnown =
-      !pfns.empty() && std::any_of(pfns.begin(), pfns.end(), [](uint64_t p) { return p != 0; });
-  Napi::Value ksmValue = env.Null();
-  Napi::Value zeroValue = env.Null();
-  Napi::Value framesValue = env.Null();
-  if (pfnKnown) {
-    std::vector<uint64_t> unique = pfns;
-    std::sort(unique.begin(), unique.end());
-    unique.erase(std::unique(unique.begin(), unique.end()), unique.end());
-    framesValue = Napi::Number::New(env, static_cast<double>(unique.size()));
-    Fd kpageflags("/proc/kpageflags");
-    if (kpageflags.get() >= 0) {
-      // Flags for each distinct frame, read in runs: frames of freshly faulted memory
-      // mostly come in long consecutive stretches, so this is a few large reads.
-      std::vector<uint64_t> flags(unique.size());
-      std::vector<uint64_t> run;
-      bool ok = true;
-      for (size_t i = 0; i < unique.size() && ok;) {
-        size_t j = i + 1;
-        while (j < unique.size() && unique[j] - unique[i] < kBatch &&
-               unique[j] - unique[j - 1] <= 256)
-          j++;
-        size_t span = static_cast<size_t>(unique[j - 1] - unique[i] + 1);
-        run.resize(span);
-        ok = ReadEntries(kpageflags.get(), unique[i], span, run.data());
-        for (size_t k = i; k < j && ok; k++) flags[k] = run[unique[k] - unique[i]];
-        i = j;
-      }
-      if (ok) {
-        uint64_t ksmPages = 0, zeroPages = 0;
-        for (uint64_t pfn : pfns) {
-          size_t idx = static_cast<size_t>(std::lower_bound(unique.begin(), unique.end(), pfn) -
-                                           unique.begin());
-          uint64_t f = flags[idx];
-          if (f & kKpfKsm)
-            ksmPages++;
-          else if (f & kKpfZeroPage)
-            zeroPages++;
-        }
-        ksmValue = Napi::Number::New(env, static_cast<double>(ksmPages));
-        zeroValue = Napi::Number::New(env, static_cast<double>(zeroPages));
-      }
-    }
-  }
-
+  Napi::Object result = Napi::Object::New(env);
   result.Set("pages", Napi::Number::New(env, static_cast<double>(pages)));
-  result.Set("present", Napi::Number::New(env, static_cast<double>(present)));
-  result.Set("swapped", Napi::Number::New(env, static_cast<double>(swapped)));
-  result.Set("exclusive", Napi::Number::New(env, static_cast<double>(exclusive)));
-  result.Set("ksm", ksmValue);
-  result.Set("zero", zeroValue);
-  result.Set("frames", framesValue);
+  result.Set("present", Napi::Number::New(env, static_cast<double>(p.present)));
+  result.Set("swapped", Napi::Number::New(env, static_cast<double>(p.swapped)));
+  result.Set("exclusive", Napi::Number::New(env, static_cast<double>(p.exclusive)));
+  result.Set("ksm", frames.ksm);
+  result.Set("zero", frames.zero);
+  result.Set("frames", frames.frames);
   result.Set("address", Napi::BigInt::New(env, static_cast<uint64_t>(firstPage * page)));
   return result;
 }

@@ -301,6 +301,7 @@ describe('Arena lifetime', () => {
     await collect();
     expect(buf.every((x) => x === 42)).toBe(true);
     expect(b.counters().mappings).toBe(before + 1);
+    // eslint-disable-next-line no-useless-assignment -- dropping the last reference lets the GC collect it
     buf = undefined;
     expect(await pollUntil(() => (globalThis.gc!(), b.counters().mappings === before), 10_000)).toBe(true);
   });
@@ -379,7 +380,7 @@ describe('Arena at scale', () => {
   it('holds 100,000 buffers of 16 KiB in few mappings, also after every other one is released', () => {
     const before = mapsCount();
     const a = arena();
-    const bufs: Buffer[] = new Array(100_000);
+    const bufs = new Array<Buffer>(100_000);
     for (let i = 0; i < bufs.length; i++) {
       const buf = a.alloc(16 * KiB);
       for (let p = 0; p < 16 * KiB; p += pageSize) buf.writeUInt32LE(i, p);

@@ -13,26 +13,13 @@ import os from 'node:os';
 import path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { boostState, restore } from '../lib/boost';
+import { DIST, ensureDist } from './helpers/dist';
 import { lockKsm, requireKsm } from './helpers/ksm';
+import { testSeed } from './helpers/seed';
 import { diff, restore as putBack, snapshot } from './helpers/sysfs';
 
-const ROOT = path.join(__dirname, '..');
-const DIST = path.join(ROOT, 'dist');
-
-beforeAll(async () => {
-  const probe = path.join(DIST, 'boost.js');
-  const newest = Math.max(
-    ...fs
-      .readdirSync(path.join(ROOT, 'lib'))
-      .filter((f) => f.endsWith('.ts'))
-      .map((f) => fs.statSync(path.join(ROOT, 'lib', f)).mtimeMs),
-  );
-  if (!fs.existsSync(probe) || fs.statSync(probe).mtimeMs < newest) {
-    await new Promise((resolve) =>
-      spawn('npx', ['tsc', '-p', '.'], { cwd: ROOT, stdio: 'ignore' }).on('exit', resolve),
-    );
-  }
-  expect(fs.existsSync(probe)).toBe(true);
+beforeAll(() => {
+  expect(ensureDist()).toBe(true);
 }, 120_000);
 
 /**
@@ -74,7 +61,7 @@ interface Outcome {
   stderr: string;
 }
 
-let seed = Date.now() % 100000;
+let seed = testSeed('boost faults');
 const rnd = () => {
   seed = (seed * 1103515245 + 12345) % 2147483648;
   return seed / 2147483648;
@@ -165,7 +152,7 @@ describe('boosting processes that die at random moments', () => {
           return i < choices.length ? choices[i]! : choices[Math.floor(rnd() * choices.length)]!;
         });
         const outcomes = await Promise.all(fates.map((f) => runOne(f, stateDir)));
-        ctx.annotate(
+        await ctx.annotate(
           outcomes
             .map((o) => `${o.fate}${o.boosted ? ' (had boosted)' : ''} -> ${o.signal ?? `exit ${o.code}`}`)
             .join('; '),

@@ -1,11 +1,11 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { beforeEach, describe, expect, it } from 'vitest';
 import { BOOST_POLICY, boost, boostState, restore } from '../lib/boost';
 import { readSettings, type KsmSettings } from '../lib/control';
 import { lockKsm, requireKsm } from './helpers/ksm';
-import { compileLib, startChild } from './fixtures/boost-child';
+import { startChild } from './helpers/boost-holders';
 
 const boosted = (s: KsmSettings) => ({
   run: s.run,
@@ -106,19 +106,12 @@ describe('boost: in this process', { timeout: 900_000 }, () => {
 });
 
 describe('boost: holders in other processes', { timeout: 900_000 }, () => {
-  let lib: string;
   beforeEach(({ skip }) => requireKsm({ skip }));
-  beforeAll(() => {
-    lib = compileLib();
-  }, 120_000);
-  afterAll(() => {
-    if (lib) fs.rmSync(lib, { recursive: true, force: true });
-  });
 
   it('two children boosting at once: boosted until both release, then the originals', () =>
     locked(async (stateDir, before) => {
-      const a = startChild(lib, { stateDir });
-      const b = startChild(lib, { stateDir });
+      const a = startChild({ stateDir });
+      const b = startChild({ stateDir });
       expect(await a.next()).toHaveProperty('boosted');
       expect(await b.next()).toHaveProperty('boosted');
       expect(boosted(readSettings())).toEqual(POLICY);
@@ -141,7 +134,7 @@ describe('boost: holders in other processes', { timeout: 900_000 }, () => {
 
   it('a holder killed with SIGKILL: restore() puts the originals back', () =>
     locked(async (stateDir, before) => {
-      const c = startChild(lib, { stateDir });
+      const c = startChild({ stateDir });
       await c.next();
       c.proc.kill('SIGKILL');
       expect(await c.exited).toEqual({ code: null, signal: 'SIGKILL' });
@@ -155,7 +148,7 @@ describe('boost: holders in other processes', { timeout: 900_000 }, () => {
 
   it('a holder killed with SIGKILL: the next boost() adopts the originals it recorded', () =>
     locked(async (stateDir, before) => {
-      const c = startChild(lib, { stateDir });
+      const c = startChild({ stateDir });
       await c.next();
       c.proc.kill('SIGKILL');
       await c.exited;
@@ -169,7 +162,7 @@ describe('boost: holders in other processes', { timeout: 900_000 }, () => {
 
   it.each(['SIGTERM', 'SIGINT', 'SIGHUP'] as const)('%s restores, then the holder dies of the signal', (signal) =>
     locked(async (stateDir, before) => {
-      const c = startChild(lib, { stateDir });
+      const c = startChild({ stateDir });
       await c.next();
       c.proc.kill(signal);
       expect(await c.exited).toEqual({ code: null, signal });
@@ -180,7 +173,7 @@ describe('boost: holders in other processes', { timeout: 900_000 }, () => {
 
   it('process.exit() while holding restores', () =>
     locked(async (stateDir, before) => {
-      const c = startChild(lib, { stateDir });
+      const c = startChild({ stateDir });
       await c.next();
       c.send('exit');
       expect(await c.exited).toEqual({ code: 0, signal: null });

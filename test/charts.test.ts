@@ -10,7 +10,7 @@ process.env.TZ = 'UTC';
 import { describe, expect, test } from 'vitest';
 import { benchChart, WatchHistory, watchChart, type BenchChartSeries } from '../lib/charts';
 import { byteTicks, clockTicks, decimate, linearTicks, logTicks, niceStep, type Point } from '../lib/svg';
-import { KSM_REQUIRED } from './helpers/ksm';
+import { skipTest } from './helpers/skips';
 import { canvasSize, labelProblems, rsvgAvailable, textElements } from './helpers/render';
 
 const MiB = 1024 * 1024;
@@ -21,8 +21,7 @@ const CLOCK_STEPS_S = [
 function requireRsvg(ctx: { skip: (note?: string) => void }): void {
   const reason = rsvgAvailable();
   if (reason === null) return;
-  if (KSM_REQUIRED) throw new Error(`KSM_REQUIRE=1 but the chart tests cannot run: ${reason}`);
-  ctx.skip(reason);
+  skipTest(ctx, `the chart tests cannot run: ${reason}`);
 }
 
 const isLadder = (step: number) => {

@@ -1,14 +1,22 @@
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { beforeEach, describe, expect, it } from 'vitest';
 import { configure, readSettings, type KsmSettings } from '../lib/control';
 import { alloc, free, pageSize } from '../lib/memory';
 import { systemStats } from '../lib/stats';
 import { waitForMerge } from '../lib/wait';
 import { fillPages, lockKsm, requireKsm } from './helpers/ksm';
-import { ADDON, compileLib } from './fixtures/boost-child';
+import { skipTest } from './helpers/skips';
+import { ADDON, TSX, libModule } from './helpers/boost-holders';
 
 const KSM = '/sys/kernel/mm/ksm';
+/** What the permission tests' child prints: the error configure() threw. */
+interface ChildAnswer {
+  name: string;
+  code: string;
+  message: string;
+}
+
 const raw = (name: string) => fs.readFileSync(`${KSM}/${name}`, 'utf8').trim();
 
 /** Runs fn under the test lock; the settings must come back as they were. */
@@ -110,7 +118,11 @@ function other(name: keyof KsmSettings, s: KsmSettings): number | string {
       return Math.max(0, (v as number) - 1);
     case 'advisorMaxPagesToScan':
       return (v as number) + 1;
-    default:
+    case 'pagesToScan':
+    case 'sleepMillisecs':
+    case 'maxPageSharing':
+    case 'stableNodeChainsPruneMillisecs':
+    case 'advisorTargetScanTime':
       return (v as number) + 7;
   }
 }
@@ -134,7 +146,7 @@ describe('configure: every knob round-trips', { timeout: 900_000 }, () => {
     'maxPageSharing',
   ] as const)('%s', (name, ctx) =>
     locked((before) => {
-      if (before[name] === undefined) return ctx.skip(`this kernel has no ${name}`);
+      if (before[name] === undefined) skipTest(ctx, `this kernel has no ${name}`, 'kernel');
       const value = other(name, before);
       const busy = (name === 'mergeAcrossNodes' || name === 'maxPageSharing') && (systemStats().pagesShared ?? 0) > 0;
       if (busy) {
@@ -151,10 +163,10 @@ describe('configure: every knob round-trips', { timeout: 900_000 }, () => {
     }),
   );
 
-  it('writes several knobs in an order the kernel accepts, and returns what configure(previous) needs', () =>
-    locked(() => {
+  it('writes several knobs in an order the kernel accepts, and returns what configure(previous) needs', (ctx) =>
+    locked((before) => {
+      if (before.advisorMode === undefined) skipTest(ctx, 'no advisor on this kernel (6.8+)', 'kernel');
       const prevAdvisor = configure({ advisorMode: 'scan-time' });
-      if (prevAdvisor.advisorMode === undefined) return;
       // From the scan-time advisor: pages_to_scan needs the advisor off first.
       const prev = configure({ pagesToScan: 4321, advisorMode: 'none', sleepMillisecs: 3, run: 1 });
       expect(readSettings()).toMatchObject({ pagesToScan: 4321, advisorMode: 'none', sleepMillisecs: 3, run: 1 });
@@ -164,9 +176,9 @@ describe('configure: every knob round-trips', { timeout: 900_000 }, () => {
       configure(prevAdvisor);
     }));
 
-  it('rolls back what it wrote when a later knob fails (EBUSY while pages are shared)', () =>
+  it('rolls back what it wrote when a later knob fails (EBUSY while pages are shared)', (ctx) =>
     locked(async (before) => {
-      if (before.maxPageSharing === undefined) return;
+      if (before.maxPageSharing === undefined) skipTest(ctx, 'no max_page_sharing on this kernel (4.13+)', 'kernel');
       // Make sure some pages are shared: two identical buffers, merged.
       const a = alloc(64 * pageSize);
       const b = alloc(64 * pageSize);
@@ -187,7 +199,8 @@ describe('configure: every knob round-trips', { timeout: 900_000 }, () => {
             return e;
           }
         })();
-        expect(err).toMatchObject({ name: 'KsmError', code: 'EBUSY', message: expect.stringMatching(/run: 2/) });
+        expect(err).toMatchObject({ name: 'KsmError', code: 'EBUSY' });
+        expect((err as Error).message).toMatch(/run: 2/);
         expect(readSettings()).toEqual(boosted);
       } finally {
         free(a);
@@ -197,19 +210,12 @@ describe('configure: every knob round-trips', { timeout: 900_000 }, () => {
 });
 
 describe('configure: no permission', { timeout: 300_000 }, () => {
-  let lib: string;
   beforeEach(({ skip }) => requireKsm({ skip }));
-  beforeAll(() => {
-    lib = compileLib();
-  }, 120_000);
-  afterAll(() => {
-    if (lib) fs.rmSync(lib, { recursive: true, force: true });
-  });
 
   // The child tries to write pages_to_scan with the value it already has, so even if the
   // write went through, nothing on the machine would change.
-  const script = (dir: string) =>
-    `const c = require(${JSON.stringify(`${dir}/control.js`)});` +
+  const script =
+    `const c = require(${JSON.stringify(libModule('control'))});` +
     `const s = c.readSettings();` +
     `try { c.configure(s.advisorMode === 'scan-time' ? { sleepMillisecs: s.sleepMillisecs + 1 } : { pagesToScan: s.pagesToScan }); console.log(JSON.stringify({ ok: true })); }` +
     `catch (e) { console.log(JSON.stringify({ name: e.name, code: e.code, message: e.message })); }`;
@@ -222,37 +228,37 @@ describe('configure: no permission', { timeout: 300_000 }, () => {
         return null;
       }
     })();
-    if (nobody === null || process.getuid?.() !== 0) return ctx.skip('needs root and a "nobody" user');
+    if (nobody === null || process.getuid?.() !== 0) skipTest(ctx, 'needs root and a "nobody" user');
     const out = execFileSync(
       'setpriv',
-      ['--reuid', nobody, '--regid', nobody, '--clear-groups', process.execPath, '-e', script(lib)],
+      ['--reuid', nobody, '--regid', nobody, '--clear-groups', process.execPath, '--import', TSX, '-e', script],
       {
         env: { ...process.env, NODE_KSM_BINARY: ADDON },
         cwd: '/',
       },
     );
-    const r = JSON.parse(out.toString());
+    const r = JSON.parse(out.toString()) as ChildAnswer;
     expect(r).toMatchObject({ name: 'KsmError', code: 'ERR_KSM_PERMISSION' });
     expect(r.message).toMatch(/EACCES/);
     expect(r.message).toMatch(/root/);
   });
 
   it('with /sys/kernel/mm/ksm mounted read-only: ERR_KSM_PERMISSION that says to configure the host', (ctx) => {
-    const cmd = `mount --bind ${KSM} ${KSM} && mount -o remount,bind,ro ${KSM} && exec "$0" -e "$1"`;
+    const cmd = `mount --bind ${KSM} ${KSM} && mount -o remount,bind,ro ${KSM} && exec "$0" --import "$1" -e "$2"`;
     let out: Buffer;
     try {
       out = execFileSync(
         'unshare',
-        ['-m', '--propagation', 'private', 'sh', '-c', cmd, process.execPath, script(lib)],
+        ['-m', '--propagation', 'private', 'sh', '-c', cmd, process.execPath, TSX, script],
         {
           env: { ...process.env, NODE_KSM_BINARY: ADDON },
           stdio: ['ignore', 'pipe', 'pipe'],
         },
       );
     } catch (err) {
-      return ctx.skip(`cannot make a read-only mount namespace here: ${(err as Error).message.split('\n')[0]}`);
+      skipTest(ctx, `cannot make a read-only mount namespace here: ${(err as Error).message.split('\n')[0]}`);
     }
-    const r = JSON.parse(out.toString());
+    const r = JSON.parse(out.toString()) as ChildAnswer;
     expect(r).toMatchObject({ name: 'KsmError', code: 'ERR_KSM_PERMISSION' });
     expect(r.message).toMatch(/EROFS/);
     expect(r.message).toMatch(/read-only/);

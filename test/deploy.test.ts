@@ -18,7 +18,8 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterEach, describe, expect, onTestFinished, test, vi } from 'vitest';
 import { pageSize } from '../lib/memory';
-import { KSM_REQUIRED, lockKsm, pollUntil, requireKsm, withFastKsm } from './helpers/ksm';
+import { skipTest } from './helpers/skips';
+import { lockKsm, pollUntil, requireKsm, withFastKsm } from './helpers/ksm';
 import { snapshot } from './helpers/sysfs';
 
 vi.setConfig({ testTimeout: 600_000 });
@@ -30,8 +31,7 @@ const DEPLOY = path.join(ROOT, 'deploy');
 function requireTool(ctx: { skip: (note?: string) => void }, tool: string, pkg: string): void {
   if (spawnSync('sh', ['-c', `command -v ${tool}`]).status === 0) return;
   const reason = `${tool} is not installed (Debian: ${pkg}; .ci/deps.sh installs it)`;
-  if (KSM_REQUIRED) throw new Error(`KSM_REQUIRE=1 but ${reason}`);
-  ctx.skip(reason);
+  skipTest(ctx, reason);
 }
 
 const children: ChildProcess[] = [];

@@ -12,6 +12,7 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { lockKsm, requireKsm, requireNative, withFastKsm } from './helpers/ksm';
 import { KSM, diff, snapshot } from './helpers/sysfs';
 import { DIST, ensureDist } from './helpers/dist';
+import { skipTest, type SkipContext } from './helpers/skips';
 
 const MiB = 1024 * 1024;
 
@@ -25,7 +26,7 @@ const PRELUDE = `
 const fs = require('node:fs');
 const m = require(${JSON.stringify(`${DIST}/memory.js`)});
 const { Arena } = require(${JSON.stringify(`${DIST}/arena.js`)});
-const { bufferStats } = require(${JSON.stringify(`${DIST}/stats.js`)});
+const { bufferStats } = require(${JSON.stringify(`${DIST}/buffer-stats.js`)});
 const { KsmError } = require(${JSON.stringify(`${DIST}/errors.js`)});
 const shape = (e) => ({ name: e && e.name, ksm: e instanceof KsmError, code: e && e.code, syscall: e && e.syscall });
 const out = (o) => process.stdout.write(JSON.stringify(o) + '\\n');
@@ -81,7 +82,7 @@ function crashBacktrace(dir: string): string | null {
 }
 
 // The sanitizer runtime reserves terabytes of shadow address space and its own maps.
-const nativeOk = (ctx: { skip: (note?: string) => void }) =>
+const nativeOk = (ctx: SkipContext) =>
   requireNative(ctx, 'address-space faults are meaningless under AddressSanitizer');
 
 describe('address-space limit (prlimit --as)', () => {
@@ -182,7 +183,7 @@ describe('vm.max_map_count exhausted', () => {
     // file, read with gdb) has no frame in the addon. A crash in the addon, or one that
     // cannot be read, fails at once.
     let r!: ChildResult;
-    let backtrace: string | null = null;
+    let backtrace!: string | null;
     try {
       for (let i = 1; ; i++) {
         r = attempt();
@@ -190,7 +191,7 @@ describe('vm.max_map_count exhausted', () => {
         const nodeOom = r.signal === 'SIGABRT' && /std::bad_alloc|out of memory|Allocation failed/.test(r.stderr);
         const nodeCrash = backtrace !== null && !/ksm\.node|ksm::/.test(backtrace);
         if (i === 3 || !(nodeOom || nodeCrash)) break;
-        ctx.annotate(
+        void ctx.annotate(
           `attempt ${i}: Node/V8 ${nodeOom ? 'aborted' : 'crashed'} for want of a mapping: ` +
             (nodeOom
               ? (r.stderr.split('\n').find((l) => l.trim()) ?? '')
@@ -238,13 +239,24 @@ function memoryCgroup(): { version: 1 | 2; parent: string } | string {
   return 'no memory cgroup controller is mounted';
 }
 
+const CAP_SYS_RESOURCE = 24;
+
+/** Whether this process's effective capabilities include `bit` (capability(7) numbering). */
+function hasCapability(bit: number): boolean {
+  const hex = /^CapEff:\s+([0-9a-f]+)$/m.exec(fs.readFileSync('/proc/self/status', 'utf8'))?.[1];
+  return hex !== undefined && ((BigInt(`0x${hex}`) >> BigInt(bit)) & 1n) === 1n;
+}
+
 describe('unmerging under a memory cgroup that cannot hold the copies', () => {
   for (const unkillable of [false, true]) {
     it(`setMergeable(false) of 64 MiB merged ends with an error, completion or the cgroup's OOM kill, never a hang${unkillable ? ' (child exempt from the OOM killer)' : ''}`, async (ctx) => {
       requireKsm(ctx);
       nativeOk(ctx);
+      if (unkillable && !hasCapability(CAP_SYS_RESOURCE)) {
+        skipTest(ctx, 'no CAP_SYS_RESOURCE: oom_score_adj cannot be lowered, even by root', 'capability');
+      }
       const cg = memoryCgroup();
-      if (typeof cg === 'string') return ctx.skip(cg);
+      if (typeof cg === 'string') skipTest(ctx, cg);
       const dir = path.join(cg.parent, `node-ksm-fault-${process.pid}-${unkillable ? 'u' : 'k'}`);
       const script = `
         ${unkillable ? "try { fs.writeFileSync('/proc/self/oom_score_adj', '-1000'); } catch (e) { out({ skip: 'cannot lower oom_score_adj here (' + e.code + ')' }); process.exit(0); }" : ''}
@@ -275,7 +287,7 @@ describe('unmerging under a memory cgroup that cannot hold the copies', () => {
           child.stdout.on('data', (d) => {
             buffered += d;
             for (let nl = buffered.indexOf('\n'); nl >= 0; nl = buffered.indexOf('\n')) {
-              lines.push(JSON.parse(buffered.slice(0, nl)));
+              lines.push(JSON.parse(buffered.slice(0, nl)) as Record<string, unknown>);
               buffered = buffered.slice(nl + 1);
               resolve();
             }
@@ -290,7 +302,7 @@ describe('unmerging under a memory cgroup that cannot hold the copies', () => {
           const early = await Promise.race([gotLine.then(() => null), exited]);
           expect(early, stderr).toBeNull();
           const merged = lines[0]!;
-          if (typeof merged.skip === 'string') return ctx.skip(merged.skip);
+          if (typeof merged.skip === 'string') skipTest(ctx, merged.skip);
           expect(merged.merged as number, stderr).toBeGreaterThan((merged.pages as number) * 0.5);
           fs.mkdirSync(dir);
           // Room for the child's own few pages, not for 64 MiB of copies.
@@ -310,8 +322,8 @@ describe('unmerging under a memory cgroup that cannot hold the copies', () => {
               ? Number(/oom_kill (\d+)/.exec(fs.readFileSync(path.join(dir, 'memory.events'), 'utf8'))?.[1] ?? 0)
               : Number(/oom_kill (\d+)/.exec(fs.readFileSync(path.join(dir, 'memory.oom_control'), 'utf8'))?.[1] ?? 0);
           const result = lines[1]?.result;
-          const outcome = `outcome: ${JSON.stringify(result ?? end)}, ${lines[1]?.ms ?? '?'} ms (cgroup OOM kills: ${oomKills})`;
-          ctx.annotate(outcome);
+          const outcome = `outcome: ${JSON.stringify(result ?? end)}, ${JSON.stringify(lines[1]?.ms ?? '?')} ms (cgroup OOM kills: ${oomKills})`;
+          await ctx.annotate(outcome);
           console.log(`unmerge under a 16 MiB memory cgroup: ${outcome}`);
           if (result === undefined) {
             // No answer: only acceptable as the cgroup's OOM killer's doing.
@@ -370,7 +382,7 @@ describe('read-only /sys/kernel/mm/ksm (private mount namespace)', () => {
         args: [stateDir],
       });
       if (r.status !== 0 && r.lines.length === 0)
-        return ctx.skip(`cannot make a read-only mount namespace here: ${r.stderr.split('\n')[0]}`);
+        skipTest(ctx, `cannot make a read-only mount namespace here: ${r.stderr.split('\n')[0]}`);
       expect(r.signal, r.stderr).toBeNull();
       const res = r.lines[0]!;
       expect(res.readOnly).toBe(true);
@@ -389,7 +401,7 @@ describe('read-only /sys/kernel/mm/ksm (private mount namespace)', () => {
   // remained, restoreOriginals() failed the same way and the file kept the failed holder,
   // so boostState() reported a boost that never happened and restore() refused.
   it('a boost that could not write leaves no holder behind', (ctx) => {
-    if (readOnlyResult === null) return ctx.skip('the read-only test did not run');
+    if (readOnlyResult === null) skipTest(ctx, 'the read-only test did not run');
     expect(readOnlyResult.state).toBeNull();
   });
 });

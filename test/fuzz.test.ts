@@ -1,5 +1,5 @@
 /**
- * A bounded run of the API fuzzer (fuzz/run.mjs: each seed in its own child process), so
+ * A bounded run of the API fuzzer (fuzz/run.mts: each seed in its own child process), so
  * `npm test` proves on every run that random call sequences with bad arguments neither
  * crash nor leak; CI runs the long one under ASan. Below it, every bug the fuzzer found
  * as a regression test of its own.
@@ -10,7 +10,9 @@ import { describe, expect, it } from 'vitest';
 import { binding } from '../lib/binding';
 import { from, markMergeable, pageSize } from '../lib/memory';
 import { bufferStats } from '../lib/buffer-stats';
+import type { FuzzReport } from '../fuzz/run.mjs' with { 'resolution-mode': 'import' };
 import { requireNative } from './helpers/ksm';
+import { testSeed } from './helpers/seed';
 
 const ROOT = path.join(__dirname, '..');
 const SEEDS = Number(process.env.FUZZ_SEEDS ?? 20);
@@ -24,12 +26,15 @@ function detached<T extends ArrayBuffer>(ab: T): T {
 describe('API fuzzer', () => {
   it(`${SEEDS} seeds × ${OPS} operations: no crash, only documented errors, no mapping left behind`, (ctx) => {
     requireNative(ctx);
-    // A start that changes each run covers new sequences; a failure prints its replay command.
-    const start = 1 + (Date.now() % 1_000_000);
+    // A start that changes each run covers new sequences; a failing seed prints its own
+    // replay command, and SEED= replays the whole run.
+    const start = 1 + testSeed(`fuzz seeds from --start`);
     const r = spawnSync(
       process.execPath,
       [
-        path.join(ROOT, 'fuzz/run.mjs'),
+        '--import',
+        'tsx',
+        path.join(ROOT, 'fuzz/run.mts'),
         '--seeds',
         String(SEEDS),
         '--ops',
@@ -44,7 +49,7 @@ describe('API fuzzer', () => {
         timeout: 600_000,
       },
     );
-    const report = JSON.parse(r.stdout.trim().split('\n').pop()!);
+    const report = JSON.parse(r.stdout.trim().split('\n').pop()!) as FuzzReport;
     expect(report.failures, r.stderr).toEqual([]);
     expect(report.passed).toBe(SEEDS);
     // The run did exercise the error paths, not only the happy ones.

@@ -22,6 +22,7 @@ import { DIST, ensureDist } from './helpers/dist';
 import { lockedAndReleased } from './helpers/expect';
 import { fillPages, pollUntil, requireKsm, withFastKsm } from './helpers/ksm';
 import { featuresOf, SYSFS_OLD, sysfsNew } from './helpers/kernels';
+import { skipTest } from './helpers/skips';
 
 const MiB = 1024 * 1024;
 const isRoot = process.getuid?.() === 0;
@@ -115,7 +116,7 @@ describe(`Linux ${os.release()}: what the kernel has`, () => {
   });
 
   it("kpageflags' KSM flag is trusted exactly where the kernel sets it on KSM pages only", (ctx) => {
-    if (!isRoot) return ctx.skip('/proc/kpageflags needs root');
+    if (!isRoot) skipTest(ctx, '/proc/kpageflags needs root');
     expect(kpageflagsKsmReliable()).toBe(has.kpageflagsKsm);
   });
 
@@ -393,7 +394,7 @@ describe('boost state directory', { timeout: 900_000 }, () => {
         ]),
         { env: { ...process.env, NODE_KSM_STATE_DIR: `${dir}/sub` }, encoding: 'utf8' },
       );
-      if (ro.status !== 0 && ro.stdout === '') return ctx.skip(`cannot make a mount namespace here: ${ro.stderr}`);
+      if (ro.status !== 0 && ro.stdout === '') skipTest(ctx, `cannot make a mount namespace here: ${ro.stderr}`);
       const out = JSON.parse(ro.stdout) as { code: string; message: string };
       expect(out.code).toBe('EROFS');
       expect(out.message).toMatch(/read-only filesystem \(EROFS\), not a permission problem/);

@@ -15,6 +15,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { skipTest } from './helpers/skips';
+import type { Support } from '../lib/support';
 
 const root = path.join(__dirname, '..');
 const tsc = path.join(root, 'node_modules/typescript/bin/tsc');
@@ -315,12 +317,12 @@ console.log(JSON.stringify(out));`;
     fs.writeFileSync(path.join(dir, 'darwin.mjs'), `import * as ksm from 'node-ksm';\n${probe}`);
     fs.writeFileSync(path.join(dir, 'darwin.cjs'), `const ksm = require('node-ksm');\n(async () => {${probe}})();`);
     for (const file of ['darwin.mjs', 'darwin.cjs']) {
-      const out = json<{
+      const out = JSON.parse(ok(run(process.execPath, [file], dir, { NODE_KSM_FORCE_PLATFORM: 'darwin' }))) as {
         pageSize: number;
         isKsmBuffer: boolean;
-        support: { reasons: string[] };
+        support: Support;
         calls: Record<string, string>;
-      }>(ok(run(process.execPath, [file], dir, { NODE_KSM_FORCE_PLATFORM: 'darwin' })));
+      };
       expect(out.pageSize).toBe(0);
       expect(out.isKsmBuffer).toBe(false);
       expect(out.support).toMatchObject({ available: false, mode: 'none', running: false, canConfigure: false });
@@ -338,7 +340,7 @@ console.log(JSON.stringify(out));`;
   });
 
   it('loads the prebuild when install scripts are not run (npm --ignore-scripts, allowScripts)', (ctx) => {
-    if (!prebuilt) ctx.skip(`no ${hostPrebuild} in the package: npm run prebuild:x64`);
+    if (!prebuilt) skipTest(ctx, `no ${hostPrebuild} in the package: npm run prebuild:x64`);
     const other = consumer('no-scripts', ['--ignore-scripts']);
     expect(loadedBinary(other)).toMatch(new RegExp(`^${hostPrebuild}`));
     ok(run(process.execPath, ['-e', `require('node-ksm').support().mode === 'none' && process.exit(1)`], other));
@@ -392,7 +394,7 @@ console.log(JSON.stringify(out));`;
           MUSL,
         ),
       ),
-    );
+    ) as { s: Support; code: string };
     expect(out.code).toBe('ERR_KSM_UNSUPPORTED');
     expect(out.s).toMatchObject({ available: false, mode: 'none' });
     const reason = out.s.reasons.join(' ');

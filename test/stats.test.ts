@@ -13,9 +13,10 @@ import { KsmError } from '../lib/errors';
 import { alloc, free, markMergeable, pageSize, setMergeable } from '../lib/memory';
 import { parseMaps } from '../lib/procfs';
 import { type BufferStats, bufferStats } from '../lib/buffer-stats';
-import { KSM_SYSFS, mergingPages, processStats, systemStats } from '../lib/stats';
-import { support } from '../lib/support';
+import { KSM_SYSFS, mergingPages, processStats, systemStats, type ProcessStats } from '../lib/stats';
+import { support, type Support } from '../lib/support';
 import { fillPages, pollUntil, requireKsm, smapsKsmBytes, withFastKsm } from './helpers/ksm';
+import { skipTest } from './helpers/skips';
 
 const MiB = 1 << 20;
 const ROOT = path.join(__dirname, '..');
@@ -368,7 +369,7 @@ describe('processStats', () => {
       `{compilerOptions:{module:ts.ModuleKind.CommonJS,target:ts.ScriptTarget.ES2022,esModuleInterop:true}}).outputText,f);`;
 
     it('root reads the ksm_stat of a process of user nobody', async (ctx) => {
-      if (!isRoot) ctx.skip('needs root to start a process as another user');
+      if (!isRoot) skipTest(ctx, 'needs root to start a process as another user');
       const child = spawn(process.execPath, ['-e', 'setInterval(() => {}, 1000)'], {
         uid: 65534,
         gid: 65534,
@@ -390,7 +391,7 @@ describe('processStats', () => {
     });
 
     it('a process of user nobody gets EACCES as a KsmError for pid 1, and no configuring', (ctx) => {
-      if (!isRoot) ctx.skip('needs root to start a process as another user');
+      if (!isRoot) skipTest(ctx, 'needs root to start a process as another user');
       const code =
         hook +
         `const s=require(${JSON.stringify(path.join(ROOT, 'lib/stats.ts'))});` +
@@ -410,7 +411,13 @@ describe('processStats', () => {
         timeout: 60_000,
       });
       expect(r.status, r.stderr).toBe(0);
-      const out = JSON.parse(r.stdout);
+      const out = JSON.parse(r.stdout) as {
+        error: { name: string; code: string; message: string; isKsm: boolean };
+        own: ProcessStats;
+        support: Support;
+        buf: BufferStats;
+        kpf: string;
+      };
       expect(out.error).toMatchObject({ name: 'KsmError', code: 'EACCES', isKsm: true });
       expect(out.error.message).toMatch(/another user/);
       expect(out.own.mergeable).toBe(true);

@@ -32,11 +32,7 @@ describe('node-ksm/testing', { timeout: 900_000 }, () => {
       const inside = await withKsm(() => readSettings());
       expect(inside).toMatchObject({ run: 1, sleepMillisecs: 0, smartScan: 0 });
       const failure = new Error('inside');
-      await expect(
-        withKsm(async () => {
-          throw failure;
-        }),
-      ).rejects.toBe(failure);
+      await expect(withKsm(() => Promise.reject(failure))).rejects.toBe(failure);
       await expect(withKsm('no' as never)).rejects.toMatchObject({ code: 'ERR_INVALID_ARG_TYPE' });
     }));
 

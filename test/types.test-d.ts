@@ -71,7 +71,7 @@ describe('node-ksm', () => {
     expectTypeOf<Support['mode']>().toEqualTypeOf<'external' | 'window' | 'none'>();
   });
 
-  it('control', async () => {
+  it('control', () => {
     expectTypeOf(readSettings()).toEqualTypeOf<KsmSettings>();
     expectTypeOf(configure).parameters.toEqualTypeOf<[partial: Partial<KsmSettings>]>();
     expectTypeOf(configure({})).toEqualTypeOf<KsmSettings>();

@@ -13,7 +13,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { pageSize } from '../lib/memory';
 import { processStats } from '../lib/stats';
 import { DIST, ensureDist } from './helpers/dist';
-import { KSM_REQUIRED, pollUntil, requireKsm, withFastKsm } from './helpers/ksm';
+import { skipTest } from './helpers/skips';
+import { pollUntil, requireKsm, withFastKsm } from './helpers/ksm';
 
 const MiB = 1024 * 1024;
 const main = path.join(DIST, 'cli', 'main.js');
@@ -46,9 +47,7 @@ describe('qemu guests in top and status', { timeout: 900_000 }, () => {
   it('lists each qemu with its merged pages, and status counts them', async (ctx) => {
     requireKsm(ctx);
     if (!hasQemu) {
-      if (KSM_REQUIRED)
-        throw new Error('KSM_REQUIRE=1 but qemu-system-x86_64 is missing (bash .ci/deps.sh installs it)');
-      return ctx.skip('qemu-system-x86_64 is not installed');
+      skipTest(ctx, 'qemu-system-x86_64 is not installed (bash .ci/deps.sh installs it)');
     }
     expect(ensureDist()).toBe(true);
     for (let i = 0; i < 2; i++) {

@@ -3,7 +3,7 @@ import { boostState } from '../lib/boost';
 import { configure } from '../lib/control';
 import { alloc, free, pageSize } from '../lib/memory';
 import { waitForMerge } from '../lib/wait';
-import { lockedAndReleased } from './helpers/expect';
+import { lockedAndReleased, matching } from './helpers/expect';
 import { fillPages, requireKsm } from './helpers/ksm';
 
 const MiB = 1024 * 1024;
@@ -48,7 +48,7 @@ describe('waitForMerge: arguments', () => {
     const plain = Buffer.alloc(16 * pageSize, 1);
     await expect(waitForMerge(plain)).rejects.toMatchObject({
       code: 'ERR_INVALID_ARG_VALUE',
-      message: expect.stringMatching(/markMergeable/),
+      message: matching(/markMergeable/),
     });
   });
 
@@ -70,7 +70,7 @@ describe('waitForMerge: with the kernel', { timeout: 900_000 }, () => {
         await expect(waitForMerge(a, { onProgress: () => progress++ })).rejects.toMatchObject({
           name: 'KsmError',
           code: 'ERR_KSM_DISABLED',
-          message: expect.stringMatching(/boost: true/),
+          message: matching(/boost: true/),
         });
         await expect(waitForMerge('process')).rejects.toMatchObject({ code: 'ERR_KSM_DISABLED' });
         expect(progress).toBe(0);
@@ -181,7 +181,7 @@ describe('waitForMerge: with the kernel', { timeout: 900_000 }, () => {
       try {
         await expect(waitForMerge(c, { boost: true, timeoutMs: 0 })).rejects.toMatchObject({
           code: 'ERR_KSM_TIMEOUT',
-          message: expect.stringMatching(/of 256 pages merged/),
+          message: matching(/of 256 pages merged/),
         });
       } finally {
         free(c);

@@ -7,8 +7,8 @@ import { boost } from '../boost';
 import { KsmError } from '../errors';
 import { alloc, free, pageSize } from '../memory';
 import { bufferStats } from '../buffer-stats';
-import { processStats, systemStats } from '../stats';
-import { support } from '../support';
+import { processStats, systemStats, type SystemStats } from '../stats';
+import { support, type Support } from '../support';
 import { waitForMerge } from '../wait';
 
 const MiB = 1024 * 1024;
@@ -35,19 +35,11 @@ function fill(buf: Buffer, seed: number): void {
 
 async function main(): Promise<number> {
   const s = support();
-  if (!s.available) {
-    console.error(`node-ksm demo: KSM is not available here.\n  ${s.reasons.join('\n  ')}`);
+  const refusal = cannotRun(s);
+  if (refusal !== null) {
+    console.error(refusal);
     return 1;
   }
-  if (!s.running && !s.canConfigure) {
-    console.error(
-      'node-ksm demo: ksmd is not running and this user cannot start it.\n' +
-        '  Run the demo as root (sudo npm run demo): it starts a fast scanner and restores the settings afterwards,\n' +
-        '  or start ksmd yourself: echo 1 | sudo tee /sys/kernel/mm/ksm/run',
-    );
-    return 1;
-  }
-
   console.log(
     `Allocating ${COPIES} × ${mib(SIZE)} of identical data and ${mib(SIZE)} of unique data (page size ${pageSize} B)`,
   );
@@ -56,8 +48,29 @@ async function main(): Promise<number> {
   const unique = alloc(SIZE);
   fill(unique, 2);
   const before = systemStats();
+  await merge(s.canConfigure);
+  report(copies, unique, before);
+  for (const c of copies) free(c);
+  free(unique);
+  return 0;
+}
 
-  const boosted = s.canConfigure ? await boost() : null;
+/** Why the demo cannot show anything here, or null when it can. */
+function cannotRun(s: Support): string | null {
+  if (!s.available) return `node-ksm demo: KSM is not available here.\n  ${s.reasons.join('\n  ')}`;
+  if (!s.running && !s.canConfigure) {
+    return (
+      'node-ksm demo: ksmd is not running and this user cannot start it.\n' +
+      '  Run the demo as root (sudo npm run demo): it starts a fast scanner and restores the settings afterwards,\n' +
+      '  or start ksmd yourself: echo 1 | sudo tee /sys/kernel/mm/ksm/run'
+    );
+  }
+  return null;
+}
+
+/** Waits for the copies to merge, boosted when this user may (settings restored after). */
+async function merge(canBoost: boolean): Promise<void> {
+  const boosted = canBoost ? await boost() : null;
   console.log(
     boosted
       ? 'ksmd boosted (settings are restored when the demo ends)'
@@ -83,7 +96,10 @@ async function main(): Promise<number> {
   } finally {
     await boosted?.release();
   }
+}
 
+/** What merged: each buffer, this process, the machine. */
+function report(copies: Buffer[], unique: Buffer, before: SystemStats): void {
   const proc = processStats();
   const after = systemStats();
   for (const [i, c] of copies.entries()) {
@@ -96,9 +112,6 @@ async function main(): Promise<number> {
   console.log(
     `Whole machine: saved ${mib(after.savedBytes)} (was ${mib(before.savedBytes)}); ${COPIES} copies now cost about one`,
   );
-  for (const c of copies) free(c);
-  free(unique);
-  return 0;
 }
 
 main().then(

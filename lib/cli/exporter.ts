@@ -13,7 +13,7 @@ import { KsmError } from '../errors';
 function loadPromClient(): { prom: typeof PromClient; ksm: typeof KsmPrometheus } {
   try {
     // Loaded only here, so the other commands work without the optional peer dependency.
-    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    // eslint-disable-next-line @typescript-eslint/no-require-imports -- a lazy, synchronous load is the point
     return { prom: require('prom-client') as typeof PromClient, ksm: require('../prometheus') as typeof KsmPrometheus };
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'MODULE_NOT_FOUND') {

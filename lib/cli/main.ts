@@ -3,6 +3,9 @@
  * node-ksm: what Kernel Samepage Merging is doing on this machine, who it saves memory
  * for, and the knobs to change it. Exit codes: 0 ok, 1 failure, 2 usage.
  */
+import fs from 'node:fs';
+import path from 'node:path';
+import { packageRoot } from '../binding';
 import { UsageError, parseCount, parseDuration, parseFlags, str, type Options, type Values } from './args';
 import { TUNE_OPTIONS, holdBoost, renderChanges, restore, tune, tuneSettings } from './control';
 import { snakeCase } from '../procfs';
@@ -208,7 +211,8 @@ async function main(argv: string[]): Promise<number> {
     return 0;
   }
   if (name === '--version' || name === '-v') {
-    print((require('../../package.json') as { version: string }).version);
+    const pkg = JSON.parse(fs.readFileSync(path.join(packageRoot, 'package.json'), 'utf8')) as { version: string };
+    print(pkg.version);
     return 0;
   }
   const cmd = Object.hasOwn(COMMANDS, name) ? COMMANDS[name] : undefined;

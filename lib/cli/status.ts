@@ -162,11 +162,11 @@ export function counterFreshness(s: SystemStats, live: LiveProcesses): CounterFr
   };
 }
 
-export function advise(s: SystemStats, canConfigure: boolean, freshness?: CounterFreshness): Advice[] {
-  const out: Advice[] = [];
-  const add = (code: AdviceCode, message: string) => out.push({ code, message });
-  if (freshness?.state === 'stale') {
-    add(
+/** ksmd is stopped and still counts pages of memory that is gone. */
+function staleCounters(freshness: CounterFreshness | undefined): Advice[] {
+  if (freshness?.state !== 'stale') return [];
+  return [
+    advice(
       'stale-counters',
       `The counters are stale: ksmd is stopped (run=0) and still counts ${formatCount(freshness.stalePages)} merged pages ` +
         `(${formatBytes(freshness.staleBytes)}) of memory that has been freed (processes that exited, buffers unmapped)` +
@@ -175,104 +175,158 @@ export function advise(s: SystemStats, canConfigure: boolean, freshness?: Counte
           : ` (live processes hold ${formatCount(freshness.livePages)})`) +
         '; the kernel drops them only when ksmd scans again, so the savings shown are not real. ' +
         '"node-ksm boost --for 10s" lets it scan once and puts the settings back.',
-    );
-  }
+    ),
+  ];
+}
+
+/**
+ * What to change, in the order an operator should read it: whether the figures are real, whether ksmd runs, who sets
+ * its pace, whether it has anything to do, how fast it gets through it, what the figures
+ * count, what is wasted, and who may act.
+ */
+export function advise(s: SystemStats, canConfigure: boolean, freshness?: CounterFreshness): Advice[] {
   const scan = estimateScan(s);
   const advisor = s.advisorMode === 'scan-time';
+  return [
+    ...staleCounters(freshness),
+    ...runState(s),
+    ...(advisor ? [advisorOn(s)] : []),
+    ...nothingMergeable(s, scan),
+    ...pace(s, scan, advisor),
+    ...zeroPages(s),
+    ...waste(s),
+    ...(canConfigure ? [] : [notRoot()]),
+  ];
+}
 
+const advice = (code: AdviceCode, message: string): Advice => ({ code, message });
+
+/** ksmd stopped (run=0) or unmerging everything (run=2). */
+function runState(s: SystemStats): Advice[] {
   if (s.run === 0) {
-    add(
-      'ksm-off',
-      'KSM is off (run=0): ksmd does not scan, so nothing new is merged' +
-        ((s.pagesSharing ?? 0) > 0 ? ` (the ${formatCount(s.pagesSharing!)} pages already merged stay merged)` : '') +
-        '. Start it with "node-ksm tune --run 1", or "node-ksm boost --for 60s" for a burst that puts the settings back.',
-    );
-  } else if (s.run === 2) {
-    add(
-      'unmerging',
-      'run=2: ksmd has stopped and every merged page has been (or is being) unmerged. "node-ksm tune --run 1" starts merging again.',
-    );
+    return [
+      advice(
+        'ksm-off',
+        'KSM is off (run=0): ksmd does not scan, so nothing new is merged' +
+          ((s.pagesSharing ?? 0) > 0 ? ` (the ${formatCount(s.pagesSharing!)} pages already merged stay merged)` : '') +
+          '. Start it with "node-ksm tune --run 1", or "node-ksm boost --for 60s" for a burst that puts the settings back.',
+      ),
+    ];
   }
-
-  if (advisor) {
-    add(
-      'advisor',
-      `The scan-time advisor is on: it sets pages_to_scan itself (now ${formatCount(s.pagesToScan ?? 0)}, kept between ` +
-        `${formatCount(s.advisorMinPagesToScan ?? 0)} and ${formatCount(s.advisorMaxPagesToScan ?? 0)}) aiming at one full pass every ` +
-        `${s.advisorTargetScanTime ?? '?'} s with at most ${s.advisorMaxCpu ?? '?'}% of a CPU. Tune it with ` +
-        '"node-ksm tune --target-scan-time S --advisor-max-cpu P"; pages_to_scan cannot be set by hand until "node-ksm tune --advisor none".',
-    );
+  if (s.run === 2) {
+    return [
+      advice(
+        'unmerging',
+        'run=2: ksmd has stopped and every merged page has been (or is being) unmerged. "node-ksm tune --run 1" starts merging again.',
+      ),
+    ];
   }
+  return [];
+}
 
-  if (s.run === 1 && scan.mergeablePages === 0 && (s.fullScans ?? 0) > 0) {
-    add(
+/** The scan-time advisor sets pages_to_scan itself. */
+function advisorOn(s: SystemStats): Advice {
+  return advice(
+    'advisor',
+    `The scan-time advisor is on: it sets pages_to_scan itself (now ${formatCount(s.pagesToScan ?? 0)}, kept between ` +
+      `${formatCount(s.advisorMinPagesToScan ?? 0)} and ${formatCount(s.advisorMaxPagesToScan ?? 0)}) aiming at one full pass every ` +
+      `${s.advisorTargetScanTime ?? '?'} s with at most ${s.advisorMaxCpu ?? '?'}% of a CPU. Tune it with ` +
+      '"node-ksm tune --target-scan-time S --advisor-max-cpu P"; pages_to_scan cannot be set by hand until "node-ksm tune --advisor none".',
+  );
+}
+
+/** ksmd runs, but nobody marked memory mergeable. */
+function nothingMergeable(s: SystemStats, scan: ScanEstimate): Advice[] {
+  if (!(s.run === 1 && scan.mergeablePages === 0 && (s.fullScans ?? 0) > 0)) return [];
+  return [
+    advice(
       'nothing-mergeable',
       "ksmd is running but no memory is marked mergeable, so it has nothing to merge: allocate with node-ksm's alloc() " +
         '(or markMergeable/setProcessMerging), or stop ksmd with "node-ksm tune --run 0".',
-    );
-  }
+    ),
+  ];
+}
 
+/** How fast ksmd goes: a core burnt by sleep 0, or the rate and how long a full pass takes. */
+function pace(s: SystemStats, scan: ScanEstimate, advisor: boolean): Advice[] {
   // With nothing to scan ksmd waits for work, so sleep 0 only burns a core when there is some.
   if (s.run === 1 && (s.sleepMillisecs ?? 0) === 0 && !advisor && scan.mergeablePages > 0) {
-    add(
-      'busy-loop',
-      `sleep_millisecs=0: ksmd scans ${formatCount(s.pagesToScan ?? 0)} pages at a time without pausing and keeps a CPU core busy ` +
-        'even after everything is merged. Use "node-ksm boost --for 60s" for bursts, or the advisor: ' +
-        '"node-ksm tune --advisor scan-time --target-scan-time 200".',
-    );
-  } else if (s.run !== 2) {
-    const rate = `pages_to_scan=${formatCount(s.pagesToScan ?? 0)} with sleep ${s.sleepMillisecs ?? '?'} ms scans ${formatBytes(scan.bytesPerSecond)}/s`;
-    const pass =
-      scan.fullPassSeconds === undefined
-        ? (s.fullScans ?? 0) === 0
-          ? ': no full pass has completed yet, so the mergeable memory is not known'
-          : ''
-        : `: a full pass over the ${formatBytes(scan.mergeableBytes)} marked mergeable takes ${formatSeconds(scan.fullPassSeconds)}`;
-    add('scan-rate', `${rate}${pass}${s.run === 0 ? ' (once started)' : ''}.`);
-    if (scan.fullPassSeconds !== undefined && scan.fullPassSeconds > SLOW_PASS_SECONDS && !advisor) {
-      const target = Math.ceil((scan.mergeablePages * (s.sleepMillisecs ?? 20)) / 1000 / 60);
-      add(
+    return [
+      advice(
+        'busy-loop',
+        `sleep_millisecs=0: ksmd scans ${formatCount(s.pagesToScan ?? 0)} pages at a time without pausing and keeps a CPU core busy ` +
+          'even after everything is merged. Use "node-ksm boost --for 60s" for bursts, or the advisor: ' +
+          '"node-ksm tune --advisor scan-time --target-scan-time 200".',
+      ),
+    ];
+  }
+  if (s.run === 2) return [];
+  const rate = `pages_to_scan=${formatCount(s.pagesToScan ?? 0)} with sleep ${s.sleepMillisecs ?? '?'} ms scans ${formatBytes(scan.bytesPerSecond)}/s`;
+  const pass =
+    scan.fullPassSeconds === undefined
+      ? (s.fullScans ?? 0) === 0
+        ? ': no full pass has completed yet, so the mergeable memory is not known'
+        : ''
+      : `: a full pass over the ${formatBytes(scan.mergeableBytes)} marked mergeable takes ${formatSeconds(scan.fullPassSeconds)}`;
+  const out = [advice('scan-rate', `${rate}${pass}${s.run === 0 ? ' (once started)' : ''}.`)];
+  if (scan.fullPassSeconds !== undefined && scan.fullPassSeconds > SLOW_PASS_SECONDS && !advisor) {
+    const target = Math.ceil((scan.mergeablePages * (s.sleepMillisecs ?? 20)) / 1000 / 60);
+    out.push(
+      advice(
         'scan-slow',
         `A full pass takes ${formatSeconds(scan.fullPassSeconds)}, so new duplicates wait that long to be merged. ` +
           `"node-ksm tune --pages-to-scan ${formatCount(Math.max(target, (s.pagesToScan ?? 0) * 2)).replace(/,/g, '')}" makes it about a minute, ` +
           'or let the advisor pick the rate: "node-ksm tune --advisor scan-time --target-scan-time 60".',
-      );
-    }
+      ),
+    );
   }
+  return out;
+}
 
-  if ((s.useZeroPages ?? 0) === 1) {
-    add(
+/** With use_zero_pages=1, empty pages are counted apart from pages_sharing. */
+function zeroPages(s: SystemStats): Advice[] {
+  if ((s.useZeroPages ?? 0) !== 1) return [];
+  return [
+    advice(
       'zero-pages',
       `use_zero_pages=1: empty (all-zero) pages are merged with the kernel's zero page instead of a KSM page: ` +
         `${formatCount(Math.max(0, s.ksmZeroPages ?? 0))} pages (${formatBytes(Math.max(0, s.ksmZeroPages ?? 0) * s.pageSize)}) ` +
         'are counted in ksm_zero_pages and in saved bytes, not in pages_sharing.',
-    );
-  }
+    ),
+  ];
+}
 
+/** Merging that costs more than it saves: volatile pages, negative profit. */
+function waste(s: SystemStats): Advice[] {
+  const out: Advice[] = [];
   const sharing = s.pagesSharing ?? 0;
   const volatile = s.pagesVolatile ?? 0;
   if (volatile > 1024 && volatile > sharing) {
-    add(
-      'volatile',
-      `${formatCount(volatile)} pages (${formatBytes(volatile * s.pageSize)}) change faster than ksmd scans them (pages_volatile): ` +
-        'merging them only costs copy-on-write faults; mark only data that stays put as mergeable.',
+    out.push(
+      advice(
+        'volatile',
+        `${formatCount(volatile)} pages (${formatBytes(volatile * s.pageSize)}) change faster than ksmd scans them (pages_volatile): ` +
+          'merging them only costs copy-on-write faults; mark only data that stays put as mergeable.',
+      ),
     );
   }
   if ((s.generalProfit ?? 0) < 0) {
-    add(
-      'negative-profit',
-      `general_profit is ${formatBytes(s.generalProfit!)}: KSM's bookkeeping costs more than merging saves. ` +
-        'Mark less memory mergeable (only data with many duplicates), or stop ksmd.',
-    );
-  }
-
-  if (!canConfigure) {
-    add(
-      'not-root',
-      'You cannot change KSM settings as this user: run "sudo node-ksm tune ..." (or boost) to act on this advice.',
+    out.push(
+      advice(
+        'negative-profit',
+        `general_profit is ${formatBytes(s.generalProfit!)}: KSM's bookkeeping costs more than merging saves. ` +
+          'Mark less memory mergeable (only data with many duplicates), or stop ksmd.',
+      ),
     );
   }
   return out;
+}
+
+function notRoot(): Advice {
+  return advice(
+    'not-root',
+    'You cannot change KSM settings as this user: run "sudo node-ksm tune ..." (or boost) to act on this advice.',
+  );
 }
 
 export interface StatusReport {

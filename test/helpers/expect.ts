@@ -4,6 +4,15 @@ import { boostState } from '../../lib/boost';
 import { readSettings } from '../../lib/control';
 import { lockKsm } from './ksm';
 
+/**
+ * `expect.stringMatching`, typed: vitest declares its asymmetric matchers as `any`, which
+ * the type-aware lint rightly refuses to see assigned into an expected object.
+ */
+export const matching = (pattern: RegExp): unknown => expect.stringMatching(pattern);
+
+/** `expect.any`, typed for the same reason. */
+export const matchingAny = (ctor: abstract new (...args: never[]) => unknown): unknown => expect.any(ctor);
+
 /** `fn` throws an instance of `ctor` whose `code` is `code`. */
 export function expectCode(fn: () => unknown, ctor: new (...args: never[]) => Error, code: string): void {
   let caught: unknown;

@@ -3,14 +3,13 @@
  * machine-wide lock (so test files, and test runs in other shells, never fight over the
  * global /sys/kernel/mm/ksm), turns a fast scanner on, runs fn, and restores every knob
  * in `finally` and on SIGINT/SIGTERM. Tests that cannot have KSM skip with the reason,
- * or fail when KSM_REQUIRE=1 (as CI sets it).
+ * or fail when KSM_REQUIRE=1 (as CI sets it): see skips.ts.
  */
 import fs from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { binding } from '../../lib/binding';
+import { skipTest, type SkipContext } from './skips';
 import { canWrite, restore, snapshot, type Snapshot } from './sysfs';
-
-export const KSM_REQUIRED = process.env.KSM_REQUIRE === '1';
 
 /** Why KSM tests cannot run here, or null when they can. */
 export function ksmUnavailable(): string | null {
@@ -23,11 +22,9 @@ export function ksmUnavailable(): string | null {
  * (vitest 4 reads a hook's parameter list, so pass the context's `skip` on explicitly):
  * skips with the reason, or throws when KSM_REQUIRE=1.
  */
-export function requireKsm(ctx: { skip: (note?: string) => void }): void {
+export function requireKsm(ctx: SkipContext): void {
   const reason = ksmUnavailable();
-  if (reason === null) return;
-  if (KSM_REQUIRED) throw new Error(`KSM_REQUIRE=1 but KSM tests cannot run: ${reason}`);
-  ctx.skip(`KSM unavailable: ${reason}`);
+  if (reason !== null) skipTest(ctx, `KSM unavailable: ${reason}`);
 }
 
 const LOCK_DIR = '/run/node-ksm';
@@ -182,10 +179,11 @@ export function smapsKsmBytes(start: bigint, end: bigint): number {
 export const SANITIZED = process.env.NODE_KSM_SANITIZED === '1';
 
 /**
- * Skips a test that needs the native addon; with `underSanitizer`, also when running
- * against the sanitizer build, saying why its figures mean nothing there.
+ * Skips a test that needs the native addon (a failure with KSM_REQUIRE=1); with
+ * `underSanitizer`, also when running against the sanitizer build, saying why its figures
+ * mean nothing there (allowed in every mode).
  */
-export function requireNative(ctx: { skip: (note?: string) => void }, underSanitizer?: string): void {
-  if (binding === null) ctx.skip('the native addon is not loaded');
-  if (underSanitizer !== undefined && SANITIZED) ctx.skip(underSanitizer);
+export function requireNative(ctx: SkipContext, underSanitizer?: string): void {
+  if (binding === null) skipTest(ctx, 'the native addon is not loaded');
+  if (underSanitizer !== undefined && SANITIZED) skipTest(ctx, underSanitizer, 'sanitizer');
 }

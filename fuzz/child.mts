@@ -1,7 +1,7 @@
 // One fuzz seed: a seeded random sequence of node-ksm calls with valid and invalid
 // arguments, in this process only (a crash takes down this seed, not the driver).
 //
-//   node --expose-gc fuzz/child.mjs SEED OPS [--trace]
+//   node --import tsx --expose-gc fuzz/child.mts SEED OPS [--trace]
 //
 // Exit 0: every call returned or threw a documented error, and every invariant held.
 // Exit 3: an undocumented error or a broken invariant (details on stderr).
@@ -9,31 +9,29 @@
 // Anything else (a signal, an abort, a sanitizer report) is a crash.
 // --trace writes each operation to stderr before running it, so the last line before a
 // crash names the call that crashed.
-import { createRequire } from 'node:module';
 import os from 'node:os';
 import fs from 'node:fs';
 import { setImmediate as tick, setTimeout as sleep } from 'node:timers/promises';
-
-const require = createRequire(import.meta.url);
-const dist = new URL('../dist/', import.meta.url).pathname;
-const { binding } = require(`${dist}binding.js`);
-const memory = require(`${dist}memory.js`);
-const { Arena } = require(`${dist}arena.js`);
-const { bufferStats } = require(`${dist}stats.js`);
-const { KsmError } = require(`${dist}errors.js`);
+// The library as users get it (the compiled package), and, for the raw calls the fuzzer
+// makes to the addon itself, the compiled loader's binding: the one exception to
+// "public entry points only" outside lib/ (see .dependency-cruiser.cjs).
+import * as memory from 'node-ksm';
+import { Arena, KsmError, bufferStats } from 'node-ksm';
+import { binding as maybeBinding, type NativeBinding } from '../dist/binding.js';
 
 const seed = Number(process.argv[2] ?? 1);
 const totalOps = Number(process.argv[3] ?? 1000);
 const trace = process.argv.includes('--trace');
-const gc = globalThis.gc;
-if (binding === null) {
-  console.error('the native addon is not loaded');
-  process.exit(2);
+
+function need<T>(value: T | null | undefined, message: string): T {
+  if (value === null || value === undefined) {
+    console.error(message);
+    process.exit(2);
+  }
+  return value;
 }
-if (typeof gc !== 'function') {
-  console.error('run with --expose-gc');
-  process.exit(2);
-}
+const binding: NativeBinding = need(maybeBinding, 'the native addon is not loaded');
+const gc = need(globalThis.gc, 'run with --expose-gc');
 const PAGE = memory.pageSize;
 
 // --- seeded PRNG (sfc32 from a splitmix of the seed: a seed names one sequence) -------
@@ -55,7 +53,7 @@ let s0 = 0,
   s2 = mix();
   s3 = mix();
 }
-function rand() {
+function rand(): number {
   const t = (((s0 + s1) | 0) + s3) | 0;
   s3 = (s3 + 1) | 0;
   s0 = s1 ^ (s1 >>> 9);
@@ -64,21 +62,36 @@ function rand() {
   s2 = (s2 + t) | 0;
   return (t >>> 0) / 4294967296;
 }
-const int = (n) => Math.floor(rand() * n);
-const chance = (p) => rand() < p;
-const pick = (arr) => (arr.length === 0 ? undefined : arr[int(arr.length)]);
+const int = (n: number) => Math.floor(rand() * n);
+const chance = (p: number) => rand() < p;
+const pick = <T,>(arr: readonly T[]): T | undefined => (arr.length === 0 ? undefined : arr[int(arr.length)]);
 
 // --- what the run holds -----------------------------------------------------------------
-/** Buffers from alloc/from: { buf, fill } (fill: the byte every byte holds, or null). */
-const owned = [];
+/** Memory of any kind the fuzzer hands to the API. */
+type Bytes = ArrayBuffer | SharedArrayBuffer | ArrayBufferView;
+/** The byte every byte of a buffer holds, or null when unknown. */
+type Fill = number | null;
+interface Owned {
+  buf: Buffer;
+  fill: Fill;
+  /** Bytes written (resident), counted against LIVE_CAP. */
+  touched: number;
+}
+interface HeldArena {
+  arena: Arena;
+  bufs: Array<{ buf: Buffer; size: number; fill: Fill }>;
+  live: number;
+  liveBytes: number;
+}
+/** Buffers from alloc/from. */
+const owned: Owned[] = [];
 /** Anything freed/released, kept around to be used after free. */
-const dead = [];
+const dead: Buffer[] = [];
 /** Views of other things (subarrays, typed arrays, DataViews, bare ArrayBuffers). */
-const views = [];
+const views: Bytes[] = [];
 /** Buffers node-ksm did not make. */
-const foreign = [];
-/** { arena, bufs: [{ buf, size, fill }], live, liveBytes } */
-const arenas = [];
+const foreign: Bytes[] = [];
+const arenas: HeldArena[] = [];
 let liveBytes = 0;
 const LIVE_CAP = 192 * 1024 * 1024;
 
@@ -94,60 +107,67 @@ const LIB_CODES = new Set([
   'ERR_KSM_PARSE',
   'ERR_KSM_CLOSED',
 ]);
-const histogram = {};
-function documented(err) {
-  if (err instanceof KsmError) return LIB_CODES.has(err.code) || ERRNO.has(err.code);
-  if (err instanceof RangeError) return err.code === 'ERR_OUT_OF_RANGE';
-  if (err instanceof TypeError) return err.code === 'ERR_INVALID_ARG_TYPE' || err.code === 'ERR_INVALID_ARG_VALUE';
+const histogram: Record<string, number> = {};
+/** An error with Node's or node-ksm's `code`. */
+type CodedError = Error & { code: string };
+function documented(err: unknown): err is CodedError {
+  const code = (err as { code?: unknown } | null)?.code;
+  if (typeof code !== 'string') return false;
+  if (err instanceof KsmError) return LIB_CODES.has(code) || ERRNO.has(code);
+  if (err instanceof RangeError) return code === 'ERR_OUT_OF_RANGE';
+  if (err instanceof TypeError) return code === 'ERR_INVALID_ARG_TYPE' || code === 'ERR_INVALID_ARG_VALUE';
   return false;
 }
 
 class Violation extends Error {}
-function check(cond, what) {
+function check(cond: unknown, what: string): asserts cond {
   if (!cond) throw new Violation(what);
 }
 
 let opIndex = 0;
 let opName = '';
-function fail(kind, detail) {
+function fail(kind: string, detail: string): never {
   process.stderr.write(`FUZZ ${kind} seed=${seed} op=${opIndex} (${opName})\n${detail}\n`);
   process.exit(kind === 'LEAK' ? 4 : 3);
 }
 
+const stackOf = (err: unknown) => (err instanceof Error && err.stack !== undefined ? err.stack : String(err));
+
+type Outcome<T> = { ok: true; value: T } | { ok: false; err: CodedError };
 /** Runs one API call; documented errors are counted, anything else fails the seed. */
-function call(fn) {
+function call<T>(fn: () => T): Outcome<T> {
   try {
     return { ok: true, value: fn() };
   } catch (err) {
     if (err instanceof Violation) throw err;
     if (documented(err)) {
-      const key = `${err?.name}:${err?.code}`;
+      const key = `${err.name}:${err.code}`;
       histogram[key] = (histogram[key] ?? 0) + 1;
       return { ok: false, err };
     }
-    fail('UNDOCUMENTED-ERROR', err?.stack ?? String(err));
+    fail('UNDOCUMENTED-ERROR', stackOf(err));
   }
 }
 
 // --- values -----------------------------------------------------------------------------
 /** byteLength that a detached DataView (whose getters throw) reports as 0. */
-function lenOf(v) {
+function lenOf(v: unknown): number {
   try {
-    return v.byteLength ?? 0;
+    return (v as { byteLength?: number } | null | undefined)?.byteLength ?? 0;
   } catch {
     return 0;
   }
 }
 
-function describe(v) {
+function describe(v: unknown): string {
   try {
     return describeUnsafe(v);
   } catch {
-    return `detached ${v?.constructor?.name}`;
+    return `detached ${(v as { constructor?: { name?: string } } | null | undefined)?.constructor?.name}`;
   }
 }
 
-function describeUnsafe(v) {
+function describeUnsafe(v: unknown): string {
   if (v === null || v === undefined) return String(v);
   if (typeof v === 'bigint') return `${v}n`;
   if (typeof v === 'symbol' || typeof v === 'function') return typeof v;
@@ -162,7 +182,7 @@ function describeUnsafe(v) {
   return Array.isArray(v) ? 'array' : 'object';
 }
 
-const WEIRD = () => [
+const WEIRD = (): unknown[] => [
   -1,
   -0,
   0.5,
@@ -195,7 +215,7 @@ const WEIRD = () => [
   new Map(),
 ];
 
-function sizeArg() {
+function sizeArg(): unknown {
   const r = rand();
   if (r < 0.45) return int(3 * PAGE + 1);
   if (r < 0.65) return PAGE * (1 + int(8));
@@ -207,9 +227,9 @@ function sizeArg() {
 }
 
 /** Any buffer-ish target the run holds, or a weird value. */
-function anyTarget() {
+function anyTarget(): unknown {
   const r = rand();
-  if (r < 0.3 && owned.length) return pick(owned).buf;
+  if (r < 0.3 && owned.length) return pick(owned)!.buf;
   if (r < 0.45 && dead.length) return pick(dead);
   if (r < 0.6 && views.length) return pick(views);
   if (r < 0.72 && foreign.length) return pick(foreign);
@@ -222,7 +242,7 @@ function anyTarget() {
   return pick(WEIRD());
 }
 
-function newForeign() {
+function newForeign(): Bytes {
   switch (int(11)) {
     case 9:
       return new ArrayBuffer(PAGE * (1 + int(3)) + int(PAGE), { maxByteLength: PAGE * 64 });
@@ -254,26 +274,26 @@ function newForeign() {
   }
 }
 
-function abOf(v) {
+function abOf(v: unknown): ArrayBufferLike | null {
   if (v instanceof ArrayBuffer) return v;
   if (ArrayBuffer.isView(v)) return v.buffer;
   return null;
 }
 
 /** Every view recorded over the same ArrayBuffer as `ab`. */
-function sameBuffer(ab) {
-  const out = [];
+function sameBuffer(ab: ArrayBufferLike): Bytes[] {
+  const out: Bytes[] = [];
   for (const o of owned) if (o.buf.buffer === ab) out.push(o.buf);
   for (const v of views) if (abOf(v) === ab) out.push(v);
   return out;
 }
 
-function detachedEverywhere(ab, what) {
+function detachedEverywhere(ab: ArrayBufferLike, what: string): void {
   check(ab.byteLength === 0, `${what}: its ArrayBuffer still has ${ab.byteLength} bytes`);
   for (const v of sameBuffer(ab)) check(lenOf(v) === 0, `${what}: a view of it still reads ${lenOf(v)} bytes`);
 }
 
-function verifyFill(buf, fill, what) {
+function verifyFill(buf: ArrayBufferView, fill: Fill, what: string): void {
   if (fill === null || buf.byteLength === 0) return;
   const n = buf.byteLength;
   const u8 = buf instanceof Uint8Array ? buf : new Uint8Array(buf.buffer, buf.byteOffset, n);
@@ -285,14 +305,16 @@ function verifyFill(buf, fill, what) {
     check(u8[i] === fill, `${what}: byte ${i} is ${u8[i]}, expected ${fill}`);
 }
 
-function dropOwned(i) {
-  const [o] = owned.splice(i, 1);
+function dropOwned(i: number): Owned {
+  const [o] = owned.splice(i, 1) as [Owned];
   liveBytes -= o.touched;
   return o;
 }
 
 // --- operations -------------------------------------------------------------------------
-const OPS = [
+/** [weight, name, run]: an operation is drawn with probability weight / total. */
+type Op = readonly [weight: number, name: string, run: () => unknown];
+const OPS: Op[] = [
   [
     12,
     'alloc',
@@ -304,10 +326,10 @@ const OPS = [
           : { mergeable: chance(0.5) }
         : pick([null, 1, 'x', { mergeable: 'yes' }, { mergeable: undefined }, {}]);
       opName = `alloc(${describe(size)}, ${describe(options)})`;
-      const r = call(() => memory.alloc(size, options));
+      const r = call(() => memory.alloc(size as number, options as memory.AllocOptions));
       if (!r.ok) return;
       const buf = r.value;
-      check(buf.length === size, `alloc(${size}) gave length ${buf.length}`);
+      check(buf.length === size, `alloc(${String(size)}) gave length ${buf.length}`);
       check(binding.addressOf(buf) % BigInt(PAGE) === 0n, 'alloc: not page aligned');
       check(memory.isKsmBuffer(buf), 'alloc: isKsmBuffer false');
       verifyFill(buf, 0, 'alloc: not zero-filled');
@@ -318,8 +340,8 @@ const OPS = [
     5,
     'from',
     () => {
-      let data;
-      let encoding;
+      let data: unknown;
+      let encoding: unknown;
       switch (int(6)) {
         case 0:
           data = 'héllo '.repeat(int(2000));
@@ -343,7 +365,7 @@ const OPS = [
       // Copying a lazily mapped 4 GiB buffer would touch all of it.
       if (lenOf(data) > 16 * 1024 * 1024) data = 'too large to copy';
       opName = `from(${describe(data)}, ${describe(encoding)})`;
-      const r = call(() => memory.from(data, encoding));
+      const r = call(() => memory.from(data as string, encoding as BufferEncoding));
       if (r.ok) owned.push({ buf: r.value, fill: null, touched: r.value.length });
       if (r.ok) liveBytes += r.value.length;
     },
@@ -356,7 +378,7 @@ const OPS = [
       opName = `free(${describe(t)})`;
       const ab = abOf(t);
       const info = ab instanceof ArrayBuffer ? binding.info(ab) : null;
-      const r = call(() => memory.free(t));
+      const r = call(() => memory.free(t as Buffer));
       if (!r.ok) return;
       // The addon knows an arena buffer only while attached; a released one frees as false.
       check(
@@ -364,6 +386,7 @@ const OPS = [
         'free succeeded on a buffer node-ksm did not allocate',
       );
       check(typeof r.value === 'boolean', 'free returned a non-boolean');
+      check(ab !== null, 'free succeeded on something that holds no memory');
       detachedEverywhere(ab, 'after free');
       if (info?.owner) {
         // Every ArrayBuffer into the mapping (subarrays, other ArrayBuffers) is detached.
@@ -380,7 +403,7 @@ const OPS = [
       const t = anyTarget();
       const on = chance(0.85) ? chance(0.5) : pick(WEIRD());
       opName = `setMergeable(${describe(t)}, ${describe(on)})`;
-      call(() => memory.setMergeable(t, on));
+      call(() => memory.setMergeable(t as Buffer, on as boolean));
     },
   ],
   [
@@ -390,7 +413,7 @@ const OPS = [
       const t = anyTarget();
       const on = chance(0.8) ? (chance(0.5) ? undefined : chance(0.5)) : pick(WEIRD());
       opName = `markMergeable(${describe(t)}, ${describe(on)})`;
-      const r = call(() => memory.markMergeable(t, on));
+      const r = call(() => memory.markMergeable(t as Buffer, on as boolean));
       if (!r.ok) return;
       const { offset, length } = r.value;
       check(
@@ -414,7 +437,7 @@ const OPS = [
       const n = ab.byteLength;
       const off = chance(0.5) ? int(n + 1) : Math.min(n, PAGE * int(4));
       const len = int(n - off + 1);
-      let v;
+      let v: Bytes;
       try {
         switch (int(5)) {
           case 0:
@@ -430,7 +453,11 @@ const OPS = [
             v = ab;
             break;
           default:
-            v = ArrayBuffer.isView(src) && src.subarray ? src.subarray(int(src.length + 1)) : new Uint8Array(ab);
+            // Any typed array has subarray (a DataView has not).
+            v =
+              ArrayBuffer.isView(src) && 'subarray' in src
+                ? (src as NodeJS.TypedArray).subarray(int((src as NodeJS.TypedArray).length + 1))
+                : new Uint8Array(ab);
         }
       } catch {
         return; // JavaScript's own refusal (a detached source), not node-ksm's
@@ -460,7 +487,7 @@ const OPS = [
       if (ArrayBuffer.isView(t) && lenOf(t) > 0) {
         const u8 = new Uint8Array(t.buffer, t.byteOffset, Math.min(t.byteLength, 1024 * 1024));
         let sum = 0;
-        for (let i = 0; i < u8.length; i += 512) sum += u8[i];
+        for (let i = 0; i < u8.length; i += 512) sum += u8[i]!;
         return sum;
       }
     },
@@ -506,7 +533,7 @@ const OPS = [
               .join(', ')
           : describe(options);
       opName = `new Arena(${shown})`;
-      const r = call(() => new Arena(options));
+      const r = call(() => new Arena(options as ConstructorParameters<typeof Arena>[0]));
       if (r.ok) arenas.push({ arena: r.value, bufs: [], live: 0, liveBytes: 0 });
       if (arenas.length > 6) closeArena(0);
     },
@@ -519,16 +546,16 @@ const OPS = [
       if (!a) return;
       const size = chance(0.9) ? (chance(0.8) ? int(3 * PAGE) : int(2 * (a.arena.chunkSize ?? PAGE))) : sizeArg();
       opName = `arena.alloc(${describe(size)})${a.arena.closed ? ' [closed]' : ''}`;
-      const r = call(() => a.arena.alloc(size));
+      const r = call(() => a.arena.alloc(size as number));
       if (!r.ok) return;
       const buf = r.value;
       check(!a.arena.closed, 'alloc on a closed arena succeeded');
-      check(buf.length === size, `arena.alloc(${size}) gave ${buf.length}`);
+      check(buf.length === size, `arena.alloc(${String(size)}) gave ${buf.length}`);
       check(binding.addressOf(buf) % BigInt(PAGE) === 0n, 'arena.alloc: not page aligned');
       verifyFill(buf, 0, 'arena.alloc: not zero-filled (stale bytes from a released buffer)');
       // Zero to the end of its last page, so equal blobs make equal pages.
       // Zero bytes take no page: an empty ArrayBuffer that the addon has no record of.
-      const info = binding.info(buf.buffer);
+      const info = binding.info(buf.buffer as ArrayBuffer);
       if (size > 0) check(info !== null && !info.freed, 'arena buffer unknown to the addon');
       else check(info === null, 'a zero-length arena buffer has a mapping');
       a.bufs.push({ buf, size, fill: 0 });
@@ -555,7 +582,7 @@ const OPS = [
       const mine = a.bufs.findIndex((b) => b.buf === t || (ab !== undefined && b.buf.buffer === ab));
       if (mine >= 0) return release(a, mine);
       opName = `arena.release(${describe(t)})`;
-      const r = call(() => a.arena.release(t));
+      const r = call(() => a.arena.release(t as Buffer));
       if (r.ok) check(false, `release of a buffer that was not this arena's live buffer succeeded: ${describe(t)}`);
     },
   ],
@@ -586,7 +613,7 @@ const OPS = [
     'bufferStats',
     () => {
       const t = anyTarget();
-      const options = chance(0.8)
+      const options: unknown = chance(0.8)
         ? pick([
             undefined,
             {},
@@ -596,8 +623,8 @@ const OPS = [
             { method: 'kpageflags' },
           ])
         : pick([null, 1, { method: 'x' }]);
-      opName = `bufferStats(${describe(t)}, ${describe(options?.method ?? options)})`;
-      const r = call(() => bufferStats(t, options));
+      opName = `bufferStats(${describe(t)}, ${describe((options as { method?: unknown } | null | undefined)?.method ?? options)})`;
+      const r = call(() => bufferStats(t as Buffer, options as memory.BufferStatsOptions));
       if (!r.ok) return;
       const s = r.value;
       check(s.bytes === lenOf(t), 'bufferStats.bytes');
@@ -610,7 +637,7 @@ const OPS = [
     () => {
       const t = anyTarget();
       opName = `isKsmBuffer(${describe(t)})`;
-      const r = call(() => memory.isKsmBuffer(t));
+      const r = call(() => memory.isKsmBuffer(t as Buffer));
       check(r.ok && typeof r.value === 'boolean', 'isKsmBuffer threw or returned a non-boolean');
     },
   ],
@@ -632,11 +659,12 @@ const OPS = [
       opName = `structuredClone(transfer ${describe(t)})`;
       if (!(ab instanceof ArrayBuffer) || binding.info(ab) === null) return;
       const before = ab.byteLength;
-      let copy;
+      let copy: ArrayBuffer | undefined;
       try {
         copy = structuredClone(ab, { transfer: [ab] });
       } catch (err) {
-        check(err?.name === 'DataCloneError', `transfer threw ${err?.name}`);
+        const name = (err as { name?: string } | null)?.name;
+        check(name === 'DataCloneError', `transfer threw ${name}`);
       }
       // External memory never moves: Node 20 sends a copy, Node >= 22 refuses (DataCloneError).
       check(ab.byteLength === before, 'a node-ksm ArrayBuffer was transferred (detached by structuredClone)');
@@ -648,10 +676,19 @@ const OPS = [
     'native',
     () => {
       // The addon checks its arguments again: nothing passed straight to it may crash.
-      const fn = pick(['view', 'madvise', 'free', 'info', 'pageStates', 'markMergeable', 'addressOf', 'alloc']);
+      const fn = pick([
+        'view',
+        'madvise',
+        'free',
+        'info',
+        'pageStates',
+        'markMergeable',
+        'addressOf',
+        'alloc',
+      ] as const)!;
       const a = () => (chance(0.5) ? (abOf(anyTarget()) ?? anyTarget()) : anyTarget());
       const n = () => (chance(0.6) ? pick([0, PAGE, 2 * PAGE, int(4 * PAGE), PAGE * 1024]) : pick(WEIRD()));
-      let args;
+      let args: unknown[];
       switch (fn) {
         case 'view':
           args = [a(), n(), n()];
@@ -665,17 +702,23 @@ const OPS = [
         case 'alloc':
           args = [chance(0.8) ? int(2 * PAGE) : pick(WEIRD()), chance(0.5)];
           break;
-        default:
+        case 'free':
+        case 'info':
+        case 'markMergeable':
+        case 'addressOf':
           args = [a(), pick([true, false, undefined, 1])];
       }
       opName = `native.${fn}(${args.map(describe).join(', ')})`;
-      const r = call(() => binding[fn](...args));
+      // Straight to the addon, with whatever arguments were drawn: it must check them.
+      // eslint-disable-next-line @typescript-eslint/unbound-method -- Reflect.apply gives it its receiver
+      const r = call(() => Reflect.apply(binding[fn], binding, args) as unknown);
       if (r.ok && fn === 'alloc') {
-        const buf = Buffer.from(r.value);
-        check(r.value.byteLength === args[0], 'native alloc length');
+        const ab = r.value as ArrayBuffer;
+        const buf = Buffer.from(ab);
+        check(ab.byteLength === args[0], 'native alloc length');
         owned.push({ buf, fill: 0, touched: 0 });
       }
-      if (r.ok && fn === 'view') views.push(r.value);
+      if (r.ok && fn === 'view') views.push(r.value as Buffer);
       if (r.ok && fn === 'madvise' && args[3] === binding.advice.DONTNEED) {
         // Legitimately zeroes pages of whatever mapping that was: contents are unknown now.
         for (const o of owned) o.fill = null;
@@ -711,7 +754,8 @@ const OPS = [
       const f = pick(foreign);
       const ab = f && abOf(f);
       opName = `resize(${describe(ab)})`;
-      if (ab?.resizable) ab.resize(int(ab.maxByteLength + 1));
+      // Only an ArrayBuffer can be resizable (a SharedArrayBuffer grows instead).
+      if (ab instanceof ArrayBuffer && ab.resizable) ab.resize(int(ab.maxByteLength + 1));
     },
   ],
   [
@@ -724,8 +768,8 @@ const OPS = [
   ],
 ];
 
-function release(a, i) {
-  const b = a.bufs[i];
+function release(a: HeldArena, i: number): void {
+  const b = a.bufs[i]!;
   opName = `arena.release(${describe(b.buf)})${a.arena.closed ? ' [closed]' : ''}`;
   const r = call(() => a.arena.release(b.buf));
   a.bufs.splice(i, 1);
@@ -740,8 +784,8 @@ function release(a, i) {
   a.liveBytes -= b.size;
 }
 
-function closeArena(i) {
-  const a = arenas[i];
+function closeArena(i: number): void {
+  const a = arenas[i]!;
   opName = 'arena.close()';
   a.arena.close();
   for (const b of a.bufs) check(b.buf.length === 0, 'an arena buffer still has bytes after close()');
@@ -753,16 +797,16 @@ function closeArena(i) {
 }
 
 const totalWeight = OPS.reduce((n, [w]) => n + w, 0);
-function nextOp() {
+function nextOp(): Op {
   let r = rand() * totalWeight;
   for (const op of OPS) {
     r -= op[0];
     if (r < 0) return op;
   }
-  return OPS[0];
+  return OPS[0]!;
 }
 
-async function collect() {
+async function collect(): Promise<void> {
   for (let i = 0; i < 8; i++) {
     gc();
     await tick();
@@ -772,11 +816,11 @@ async function collect() {
 
 // For narrowing a failure down by hand: FUZZ_DISABLE=gc,native skips those operations.
 const disabled = new Set((process.env.FUZZ_DISABLE ?? '').split(',').filter(Boolean));
-const profile = process.env.FUZZ_PROFILE ? {} : null;
+const profile: Record<string, number> | null = process.env.FUZZ_PROFILE ? {} : null;
 const started = Date.now();
 const baseline = binding.counters();
 
-async function runOps() {
+async function runOps(): Promise<void> {
   try {
     for (opIndex = 0; opIndex < totalOps; opIndex++) {
       const [, name, fn] = nextOp();
@@ -792,13 +836,13 @@ async function runOps() {
       if (opIndex % 64 === 63) await tick(); // let deferred finalizers run mid-sequence too
     }
   } catch (err) {
-    if (err instanceof Violation) fail('INVARIANT', err.stack);
-    fail('UNDOCUMENTED-ERROR', err?.stack ?? String(err));
+    if (err instanceof Violation) fail('INVARIANT', stackOf(err));
+    fail('UNDOCUMENTED-ERROR', stackOf(err));
   }
 }
 
 /** Everything the run held goes: half freed explicitly, half left to the GC. */
-function teardown() {
+function teardown(): void {
   opIndex = totalOps;
   opName = 'teardown';
   for (const o of owned) if (chance(0.5)) memory.free(o.buf);
@@ -824,7 +868,7 @@ if (
 ) {
   fail('LEAK', `native counters before ${JSON.stringify(baseline)}, after teardown and GC ${JSON.stringify(after)}`);
 }
-if (profile) for (const k of Object.keys(profile)) profile[k] = Math.round(profile[k]);
+if (profile) for (const k of Object.keys(profile)) profile[k] = Math.round(profile[k]!);
 process.stdout.write(
   `${JSON.stringify({ seed, ops: totalOps, ms: Date.now() - started, errors: histogram, ...(profile ? { profile } : {}) })}\n`,
 );

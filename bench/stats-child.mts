@@ -1,33 +1,23 @@
-// One measurement of bench/stats.mjs, in a fresh process so that no run inherits another's
-// page tables, heap or warm caches. Prints one JSON line. Loads lib/*.ts directly (with
-// TypeScript's transpiler), so the benchmark measures the sources as they are.
-import fs from 'node:fs';
-import { createRequire } from 'node:module';
-
-const require = createRequire(import.meta.url);
-const ts = require('typescript');
-require.extensions['.ts'] = (module, file) => {
-  const { outputText } = ts.transpileModule(fs.readFileSync(file, 'utf8'), {
-    compilerOptions: { module: ts.ModuleKind.CommonJS, target: ts.ScriptTarget.ES2022, esModuleInterop: true },
-    fileName: file,
-  });
-  module._compile(outputText, file);
-};
-const { alloc, pageSize } = require('../lib/memory.ts');
-const { bufferStats, processStats, mergingPages, systemStats } = require('../lib/stats.ts');
+// One measurement of bench/stats.mts, in a fresh process so that no run inherits another's
+// page tables, heap or warm caches. Prints one JSON line. Measures the compiled library
+// (dist/, as it ships): the public entry, and mergingPages(), which only the library's
+// own waitForMerge uses, from its module (bench/ may reach compiled internals: see
+// .dependency-cruiser.cjs).
+import { alloc, bufferStats, pageSize, processStats, systemStats, type BufferStatsOptions } from 'node-ksm';
+import { mergingPages } from '../dist/stats.js';
 
 const GiB = 1 << 30;
 const mode = process.argv[2];
-const ms = (fn) => {
+const ms = (fn: () => unknown) => {
   const t = performance.now();
   fn();
   return performance.now() - t;
 };
-const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
-const repeat = (n, fn) => median(Array.from({ length: n }, () => ms(fn)));
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+const repeat = (n: number, fn: () => unknown) => median(Array.from({ length: n }, () => ms(fn)));
 
 /** Distinct content in every page, as real data has (an xorshift stream per page). */
-function fillPages(buf) {
+function fillPages(buf: Buffer): void {
   const words = new Uint32Array(buf.buffer, buf.byteOffset, buf.byteLength / 4);
   const perPage = pageSize / 4;
   for (let p = 0; p * perPage < words.length; p++) {
@@ -41,7 +31,27 @@ function fillPages(buf) {
   }
 }
 
-const out = { mode, uid: process.getuid() };
+/** A bufferStats measurement: the method it used, and milliseconds per call. */
+export interface Timed {
+  method: string;
+  ms: number;
+}
+
+/** What one child prints, by mode. */
+export interface ChildResult {
+  mode: string | undefined;
+  uid: number;
+  ms?: number;
+  auto?: Timed;
+  pagemap?: Timed;
+  kpageflags?: Timed;
+  part1MiB?: Timed;
+  processStatsUs?: number;
+  mergingPagesUs?: number;
+  systemStatsUs?: number;
+}
+
+const out: ChildResult = { mode, uid: process.getuid!() };
 if (mode === 'alloc-memset') {
   out.ms = ms(() => alloc(GiB).fill(0x5a));
 } else if (mode === 'alloc-fillpages') {
@@ -49,18 +59,18 @@ if (mode === 'alloc-memset') {
 } else if (mode === 'stats') {
   const buf = alloc(GiB);
   buf.fill(0x5a);
-  const run = (options) => {
+  const run = (options: BufferStatsOptions): Timed => {
     const method = bufferStats(buf, options).method;
     return { method, ms: repeat(5, () => bufferStats(buf, options)) };
   };
   out.auto = run({});
   out.pagemap = run({ method: 'pagemap' });
-  if (process.getuid() === 0) out.kpageflags = run({ method: 'kpageflags' });
+  if (process.getuid!() === 0) out.kpageflags = run({ method: 'kpageflags' });
   // 1 MiB inside the 1 GiB mapping, nothing merged: `mergeable` costs a walk of the whole
   // mapping in smaps (there is no cheaper way to read VmFlags).
   const part = buf.subarray(0, 1 << 20);
   out.part1MiB = { method: bufferStats(part).method, ms: repeat(5, () => bufferStats(part)) };
-  const loop = (n, fn) =>
+  const loop = (n: number, fn: () => unknown) =>
     (ms(() => {
       for (let i = 0; i < n; i++) fn();
     }) *

@@ -4,25 +4,39 @@
  * every answer against the generator, and that the workers' copies really merge.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import path from 'node:path';
 import readline from 'node:readline';
 import { describe, expect, it } from 'vitest';
-import { pageSize } from '../lib/memory';
-import { processStats } from '../lib/stats';
-import { requireKsm, withFastKsm } from './helpers/ksm';
-// @ts-ignore: plain JavaScript without types (tests are not type-checked by tsc)
+import { fileURLToPath } from 'node:url';
+import { pageSize } from '../lib/memory.js';
+import { processStats } from '../lib/stats.js';
+import { requireKsm, withFastKsm } from './helpers/ksm.js';
 import { FEATURES, RECORD_BYTES, expectedItem } from '../examples/shared-dataset/dataset.mjs';
 
-const SERVER = path.resolve(__dirname, '../examples/shared-dataset/server.mjs');
+const SERVER = fileURLToPath(new URL('../examples/shared-dataset/server.mts', import.meta.url));
 const MIB = 32;
 const RECORDS = (MIB * 1024 * 1024) / RECORD_BYTES;
 const PAGES = (MIB * 1024 * 1024) / pageSize;
 
-type Event = { event: string; [k: string]: any };
+/** One line of the primary's --log json output. */
+type Event = { event: string; [k: string]: unknown };
 interface Worker {
   id: number;
   pid: number;
   directPort: number;
+}
+/** GET /item/:id (with ?page, `page`). */
+interface ItemAnswer {
+  id: number;
+  version: number;
+  features: number[];
+  worker: number;
+  page?: { index: number; merged: boolean | null };
+}
+/** The parts of GET /stats the tests look at. */
+interface StatsAnswer {
+  mode: 'ksm' | 'plain';
+  dataset: { buffer: { mergedPages: number; mergeable: boolean } | { error: string } };
+  system: { savedBytes: number };
 }
 
 /** The example's primary (and through it the workers), reporting events as JSON lines. */
@@ -37,7 +51,7 @@ class Service {
     // detached: a process group of its own, so the workers die with it in finally.
     this.child = spawn(
       process.execPath,
-      [SERVER, '--workers', '2', '--mib', String(MIB), '--port', '0', '--log', 'json', ...args],
+      ['--import', 'tsx', SERVER, '--workers', '2', '--mib', String(MIB), '--port', '0', '--log', 'json', ...args],
       {
         detached: true,
         stdio: ['ignore', 'pipe', 'pipe'],
@@ -45,7 +59,7 @@ class Service {
     );
     readline.createInterface({ input: this.child.stdout! }).on('line', (line) => {
       try {
-        this.events.push(JSON.parse(line));
+        this.events.push(JSON.parse(line) as Event);
       } catch {
         this.events.push({ event: 'text', line });
       }
@@ -104,18 +118,18 @@ async function withService<T>(
   }
 }
 
-async function get(port: number, url: string): Promise<{ status: number; body: any }> {
+async function get<T = ItemAnswer>(port: number, url: string): Promise<{ status: number; body: T }> {
   const r = await fetch(`http://127.0.0.1:${port}${url}`);
-  return { status: r.status, body: await r.json() };
+  return { status: r.status, body: (await r.json()) as T };
 }
 
-async function put(port: number, url: string, body: string): Promise<{ status: number; body: any }> {
+async function put(port: number, url: string, body: string): Promise<{ status: number; body: ItemAnswer }> {
   const r = await fetch(`http://127.0.0.1:${port}${url}`, {
     method: 'PUT',
     body,
     headers: { 'content-type': 'application/json' },
   });
-  return { status: r.status, body: await r.json() };
+  return { status: r.status, body: (await r.json()) as ItemAnswer };
 }
 
 /** Ids across the whole table: both ends, page edges, and a spread in between. */
@@ -141,27 +155,28 @@ describe('examples/shared-dataset', { timeout: 600_000 }, () => {
         // The shared port hands connections to the workers in turn.
         const seen = new Set<number>();
         for (let i = 0; i < 8; i++) {
-          const r = await get(port, `/item/${SAMPLE[i]}`);
-          expect(r.body).toEqual({ ...expectedItem(SAMPLE[i]), worker: r.body.worker });
+          const id = SAMPLE[i]!;
+          const r = await get(port, `/item/${id}`);
+          expect(r.body).toEqual({ ...expectedItem(id), worker: r.body.worker });
           seen.add(r.body.worker);
         }
         expect([...seen].sort()).toEqual(workers.map((w) => w.id).sort());
 
         const merged = await s.next('merged', 300_000);
         expect(merged).toMatchObject({ totalPages: 2 * PAGES });
-        expect(merged.ratio).toBeGreaterThanOrEqual(0.95);
+        expect(merged.ratio as number).toBeGreaterThanOrEqual(0.95);
         // Counted again here, independently of the primary.
         const merging = workers.reduce((sum, w) => sum + (processStats(w.pid).mergingPages ?? 0), 0);
         expect(merging).toBeGreaterThanOrEqual(0.95 * 2 * PAGES);
         for (const w of workers) {
-          const { body } = await get(w.directPort, '/stats');
+          const { body } = await get<StatsAnswer>(w.directPort, '/stats');
           expect(body).toMatchObject({
             mode: 'ksm',
             worker: { id: w.id, pid: w.pid },
             dataset: { bytes: MIB * 1024 * 1024, records: RECORDS },
           });
           expect(body.dataset.buffer).toMatchObject({ mergeable: true, pages: PAGES });
-          expect(body.dataset.buffer.mergedPages).toBeGreaterThanOrEqual(0.95 * PAGES);
+          expect((body.dataset.buffer as { mergedPages: number }).mergedPages).toBeGreaterThanOrEqual(0.95 * PAGES);
           expect(body.system.savedBytes).toBeGreaterThan(0);
         }
         await expectCorrectLookups(workers); // reads from merged pages
@@ -178,7 +193,9 @@ describe('examples/shared-dataset', { timeout: 600_000 }, () => {
         const perPage = pageSize / RECORD_BYTES;
         const written = [3, 5 * perPage + 7]; // records on pages 0 and 5
         const untouched = 3 * perPage + 1; // page 3, between them
-        const before = (await get(a.directPort, '/stats')).body.dataset.buffer.mergedPages as number;
+        const mergedPages = async () =>
+          ((await get<StatsAnswer>(a.directPort, '/stats')).body.dataset.buffer as { mergedPages: number }).mergedPages;
+        const before = await mergedPages();
         expect((await get(a.directPort, `/item/${untouched}?page`)).body.page).toMatchObject({
           index: 3,
           merged: true,
@@ -203,7 +220,7 @@ describe('examples/shared-dataset', { timeout: 600_000 }, () => {
         }
         // Only the written pages left the merged copy.
         expect((await get(a.directPort, `/item/${untouched}?page`)).body.page).toMatchObject({ merged: true });
-        const after = (await get(a.directPort, '/stats')).body.dataset.buffer.mergedPages as number;
+        const after = await mergedPages();
         expect(after).toBeLessThanOrEqual(PAGES - written.length);
         expect(after).toBeGreaterThanOrEqual(before - written.length - 0.01 * PAGES);
         // Everything else reads as generated, in both workers.
@@ -219,7 +236,7 @@ describe('examples/shared-dataset', { timeout: 600_000 }, () => {
   it('--no-ksm serves the same answers from plain Buffers, and rejects bad requests', () =>
     withService(['--no-ksm'], async (s, workers) => {
       await expectCorrectLookups(workers);
-      const { body } = await get(workers[0]!.directPort, '/stats');
+      const { body } = await get<StatsAnswer>(workers[0]!.directPort, '/stats');
       expect(body.mode).toBe('plain');
       if (!('error' in body.dataset.buffer)) expect(body.dataset.buffer.mergeable).toBe(false);
       expect(s.events.some((e) => e.event === 'note')).toBe(true);
@@ -248,9 +265,11 @@ describe('examples/shared-dataset', { timeout: 600_000 }, () => {
       ['--no-ksm', '--boost'],
       ['--bogus'],
     ]) {
-      const child = spawn(process.execPath, [SERVER, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+      const child = spawn(process.execPath, ['--import', 'tsx', SERVER, ...args], {
+        stdio: ['ignore', 'pipe', 'pipe'],
+      });
       let err = '';
-      child.stderr.on('data', (c) => (err += c));
+      child.stderr.on('data', (c: Buffer) => (err += c.toString()));
       const code = await new Promise((resolve) => child.on('exit', resolve));
       expect(code).toBe(2);
       expect(err).toContain('Usage:');

@@ -12,10 +12,10 @@ export const FEATURES = 14;
 export const DEFAULT_SEED = 0x5eed;
 
 /** How many whole records fit in `bytes`. */
-export const recordCount = (bytes) => Math.floor(bytes / RECORD_BYTES);
+export const recordCount = (bytes: number): number => Math.floor(bytes / RECORD_BYTES);
 
 /** The first state of record `id`'s generator: murmur3's finaliser over (seed, id), never 0. */
-function stateOf(seed, id) {
+function stateOf(seed: number, id: number): number {
   let h = (Math.imul(seed, 0x9e3779b1) ^ id) >>> 0;
   h = Math.imul(h ^ (h >>> 16), 0x85ebca6b);
   h = Math.imul(h ^ (h >>> 13), 0xc2b2ae35);
@@ -26,7 +26,7 @@ function stateOf(seed, id) {
  * Fills `buf` with the table. xorshift32 per record; (x >>> 8) / 2^24 has 24 significant
  * bits, so float32 holds it exactly and readers get back the very number computed here.
  */
-export function build(buf, seed = DEFAULT_SEED) {
+export function build(buf: ArrayBufferView, seed = DEFAULT_SEED): void {
   const words = Math.floor(buf.byteLength / 4);
   const u32 = new Uint32Array(buf.buffer, buf.byteOffset, words);
   const f32 = new Float32Array(buf.buffer, buf.byteOffset, words);
@@ -45,9 +45,16 @@ export function build(buf, seed = DEFAULT_SEED) {
   }
 }
 
+/** One record as the service answers it. */
+export interface Item {
+  id: number;
+  version: number;
+  features: number[];
+}
+
 /** Record `id` as `build` makes it, computed without any table (for tests and checks). */
-export function expectedItem(id, seed = DEFAULT_SEED) {
-  const features = [];
+export function expectedItem(id: number, seed = DEFAULT_SEED): Item {
+  const features: number[] = [];
   let x = stateOf(seed, id);
   for (let k = 0; k < FEATURES; k++) {
     x ^= x << 13;
@@ -58,16 +65,16 @@ export function expectedItem(id, seed = DEFAULT_SEED) {
   return { id, version: 0, features };
 }
 
-export function readItem(buf, id) {
+export function readItem(buf: Buffer, id: number): Item {
   const o = id * RECORD_BYTES;
-  const features = new Array(FEATURES);
+  const features = new Array<number>(FEATURES);
   for (let k = 0; k < FEATURES; k++) features[k] = buf.readFloatLE(o + 8 + 4 * k);
   return { id: buf.readUInt32LE(o), version: buf.readUInt32LE(o + 4), features };
 }
 
 /** Overwrites the features of record `id` and bumps its version. */
-export function writeItem(buf, id, features) {
+export function writeItem(buf: Buffer, id: number, features: readonly number[]): void {
   const o = id * RECORD_BYTES;
-  for (let k = 0; k < FEATURES; k++) buf.writeFloatLE(features[k], o + 8 + 4 * k);
+  for (let k = 0; k < FEATURES; k++) buf.writeFloatLE(features[k]!, o + 8 + 4 * k);
   buf.writeUInt32LE((buf.readUInt32LE(o + 4) + 1) >>> 0, o + 4);
 }

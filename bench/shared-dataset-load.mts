@@ -1,11 +1,11 @@
-// Load for bench/shared-dataset.mjs: GET /item/:id at random ids over keep-alive
+// Load for bench/shared-dataset.mts: GET /item/:id at random ids over keep-alive
 // connections for a fixed time, in a process of its own so that neither side of the
 // comparison shares a heap or an event loop with the other. Prints {requests, rps}.
 //
-//   node bench/shared-dataset-load.mjs --port P --records R [--seconds 5] [--connections 16] [--warmup 1]
+//   node --import tsx bench/shared-dataset-load.mts --port P --records R [--seconds 5] [--connections 16] [--warmup 1]
 import http from 'node:http';
 import { parseArgs } from 'node:util';
-import { expectedItem } from '../examples/shared-dataset/dataset.mjs';
+import { expectedItem, type Item } from '../examples/shared-dataset/dataset.mjs';
 
 const { values } = parseArgs({
   options: {
@@ -21,12 +21,12 @@ const records = Number(values.records);
 const connections = Number(values.connections);
 const agent = new http.Agent({ keepAlive: true, maxSockets: connections });
 
-function get(id) {
+function get(id: number): Promise<Buffer[]> {
   return new Promise((resolve, reject) => {
     http
       .get({ host: '127.0.0.1', port, path: `/item/${id}`, agent }, (res) => {
-        const chunks = [];
-        res.on('data', (c) => chunks.push(c));
+        const chunks: Buffer[] = [];
+        res.on('data', (c: Buffer) => chunks.push(c));
         res.on('end', () =>
           res.statusCode === 200 ? resolve(chunks) : reject(new Error(`HTTP ${res.statusCode} for item ${id}`)),
         );
@@ -45,7 +45,7 @@ const nextId = () => {
 
 // One correct answer first: a fast wrong answer would make a fine figure.
 const probe = nextId();
-const got = JSON.parse(Buffer.concat(await get(probe)).toString());
+const got = JSON.parse(Buffer.concat(await get(probe)).toString()) as Item;
 const want = expectedItem(probe);
 if (got.id !== want.id || got.features.join() !== want.features.join())
   throw new Error(`wrong answer for item ${probe}`);

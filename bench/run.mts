@@ -8,15 +8,22 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const here = dirname(fileURLToPath(import.meta.url));
-const BENCHES = [
-  ['alloc', 'alloc.mjs', 'alloc+fill+free vs Buffer.allocUnsafeSlow+fill+GC'],
-  ['stats', 'stats.mjs', 'bufferStats(1 GiB) and processStats() vs alloc+fill of 1 GiB'],
-  ['arena', 'arena.mjs', 'Arena vs Buffer.allocUnsafeSlow vs one mapping per buffer'],
-  ['merge', 'merge-vs-c.mjs', 'waitForMerge(boost) vs a C program, and kernel defaults'],
-  ['policies', 'policies.mjs', 'node-ksm bench: scanner policies incl. autotune and the advisor'],
-  ['shared-dataset', 'shared-dataset.mjs', 'N workers x 512 MiB: PSS with and without node-ksm'],
-  ['cache-server', 'cache-server.mjs', 'the example cache server vs redis-server'],
+/** [name, script (bench/<script>.mts, or .mjs), what it compares]. */
+const BENCHES: ReadonlyArray<readonly [name: string, script: string, what: string]> = [
+  ['alloc', 'alloc', 'alloc+fill+free vs Buffer.allocUnsafeSlow+fill+GC'],
+  ['stats', 'stats', 'bufferStats(1 GiB) and processStats() vs alloc+fill of 1 GiB'],
+  ['arena', 'arena', 'Arena vs Buffer.allocUnsafeSlow vs one mapping per buffer'],
+  ['merge', 'merge-vs-c', 'waitForMerge(boost) vs a C program, and kernel defaults'],
+  ['policies', 'policies', 'node-ksm bench: scanner policies incl. autotune and the advisor'],
+  ['shared-dataset', 'shared-dataset', 'N workers x 512 MiB: PSS with and without node-ksm'],
+  ['cache-server', 'cache-server', 'the example cache server vs redis-server'],
 ];
+
+/** The script's file: TypeScript (run through tsx), or a plain .mjs not yet converted. */
+function scriptFile(script: string): string {
+  const ts = join(here, `${script}.mts`);
+  return existsSync(ts) ? ts : join(here, `${script}.mjs`);
+}
 
 const wanted = process.argv.slice(2);
 const unknown = wanted.filter((w) => !BENCHES.some(([name]) => name === w));
@@ -29,10 +36,10 @@ if (!existsSync(join(here, '..', 'dist', 'index.js'))) {
   process.exit(1);
 }
 let failed = 0;
-for (const [name, file, what] of BENCHES) {
+for (const [name, script, what] of BENCHES) {
   if (wanted.length > 0 && !wanted.includes(name)) continue;
   console.log(`\n=== ${name}: ${what}`);
-  const r = spawnSync(process.execPath, [join(here, file)], { stdio: 'inherit' });
+  const r = spawnSync(process.execPath, ['--import', 'tsx', scriptFile(script)], { stdio: 'inherit' });
   if (r.status !== 0) {
     failed++;
     console.log(`=== ${name} failed (${r.signal ?? `exit ${r.status}`})`);
