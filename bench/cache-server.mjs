@@ -33,7 +33,7 @@ const { values: opts } = parseArgs({
 if (opts.only !== undefined && !['memory', 'throughput'].includes(opts.only))
   throw new Error('--only takes memory or throughput');
 const part = (name) => opts.only === undefined || opts.only === name;
-const SERVER = fileURLToPath(new URL('../examples/cache-server/server.mjs', import.meta.url));
+const SERVER = fileURLToPath(new URL('../examples/cache-server/server.mts', import.meta.url));
 const KiB = 1024;
 const MiB = 1024 * KiB;
 const children = new Set();
@@ -77,9 +77,13 @@ function track(proc) {
 
 async function startOurs() {
   const proc = track(
-    spawn(process.execPath, [SERVER, '--port', '0', ...opts['server-args'].split(' ').filter(Boolean)], {
-      stdio: ['ignore', 'pipe', 'inherit'],
-    }),
+    spawn(
+      process.execPath,
+      ['--import', 'tsx', SERVER, '--port', '0', ...opts['server-args'].split(' ').filter(Boolean)],
+      {
+        stdio: ['ignore', 'pipe', 'inherit'],
+      },
+    ),
   );
   const line = await new Promise((resolve, reject) => {
     let out = '';

@@ -1,4 +1,4 @@
-#!/usr/bin/env node
+#!/usr/bin/env -S node --import tsx
 // A Redis-protocol cache whose values live in mergeable memory (node-ksm Arena).
 //
 //   npm run cache-server -- --port 6390 [--bind 127.0.0.1] [--maxmemory 1gb]
@@ -9,14 +9,14 @@
 // Binds to loopback unless told otherwise: merged pages are a timing side channel
 // between processes, and a cache is no place to serve anyone who can reach the port.
 import cluster from 'node:cluster';
-import net from 'node:net';
+import net, { type AddressInfo } from 'node:net';
 import { parseArgs } from 'node:util';
 import v8 from 'node:v8';
 import vm from 'node:vm';
 import { pageSize, trimHeap } from 'node-ksm';
 import { E, parseMemory, resolve } from './commands.mjs';
 import { FAST_GET, ProtocolError, RespParser, Writer } from './resp.mjs';
-import { Store } from './store.mjs';
+import { Store, type Policy } from './store.mjs';
 
 /** Replies buffered before they are handed to the socket mid-batch. */
 const FLUSH_AT = 256 * 1024;
@@ -25,50 +25,75 @@ const OUTPUT_LIMIT = 4 * 1024 * 1024;
 /** Graceful shutdown waits this long for clients to take their last replies. */
 const SHUTDOWN_GRACE_MS = 5000;
 
-const USAGE = `usage: node examples/cache-server/server.mjs [--port 6379] [--bind 127.0.0.1]
+const USAGE = `usage: node --import tsx examples/cache-server/server.mts [--port 6379] [--bind 127.0.0.1]
   [--maxmemory 0] [--maxmemory-policy allkeys-lru|volatile-lru|noeviction] [--maxclients 10000]
   [--requirepass PASSWORD] [--proto-max-bulk-len 512mb] [--ksm-threshold ${pageSize}] [--workers 1]
   [--gc-every 4mb] [--idle-reclaim 500]`;
 
-function fail(msg) {
+export interface Config {
+  port: number;
+  bind: string;
+  maxmemory: number;
+  policy: Policy;
+  maxclients: number;
+  requirepass: string | null;
+  protoMaxBulkLen: number;
+  threshold: number;
+  workers: number;
+  gcEvery: number;
+  idleReclaim: number;
+}
+
+function fail(msg: string): never {
   process.stderr.write(`cache-server: ${msg}\n${USAGE}\n`);
   process.exit(1);
 }
 
-function parseConfig(argv) {
-  let values;
+const OPTIONS = {
+  port: { type: 'string', default: '6379' },
+  bind: { type: 'string', default: '127.0.0.1' },
+  maxmemory: { type: 'string', default: '0' },
+  'maxmemory-policy': { type: 'string', default: 'allkeys-lru' },
+  maxclients: { type: 'string', default: '10000' },
+  requirepass: { type: 'string' },
+  'proto-max-bulk-len': { type: 'string', default: '512mb' },
+  'ksm-threshold': { type: 'string', default: String(pageSize) },
+  workers: { type: 'string', default: '1' },
+  'gc-every': { type: 'string', default: '4mb' },
+  'idle-reclaim': { type: 'string', default: '500' },
+  help: { type: 'boolean', default: false },
+} as const;
+
+function parseConfig(argv: string[]): Config {
+  let values: ReturnType<typeof parseArgs<{ args: string[]; options: typeof OPTIONS }>>['values'];
   try {
     ({ values } = parseArgs({
       args: argv,
-      options: {
-        port: { type: 'string', default: '6379' },
-        bind: { type: 'string', default: '127.0.0.1' },
-        maxmemory: { type: 'string', default: '0' },
-        'maxmemory-policy': { type: 'string', default: 'allkeys-lru' },
-        maxclients: { type: 'string', default: '10000' },
-        requirepass: { type: 'string' },
-        'proto-max-bulk-len': { type: 'string', default: '512mb' },
-        'ksm-threshold': { type: 'string', default: String(pageSize) },
-        workers: { type: 'string', default: '1' },
-        'gc-every': { type: 'string', default: '4mb' },
-        'idle-reclaim': { type: 'string', default: '500' },
-        help: { type: 'boolean', default: false },
-      },
+      options: OPTIONS,
     }));
   } catch (err) {
-    fail(err.message);
+    fail((err as Error).message);
   }
   if (values.help) {
     process.stdout.write(`${USAGE}\n`);
     process.exit(0);
   }
-  const int = (name, min, max) => {
+  type Name =
+    | 'port'
+    | 'maxclients'
+    | 'workers'
+    | 'idle-reclaim'
+    | 'maxmemory'
+    | 'proto-max-bulk-len'
+    | 'ksm-threshold'
+    | 'gc-every';
+  const int = (name: Name, min: number, max: number): number => {
     const n = Number(values[name]);
     if (!/^[0-9]+$/.test(values[name]) || n < min || n > max)
       fail(`--${name} must be an integer from ${min} to ${max}`);
     return n;
   };
-  const mem = (name, min) => {
+  const mem = (name: Name, min: number): number => {
     const n = parseMemory(values[name]);
     if (n === undefined || n < min) fail(`--${name} must be a memory size (like 100mb) of at least ${min}`);
     return n;
@@ -80,7 +105,7 @@ function parseConfig(argv) {
     port: int('port', 0, 65535),
     bind: values.bind,
     maxmemory: mem('maxmemory', 0),
-    policy,
+    policy: policy as Policy,
     maxclients: int('maxclients', 1, 1e9),
     requirepass: values.requirepass || null,
     protoMaxBulkLen: mem('proto-max-bulk-len', 1024 * 1024),
@@ -97,13 +122,13 @@ function parseConfig(argv) {
  * afterwards, so one vm context is made to fetch it. Public APIs only (node:v8, node:vm),
  * and nothing else changes: the main context never sees a global `gc`.
  */
-const gc = (() => {
+const gc = ((): ((opts?: { type: 'minor' | 'major' }) => void) => {
   v8.setFlagsFromString('--expose-gc');
-  const fn = vm.runInNewContext('gc');
+  const fn = vm.runInNewContext('gc') as (opts?: { type: 'minor' | 'major' }) => void;
   v8.setFlagsFromString('--no-expose-gc');
   return fn;
 })();
-const collectYoung = () => gc({ type: 'minor' });
+const collectYoung = (): void => gc({ type: 'minor' });
 
 /** Traffic after which a quiet spell gives memory back (CacheServer.reclaimTick). */
 const RECLAIM_AFTER = 16 * 1024 * 1024;
@@ -113,12 +138,12 @@ const QUIET_PER_TICK = 64 * 1024;
 let nextClientId = 1;
 
 /** Clients whose replies wait for the end of this turn of the event loop. */
-const pending = [];
+const pending: Client[] = [];
 let flushScheduled = false;
-function flushPending() {
+function flushPending(): void {
   flushScheduled = false;
   for (let i = 0; i < pending.length; i++) {
-    const c = pending[i];
+    const c = pending[i]!;
     c.queued = false;
     c.flush();
   }
@@ -151,19 +176,49 @@ const DATA_READS = process.env.CACHE_SERVER_READS === 'data';
  * Returns null when there is no handle to move (another runtime), or with
  * CACHE_SERVER_READS=data (for comparison): that connection is read with 'data' events.
  */
-function adopt(orig, onread) {
-  const handle = orig._handle;
+interface OnRead {
+  buffer: () => Uint8Array;
+  callback: (n: number, buf: Uint8Array) => boolean | void;
+}
+
+/** What adopt() relies on: the handle (a libuv stream wrap) behind a Socket. Not public API. */
+type WithHandle = net.Socket & { _handle: { readStart?: unknown } | null };
+
+function adopt(orig: net.Socket, onread: OnRead): net.Socket | null {
+  const handle = (orig as WithHandle)._handle;
   if (DATA_READS || handle == null || typeof handle.readStart !== 'function') return null;
-  orig._handle = null;
-  const socket = new net.Socket({ handle, allowHalfOpen: true, readable: true, writable: true, onread });
+  (orig as WithHandle)._handle = null;
+  const socket = new net.Socket({
+    handle,
+    allowHalfOpen: true,
+    readable: true,
+    writable: true,
+    onread,
+  } as net.SocketConstructorOpts);
   // The old socket object lets go without closing the handle; the server's count of
   // connections (unused here: Client keeps its own) drops with it.
   orig.destroy();
   return socket;
 }
 
-class Client {
-  constructor(srv, orig) {
+export class Client {
+  srv: CacheServer;
+  store: Store;
+  parser: RespParser;
+  socket: net.Socket;
+  id: number;
+  addr: string;
+  since: number;
+  name: string | null;
+  lastCommand: string;
+  authenticated: boolean;
+  w: Writer;
+  blocked: boolean;
+  closing: boolean;
+  eof: boolean;
+  queued: boolean;
+
+  constructor(srv: CacheServer, orig: net.Socket) {
     this.srv = srv;
     this.store = srv.store;
     this.parser = new RespParser({
@@ -173,7 +228,7 @@ class Client {
     const socket =
       adopt(orig, {
         buffer: () => this.parser.readTarget() ?? READ_BUFFER,
-        callback: (n, buf) => this.onRead(n, buf),
+        callback: (n, buf) => this.onRead(n, buf as Buffer),
       }) ?? orig;
     this.socket = socket;
     this.id = nextClientId++;
@@ -191,7 +246,7 @@ class Client {
 
     socket.setNoDelay(true);
     if (socket === orig) {
-      socket.on('data', (chunk) => this.onData(chunk));
+      socket.on('data', (chunk: Buffer) => this.onData(chunk));
       socket.resume();
     }
     socket.on('drain', () => {
@@ -210,7 +265,7 @@ class Client {
   }
 
   /** A read of `n` bytes into `buf`: READ_BUFFER, or the large value being received. */
-  onRead(n, buf) {
+  onRead(n: number, buf: Buffer): void {
     // Nothing was allocated for this read: traffic, but no churn.
     this.srv.stats.netIn += n;
     this.srv.traffic += n;
@@ -226,7 +281,7 @@ class Client {
   }
 
   /** A chunk from a 'data' event: a fresh buffer for every read. */
-  onData(chunk) {
+  onData(chunk: Buffer): void {
     this.srv.stats.netIn += chunk.length;
     this.srv.traffic += chunk.length;
     this.srv.churn(chunk.length);
@@ -235,13 +290,13 @@ class Client {
     this.run();
   }
 
-  authenticate() {
+  authenticate(): void {
     this.authenticated = true;
     this.parser.authenticated = true;
   }
 
   /** Runs every complete command received, in order, until the input or the output limit runs out. */
-  run() {
+  run(): void {
     const w = this.w;
     const parser = this.parser;
     while (!this.blocked && !this.closing) {
@@ -251,7 +306,7 @@ class Client {
         if (w.size >= FLUSH_AT) this.flush();
         continue;
       }
-      let argv;
+      let argv: Buffer[] | null;
       try {
         argv = parser.next();
       } catch (err) {
@@ -281,7 +336,7 @@ class Client {
     } else this.flush();
   }
 
-  flush() {
+  flush(): void {
     const n = this.w.size;
     if (n === 0) return;
     this.srv.stats.netOut += n;
@@ -297,7 +352,7 @@ class Client {
     }
   }
 
-  exec(argv) {
+  exec(argv: Buffer[]): void {
     const srv = this.srv;
     const cmd = resolve(argv);
     srv.stats.commands++;
@@ -305,7 +360,7 @@ class Client {
     this.lastCommand = cmd.name;
     if (!this.authenticated && !cmd.noauth) return this.w.error(E.noauth);
     if (cmd.denyoom && this.store.maxmemory !== 0 && !this.store.evict()) return this.w.error(E.oom);
-    cmd.fn(this, argv);
+    cmd.fn!(this, argv);
   }
 
   /**
@@ -313,7 +368,7 @@ class Client {
    * bytes in the parser's buffer, without an argument list. Only reached when the client is
    * authenticated; SET honours maxmemory like every denyoom command.
    */
-  execFast(kind) {
+  execFast(kind: number): void {
     const store = this.store;
     const parser = this.parser;
     const buf = parser.buf;
@@ -332,11 +387,11 @@ class Client {
     this.w.ok();
   }
 
-  closeAfterReply() {
+  closeAfterReply(): void {
     this.closing = true;
   }
 
-  dispose() {
+  dispose(): void {
     this.srv.clients.delete(this);
     this.w.discard();
     const held = this.parser.dispose();
@@ -347,14 +402,37 @@ class Client {
   }
 }
 
-class CacheServer {
-  constructor(config) {
+export interface ServerStats {
+  connections: number;
+  commands: number;
+  netIn: number;
+  netOut: number;
+  rejected: number;
+}
+
+export class CacheServer {
+  config: Config;
+  store: Store;
+  clients = new Set<Client>();
+  started = Date.now();
+  workerId: number;
+  stats: ServerStats = { connections: 0, commands: 0, netIn: 0, netOut: 0, rejected: 0 };
+  stopping: boolean;
+  gcEvery: number;
+  sinceGc: number;
+  gcPending: boolean;
+  traffic: number;
+  trafficSeen: number;
+  trafficAtReclaim: number;
+  quietSince: number;
+  reclaims: number;
+  server: net.Server;
+  cron: NodeJS.Timeout;
+
+  constructor(config: Config) {
     this.config = config;
     this.store = new Store({ threshold: config.threshold, maxmemory: config.maxmemory, policy: config.policy });
-    /** @type {Set<Client>} */
-    this.clients = new Set();
-    this.started = Date.now();
-    this.workerId = cluster.isWorker ? cluster.worker.id : 0;
+    this.workerId = cluster.isWorker ? cluster.worker!.id : 0;
     this.resetStats();
     this.stats.connections = 0;
     this.stopping = false;
@@ -389,7 +467,7 @@ class CacheServer {
    * the pile, and so the high-water mark, small; it costs well under a millisecond when
    * little survives, which is the case for buffers already parsed.
    */
-  churn(n) {
+  churn(n: number): void {
     if (this.gcEvery === 0) return;
     this.sinceGc += n;
     if (this.sinceGc < this.gcEvery || this.gcPending) return;
@@ -410,7 +488,7 @@ class CacheServer {
    * MiB after this. A full GC pauses in proportion to the live JS heap (keys, entries),
    * so it runs only when no client is sending much, and at most once per burst.
    */
-  reclaimTick() {
+  reclaimTick(): void {
     if (this.config.idleReclaim === 0) return;
     const now = Date.now();
     if (this.traffic - this.trafficSeen >= QUIET_PER_TICK) this.quietSince = now;
@@ -422,12 +500,12 @@ class CacheServer {
     this.reclaims++;
   }
 
-  resetStats() {
-    this.stats = { connections: this.stats?.connections ?? 0, commands: 0, netIn: 0, netOut: 0, rejected: 0 };
+  resetStats(): void {
+    this.stats = { connections: this.stats.connections, commands: 0, netIn: 0, netOut: 0, rejected: 0 };
     Object.assign(this.store.stats, { expiredKeys: 0, evictedKeys: 0, hits: 0, misses: 0 });
   }
 
-  accept(socket) {
+  accept(socket: net.Socket): void {
     this.stats.connections++;
     if (this.stopping || this.clients.size >= this.config.maxclients) {
       this.stats.rejected++;
@@ -438,21 +516,21 @@ class CacheServer {
     this.clients.add(new Client(this, socket));
   }
 
-  listen() {
+  listen(): Promise<AddressInfo> {
     return new Promise((resolvePromise, reject) => {
       this.server.once('error', reject);
       this.server.listen({ port: this.config.port, host: this.config.bind, exclusive: false }, () => {
         this.server.off('error', reject);
-        resolvePromise(this.server.address());
+        resolvePromise(this.server.address() as AddressInfo);
       });
     });
   }
 
   /** Stop accepting, let every client take the replies it is owed, then exit. */
-  shutdown(why) {
+  shutdown(why: string): void {
     if (cluster.isWorker && why === 'SHUTDOWN') {
       // One SHUTDOWN stops the whole server, every worker: the primary signals them all.
-      process.send({ cmd: 'shutdown' });
+      process.send!({ cmd: 'shutdown' });
     }
     if (this.stopping) return;
     this.stopping = true;
@@ -472,64 +550,69 @@ class CacheServer {
     this.onClientGone();
   }
 
-  onClientGone() {
+  onClientGone(): void {
     if (this.stopping && this.clients.size === 0) process.exit(0);
   }
 }
 
-async function serve(config) {
+async function serve(config: Config): Promise<void> {
   const srv = new CacheServer(config);
-  for (const sig of ['SIGTERM', 'SIGINT']) process.on(sig, () => srv.shutdown(sig));
-  let addr;
+  for (const sig of ['SIGTERM', 'SIGINT'] as const) process.on(sig, () => srv.shutdown(sig));
+  let addr: AddressInfo;
   try {
     addr = await srv.listen();
   } catch (err) {
-    fail(`cannot listen on ${config.bind}:${config.port}: ${err.message}`);
+    fail(`cannot listen on ${config.bind}:${config.port}: ${(err as Error).message}`);
   }
   srv.config.port = addr.port;
-  if (cluster.isWorker) process.send({ cmd: 'listening', port: addr.port });
+  if (cluster.isWorker) process.send!({ cmd: 'listening', port: addr.port });
   else process.stdout.write(`cache-server listening on ${addr.address}:${addr.port} pid=${process.pid} workers=1\n`);
 }
 
-function primary(config) {
+interface WorkerMessage {
+  cmd?: string;
+  port?: number;
+}
+
+function primary(config: Config): void {
   let stopping = false;
   let announced = false;
-  const ready = new Set();
-  const fork = () => {
+  const ready = new Set<number>();
+  const fork = (): void => {
     const w = cluster.fork();
-    w.on('message', (m) => {
+    w.on('message', (m: WorkerMessage | undefined) => {
       if (m?.cmd === 'shutdown') stop();
       if (m?.cmd === 'listening') {
         ready.add(w.id);
         // Workers share one port: with --port 0 the first worker's random port is everyone's.
-        if (config.port === 0) config.port = m.port;
+        if (config.port === 0) config.port = m.port!;
         if (!announced && ready.size === config.workers) {
           announced = true;
-          const pids = Object.values(cluster.workers)
-            .map((x) => x.process.pid)
+          const pids = Object.values(cluster.workers!)
+            .map((x) => x!.process.pid)
             .join(',');
           process.stdout.write(
-            `cache-server listening on ${config.bind}:${m.port} pid=${process.pid} workers=${config.workers} worker_pids=${pids}\n`,
+            `cache-server listening on ${config.bind}:${m.port!} pid=${process.pid} workers=${config.workers} worker_pids=${pids}\n`,
           );
         }
       }
     });
   };
-  const stop = () => {
+  const stop = (): void => {
     if (stopping) return;
     stopping = true;
-    for (const w of Object.values(cluster.workers)) w.process.kill('SIGTERM');
+    for (const w of Object.values(cluster.workers!)) w!.process.kill('SIGTERM');
   };
   cluster.on('exit', (w, code, signal) => {
     ready.delete(w.id);
     if (stopping) {
-      if (Object.keys(cluster.workers).length === 0) process.exit(0);
+      if (Object.keys(cluster.workers!).length === 0) process.exit(0);
       return;
     }
     process.stderr.write(`cache-server: worker ${w.process.pid} exited (${signal ?? code}); starting another\n`);
     fork();
   });
-  for (const sig of ['SIGTERM', 'SIGINT']) process.on(sig, stop);
+  for (const sig of ['SIGTERM', 'SIGINT'] as const) process.on(sig, stop);
   for (let i = 0; i < config.workers; i++) fork();
 }
 

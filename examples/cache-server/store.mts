@@ -19,7 +19,7 @@ const BUFFER_OVERHEAD = 80;
  * in all, for the next value of exactly the same length: a SET that replaces a value of
  * the same size (the usual case for a cache of fixed-size blobs) then skips the Arena's
  * allocator and its zeroing of reused pages, ~25 us per 64 KiB value. Safe because no
- * Arena buffer is ever seen outside the store: replies copy them (resp.mjs).
+ * Arena buffer is ever seen outside the store: replies copy them (resp.mts).
  */
 const SPARE_MAX = 1024 * 1024;
 /** Keys sampled per eviction (Redis's maxmemory-samples) and the candidate pool kept between evictions. */
@@ -31,69 +31,90 @@ const EXPIRE_KEYS_PER_LOOP = 20;
 export const MAX_INT64 = 2n ** 63n - 1n;
 export const MIN_INT64 = -(2n ** 63n);
 
-/**
- * @typedef {object} Entry
- * @property {string} key
- * @property {Buffer | null} value null once deleted (a tombstone in `order`)
- * @property {boolean} inArena
- * @property {number} expireAt ms since the epoch, 0 = none
- * @property {number} lru access clock
- * @property {number} seq insertion sequence: the SCAN cursor
- * @property {number} slot index in `order`
- * @property {number} cost bytes counted against maxmemory
- */
+export type Policy = 'allkeys-lru' | 'volatile-lru' | 'noeviction';
+
+export interface Entry {
+  key: string;
+  /** null once deleted (a tombstone in `order`) */
+  value: Buffer | null;
+  inArena: boolean;
+  /** ms since the epoch, 0 = none */
+  expireAt: number;
+  /** access clock */
+  lru: number;
+  /** insertion sequence: the SCAN cursor */
+  seq: number;
+  /** index in `order` */
+  slot: number;
+  /** bytes counted against maxmemory */
+  cost: number;
+}
+
+/** A live entry: what get() and lookupRead() return. */
+export type LiveEntry = Entry & { value: Buffer };
+
+export interface StoreOptions {
+  /** values of at least this many bytes live in the Arena */
+  threshold?: number;
+  /** 0 = no limit */
+  maxmemory?: number;
+  policy?: Policy;
+}
+
+export interface KeyspaceStats {
+  expiredKeys: number;
+  evictedKeys: number;
+  hits: number;
+  misses: number;
+}
 
 export class Store {
+  threshold: number;
+  maxmemory: number;
+  policy: Policy;
+  arena = new Arena();
+  map = new Map<string, Entry>();
+  /** Keys with a TTL, walked by the active expiry cycle. */
+  expires = new Set<string>();
+  expireCursor: SetIterator<string> = this.expires.values();
   /**
-   * @param {object} o
-   * @param {number} o.threshold values of at least this many bytes live in the Arena
-   * @param {number} o.maxmemory 0 = no limit
-   * @param {'allkeys-lru' | 'volatile-lru' | 'noeviction'} o.policy
+   * Entries in insertion order, with tombstones: random sampling for eviction, and
+   * a SCAN cursor (seq) that compaction cannot invalidate, since it keeps the order.
    */
-  constructor({ threshold = pageSize, maxmemory = 0, policy = 'allkeys-lru' } = {}) {
+  order: Entry[] = [];
+  tombstones = 0;
+  seq = 1;
+  clock = 0;
+  /** eviction candidates, oldest last */
+  pool: Entry[] = [];
+  used = 0;
+  /** Bytes and count of values in the Arena (logical bytes, as stored). */
+  arenaValues = 0;
+  arenaBytes = 0;
+  /** Arena buffers the parser filled with a bulk that no command has adopted yet. */
+  inbound = new WeakSet<Buffer>();
+  /** released Arena buffers by length, see SPARE_MAX */
+  spare = new Map<number, Buffer[]>();
+  spareBytes = 0;
+  /** Arena buffers a reply refers to (see pin()), with how many replies do. */
+  pins = new Map<Buffer, number>();
+  /** Pinned buffers whose value is gone: given back when the last reply lets go. */
+  freeWhenUnpinned = new Set<Buffer>();
+  stats: KeyspaceStats = { expiredKeys: 0, evictedKeys: 0, hits: 0, misses: 0 };
+
+  constructor({ threshold = pageSize, maxmemory = 0, policy = 'allkeys-lru' }: StoreOptions = {}) {
     this.threshold = threshold;
     this.maxmemory = maxmemory;
     this.policy = policy;
-    this.arena = new Arena();
-    /** @type {Map<string, Entry>} */
-    this.map = new Map();
-    /** Keys with a TTL, walked by the active expiry cycle. @type {Set<string>} */
-    this.expires = new Set();
-    this.expireCursor = this.expires.values();
-    /**
-     * Entries in insertion order, with tombstones: random sampling for eviction, and
-     * a SCAN cursor (seq) that compaction cannot invalidate, since it keeps the order.
-     * @type {Entry[]}
-     */
-    this.order = [];
-    this.tombstones = 0;
-    this.seq = 1;
-    this.clock = 0;
-    /** @type {Entry[]} eviction candidates, oldest last */
-    this.pool = [];
-    this.used = 0;
-    /** Bytes and count of values in the Arena (logical bytes, as stored). */
-    this.arenaValues = 0;
-    this.arenaBytes = 0;
-    /** Arena buffers the parser filled with a bulk that no command has adopted yet. */
-    this.inbound = new WeakSet();
-    /** @type {Map<number, Buffer[]>} released Arena buffers by length, see SPARE_MAX */
-    this.spare = new Map();
-    this.spareBytes = 0;
-    /** Arena buffers a reply refers to (see pin()), with how many replies do. @type {Map<Buffer, number>} */
-    this.pins = new Map();
-    /** Pinned buffers whose value is gone: given back when the last reply lets go. @type {Set<Buffer>} */
-    this.freeWhenUnpinned = new Set();
-    this.stats = { expiredKeys: 0, evictedKeys: 0, hits: 0, misses: 0 };
   }
 
   /** An Arena buffer of `len` bytes: a spare one of that length if there is one. */
-  #arenaAlloc(len) {
+  #arenaAlloc(len: number): Buffer {
     const list = this.spare.get(len);
     // allocUnsafe: the parser writes every byte of it before any command can see it (a
     // spare is reused the same way); only the padding after it must be zero, for KSM.
     if (list === undefined) return this.arena.allocUnsafe(len);
-    const b = list.pop();
+    const b = list.pop()!;
     if (list.length === 0) this.spare.delete(len);
     this.spareBytes -= len;
     return b;
@@ -104,14 +125,14 @@ export class Store {
    * its pages are not given back or reused, even if its value is deleted or overwritten
    * by a later command of the same batch, or while the socket still holds the write.
    */
-  pin(b) {
+  pin(b: Buffer): void {
     this.pins.set(b, (this.pins.get(b) ?? 0) + 1);
   }
 
   /** The replies that pinned these buffers are written (or dropped). */
-  unpin(bufs) {
+  unpin(bufs: Buffer[]): void {
     for (const b of bufs) {
-      const n = this.pins.get(b) - 1;
+      const n = this.pins.get(b)! - 1;
       if (n > 0) {
         this.pins.set(b, n);
         continue;
@@ -122,7 +143,7 @@ export class Store {
   }
 
   /** Gives an Arena buffer back: kept as a spare while they fit in SPARE_MAX, else to the Arena. */
-  #arenaFree(b) {
+  #arenaFree(b: Buffer): void {
     if (this.pins.has(b)) {
       this.freeWhenUnpinned.add(b);
       return;
@@ -136,7 +157,7 @@ export class Store {
   }
 
   /** A buffer for an incoming bulk of `len` bytes: in the Arena when it will be stored there. */
-  allocInbound(len) {
+  allocInbound(len: number): Buffer {
     if (len < this.threshold) return Buffer.allocUnsafeSlow(len);
     const b = this.#arenaAlloc(len);
     this.inbound.add(b);
@@ -144,7 +165,7 @@ export class Store {
   }
 
   /** Gives back an inbound buffer no command took (no-op for anything else). */
-  dropInbound(b) {
+  dropInbound(b: Buffer): void {
     if (this.inbound.has(b)) {
       this.inbound.delete(b);
       this.#arenaFree(b);
@@ -155,7 +176,7 @@ export class Store {
    * A value ready to store, from a command argument: inbound Arena buffers are taken as
    * they are (no copy), anything else is copied (arguments are views of socket chunks).
    */
-  #own(b) {
+  #own(b: Buffer): { value: Buffer; inArena: boolean } {
     if (this.inbound.has(b)) {
       this.inbound.delete(b);
       return { value: b, inArena: true };
@@ -170,23 +191,23 @@ export class Store {
     return { value: whole ? b : Buffer.from(b), inArena: false };
   }
 
-  #cost(key, value, inArena) {
+  #cost(key: string, value: Buffer, inArena: boolean): number {
     const v = inArena ? Math.ceil(value.length / pageSize) * pageSize : value.length + BUFFER_OVERHEAD;
     return ENTRY_OVERHEAD + key.length + v;
   }
 
-  #freeValue(e) {
+  #freeValue(e: Entry): void {
     if (e.inArena) {
       this.arenaValues--;
-      this.arenaBytes -= e.value.length;
-      this.#arenaFree(e.value);
+      this.arenaBytes -= e.value!.length;
+      this.#arenaFree(e.value!);
     }
     e.value = null;
   }
 
   /** The live entry for key, expiring it lazily; touches its LRU clock. */
-  get(key) {
-    const e = this.map.get(key);
+  get(key: string): LiveEntry | undefined {
+    const e = this.map.get(key) as LiveEntry | undefined;
     if (e === undefined) return undefined;
     if (e.expireAt !== 0 && e.expireAt <= Date.now()) {
       this.delete(key);
@@ -198,7 +219,7 @@ export class Store {
   }
 
   /** get() that counts keyspace hits and misses (read commands). */
-  lookupRead(key) {
+  lookupRead(key: string): LiveEntry | undefined {
     const e = this.get(key);
     if (e === undefined) this.stats.misses++;
     else this.stats.hits++;
@@ -207,9 +228,9 @@ export class Store {
 
   /**
    * Stores `arg` (a command argument, or a Buffer made for it) under key.
-   * @param {number | undefined} expireAt undefined keeps the existing TTL (KEEPTTL), 0 clears it
+   * `expireAt`: undefined keeps the existing TTL (KEEPTTL), 0 clears it.
    */
-  set(key, arg, expireAt) {
+  set(key: string, arg: Buffer, expireAt: number | undefined): void {
     const { value, inArena } = this.#own(arg);
     this.setOwned(key, value, inArena, expireAt);
   }
@@ -218,7 +239,7 @@ export class Store {
    * A plain SET (no TTL) of the bytes src[start..end), copied: no view of src is kept.
    * An expired old value is expired first and counted, as get() before set() would.
    */
-  setBytes(key, src, start, end) {
+  setBytes(key: string, src: Buffer, start: number, end: number): void {
     const len = end - start;
     const inArena = len >= this.threshold;
     const value = inArena ? this.#arenaAlloc(len) : Buffer.allocUnsafe(len);
@@ -232,13 +253,13 @@ export class Store {
     this.#put(e, key, value, inArena, 0);
   }
 
-  /** @param {number | undefined} expireAt as for set(), but no default: callers say which they mean */
-  setOwned(key, value, inArena, expireAt) {
+  /** `expireAt` as for set(). */
+  setOwned(key: string, value: Buffer, inArena: boolean, expireAt: number | undefined): void {
     this.#put(this.map.get(key), key, value, inArena, expireAt);
   }
 
   /** Stores value under key, in e (the key's entry) or a new entry when e is undefined. */
-  #put(e, key, value, inArena, expireAt) {
+  #put(e: Entry | undefined, key: string, value: Buffer, inArena: boolean, expireAt: number | undefined): void {
     if (e === undefined) {
       e = { key, value, inArena, expireAt: 0, lru: 0, seq: this.seq++, slot: this.order.length, cost: 0 };
       this.map.set(key, e);
@@ -259,13 +280,13 @@ export class Store {
     this.used += e.cost;
   }
 
-  setExpire(e, expireAt) {
+  setExpire(e: Entry, expireAt: number): void {
     e.expireAt = expireAt;
     if (expireAt === 0) this.expires.delete(e.key);
     else this.expires.add(e.key);
   }
 
-  delete(key) {
+  delete(key: string): boolean {
     const e = this.map.get(key);
     if (e === undefined) return false;
     this.map.delete(key);
@@ -277,7 +298,7 @@ export class Store {
     return true;
   }
 
-  #compact() {
+  #compact(): void {
     const live = this.order.filter((e) => e.value !== null);
     live.forEach((e, i) => {
       e.slot = i;
@@ -286,7 +307,7 @@ export class Store {
     this.tombstones = 0;
   }
 
-  flush() {
+  flush(): void {
     for (const e of this.order) if (e.value !== null) this.#freeValue(e);
     this.map.clear();
     this.expires.clear();
@@ -297,7 +318,7 @@ export class Store {
     this.used = 0;
   }
 
-  get size() {
+  get size(): number {
     return this.map.size;
   }
 
@@ -306,30 +327,30 @@ export class Store {
    * Keys present for the whole iteration are returned at least once: the cursor is an
    * insertion sequence, which deletions and compaction never reorder.
    */
-  scan(cursor, count, match) {
+  scan(cursor: number, count: number, match: ((key: string) => boolean) | null): { next: number; keys: string[] } {
     const order = this.order;
     let lo = 0;
     let hi = order.length;
     while (lo < hi) {
       const mid = (lo + hi) >>> 1;
-      if (order[mid].seq < cursor) lo = mid + 1;
+      if (order[mid]!.seq < cursor) lo = mid + 1;
       else hi = mid;
     }
-    const keys = [];
+    const keys: string[] = [];
     const now = Date.now();
     let i = lo;
     for (let visited = 0; i < order.length && visited < count; i++) {
-      const e = order[i];
+      const e = order[i]!;
       if (e.value === null) continue;
       visited++;
       if (e.expireAt !== 0 && e.expireAt <= now) continue;
       if (match === null || match(e.key)) keys.push(e.key);
     }
-    return { next: i < order.length ? order[i].seq : 0, keys };
+    return { next: i < order.length ? order[i]!.seq : 0, keys };
   }
 
   /** One active expiry cycle: at most `budgetMs`, sampled like Redis. */
-  activeExpire(budgetMs = 25) {
+  activeExpire(budgetMs = 25): void {
     const deadline = performance.now() + budgetMs;
     const now = Date.now();
     for (;;) {
@@ -358,7 +379,7 @@ export class Store {
    * Evicts until `used` is within maxmemory. False when it cannot get there (noeviction,
    * or no candidate left): the caller refuses commands that would add memory.
    */
-  evict() {
+  evict(): boolean {
     if (this.maxmemory === 0 || this.used <= this.maxmemory) return true;
     if (this.policy === 'noeviction') return false;
     const volatile = this.policy === 'volatile-lru';
@@ -372,12 +393,12 @@ export class Store {
   }
 
   /** Redis's approximate LRU: sample a few random keys into a pool of the idlest, take the idlest. */
-  #candidate(volatile) {
+  #candidate(volatile: boolean): Entry | undefined {
     const order = this.order;
     const live = this.map.size;
     if (live === 0) return undefined;
     for (let s = 0, tries = 0; s < SAMPLES && tries < SAMPLES * 8; tries++) {
-      const e = order[Math.floor(Math.random() * order.length)];
+      const e = order[Math.floor(Math.random() * order.length)]!;
       if (e.value === null || (volatile && e.expireAt === 0)) continue;
       s++;
       if (!this.pool.includes(e)) this.pool.push(e);
@@ -385,7 +406,7 @@ export class Store {
     this.pool.sort((a, b) => b.lru - a.lru);
     if (this.pool.length > POOL_SIZE) this.pool.splice(0, this.pool.length - POOL_SIZE);
     while (this.pool.length > 0) {
-      const e = this.pool.pop();
+      const e = this.pool.pop()!;
       // Deleted, or replaced by a new entry under the same key, since it was sampled.
       if (e.value !== null && this.map.get(e.key) === e) return e;
     }
@@ -399,10 +420,10 @@ export class Store {
  * Redis's stringmatchlen (glob: * ? [abc] [^a-z] \x), over latin1 strings.
  * Returns a predicate; patterns are compiled once per KEYS/SCAN.
  */
-export function globMatcher(pattern, nocase = false) {
+export function globMatcher(pattern: string, nocase = false): (key: string) => boolean {
   if (pattern === '*') return () => true;
   const p = nocase ? pattern.toLowerCase() : pattern;
-  const match = (pi, s, si) => {
+  const match = (pi: number, s: string, si: number): boolean => {
     while (pi < p.length && si <= s.length) {
       const c = p[pi];
       if (c === '*') {
@@ -433,10 +454,10 @@ export function globMatcher(pattern, nocase = false) {
           } else if (p[pi] === ']') {
             break;
           } else if (p[pi + 1] === '-' && pi + 2 < p.length && p[pi + 2] !== ']') {
-            let lo = p[pi];
-            let hi = p[pi + 2];
+            let lo = p[pi]!;
+            let hi = p[pi + 2]!;
             if (lo > hi) [lo, hi] = [hi, lo];
-            if (s[si] >= lo && s[si] <= hi) hit = true;
+            if (s[si]! >= lo && s[si]! <= hi) hit = true;
             pi += 2;
           } else if (p[pi] === s[si]) {
             hit = true;

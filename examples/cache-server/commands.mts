@@ -1,7 +1,24 @@
 // Commands: a table in Redis's shape (name, arity, flags, key positions) and their
 // implementations. Error texts are Redis 7.0's, word for word, since clients match on them.
-import { MAX_INT64, MIN_INT64, globMatcher } from './store.mjs';
+import { MAX_INT64, MIN_INT64, globMatcher, type Policy } from './store.mjs';
 import { infoText } from './info.mjs';
+import type { CacheServer, Client } from './server.mjs';
+
+type Argv = Buffer[];
+type Impl = (c: Client, argv: Argv) => void;
+
+export interface Command {
+  name: string;
+  arity: number;
+  flags: string[];
+  keys: [number, number, number];
+  fn: Impl | null;
+  noauth: boolean;
+  denyoom: boolean;
+  subcommands: Record<string, Command> | null;
+}
+
+type Def = [string, number, string[], [number, number, number], Impl | null, Def[]?];
 
 export const E = {
   syntax: 'ERR syntax error',
@@ -12,15 +29,15 @@ export const E = {
   oom: "OOM command not allowed when used memory > 'maxmemory'.",
   maxclients: 'ERR max number of clients reached',
   tooBig: 'ERR string exceeds maximum allowed size (proto-max-bulk-len)',
-  arity: (name) => `ERR wrong number of arguments for '${name}' command`,
-  expire: (name) => `ERR invalid expire time in '${name}' command`,
+  arity: (name: string): string => `ERR wrong number of arguments for '${name}' command`,
+  expire: (name: string): string => `ERR invalid expire time in '${name}' command`,
 };
 
-const str = (b) => b.toString('latin1');
-const upper = (b) => str(b).toUpperCase();
+const str = (b: Buffer): string => b.toString('latin1');
+const upper = (b: Buffer): string => str(b).toUpperCase();
 
 /** Redis's string2ll: the exact decimal form of an int64, or undefined. */
-export function parseInt64(b) {
+export function parseInt64(b: Buffer): bigint | undefined {
   if (b.length === 0 || b.length > 20) return undefined;
   const s = str(b);
   if (!/^(0|-?[1-9][0-9]*)$/.test(s)) return undefined;
@@ -29,18 +46,18 @@ export function parseInt64(b) {
 }
 
 /** An int64 argument as a Number (exact for every value that matters here), or an error reply. */
-function intArg(c, b) {
+function intArg(c: Client, b: Buffer): bigint | undefined {
   const n = parseInt64(b);
   if (n === undefined) c.w.error(E.notInt);
   return n;
 }
 
 /** Redis's memtoull: 100, 1k (1000), 1kb (1024), 5mb, 2gb. */
-export function parseMemory(s) {
+export function parseMemory(s: string): number | undefined {
   const m = /^([0-9]+)(b|k|kb|m|mb|g|gb)?$/i.exec(String(s));
   if (m === null) return undefined;
-  const unit = { b: 1, k: 1e3, kb: 1024, m: 1e6, mb: 1024 ** 2, g: 1e9, gb: 1024 ** 3 }[(m[2] ?? 'b').toLowerCase()];
-  const n = Number(m[1]) * unit;
+  const units: Record<string, number> = { b: 1, k: 1e3, kb: 1024, m: 1e6, mb: 1024 ** 2, g: 1e9, gb: 1024 ** 3 };
+  const n = Number(m[1]) * units[(m[2] ?? 'b').toLowerCase()]!;
   return Number.isSafeInteger(n) ? n : undefined;
 }
 
@@ -48,7 +65,14 @@ export function parseMemory(s) {
  * An absolute expiry in ms from a relative or absolute time in s or ms, as Redis checks it:
  * undefined after an error reply.
  */
-function expireAt(c, arg, unit, absolute, cmd, allowNonPositive) {
+function expireAt(
+  c: Client,
+  arg: Buffer,
+  unit: 's' | 'ms',
+  absolute: boolean,
+  cmd: string,
+  allowNonPositive: boolean,
+): number | undefined {
   const n = intArg(c, arg);
   if (n === undefined) return undefined;
   if ((!allowNonPositive && n <= 0n) || (unit === 's' && (n > MAX_INT64 / 1000n || n < MIN_INT64 / 1000n))) {
@@ -64,20 +88,20 @@ function expireAt(c, arg, unit, absolute, cmd, allowNonPositive) {
   return Number(ms);
 }
 
-function get(c, argv) {
-  const e = c.store.lookupRead(str(argv[1]));
+function get(c: Client, argv: Argv): void {
+  const e = c.store.lookupRead(str(argv[1]!));
   if (e === undefined) c.w.nil();
   else c.w.bulk(e.value, e.inArena);
 }
 
-function set(c, argv) {
+function set(c: Client, argv: Argv): void {
   let nx = false;
   let xx = false;
   let wantGet = false;
   let keepTtl = false;
-  let expiry = null;
+  let expiry: { opt: string; arg: Buffer } | null = null;
   for (let i = 3; i < argv.length; i++) {
-    const opt = upper(argv[i]);
+    const opt = upper(argv[i]!);
     const hasNext = i + 1 < argv.length;
     if (opt === 'NX' && !xx) nx = true;
     else if (opt === 'XX' && !nx) xx = true;
@@ -89,16 +113,16 @@ function set(c, argv) {
       !keepTtl &&
       hasNext
     ) {
-      expiry = { opt, arg: argv[++i] };
+      expiry = { opt, arg: argv[++i]! };
     } else return c.w.error(E.syntax);
   }
-  let at = 0;
+  let at: number | undefined = 0;
   if (expiry !== null) {
     const { opt, arg } = expiry;
     at = expireAt(c, arg, opt === 'EX' || opt === 'EXAT' ? 's' : 'ms', opt.endsWith('AT'), 'set', false);
     if (at === undefined) return;
   }
-  const key = str(argv[1]);
+  const key = str(argv[1]!);
   const old = c.store.get(key);
   if (wantGet) {
     if (old === undefined) c.w.nil();
@@ -108,96 +132,98 @@ function set(c, argv) {
     if (!wantGet) c.w.nil();
     return;
   }
-  c.store.set(key, argv[2], keepTtl ? undefined : at);
+  c.store.set(key, argv[2]!, keepTtl ? undefined : at);
   if (!wantGet) c.w.ok();
 }
 
-function setex(unit) {
+function setex(unit: 's' | 'ms'): Impl {
   return (c, argv) => {
-    const at = expireAt(c, argv[2], unit, false, unit === 's' ? 'setex' : 'psetex', false);
+    const at = expireAt(c, argv[2]!, unit, false, unit === 's' ? 'setex' : 'psetex', false);
     if (at === undefined) return;
-    c.store.set(str(argv[1]), argv[3], at);
+    c.store.set(str(argv[1]!), argv[3]!, at);
     c.w.ok();
   };
 }
 
-function setnx(c, argv) {
-  const key = str(argv[1]);
+function setnx(c: Client, argv: Argv): void {
+  const key = str(argv[1]!);
   if (c.store.get(key) !== undefined) return c.w.int(0);
-  c.store.set(key, argv[2], 0);
+  c.store.set(key, argv[2]!, 0);
   c.w.int(1);
 }
 
-function getset(c, argv) {
-  const key = str(argv[1]);
+function getset(c: Client, argv: Argv): void {
+  const key = str(argv[1]!);
   const old = c.store.get(key);
   if (old === undefined) c.w.nil();
   else c.w.bulk(old.value, old.inArena);
-  c.store.set(key, argv[2], 0);
+  c.store.set(key, argv[2]!, 0);
 }
 
-function getdel(c, argv) {
-  const key = str(argv[1]);
+function getdel(c: Client, argv: Argv): void {
+  const key = str(argv[1]!);
   const e = c.store.lookupRead(key);
   if (e === undefined) return c.w.nil();
   c.w.bulk(e.value, e.inArena);
   c.store.delete(key);
 }
 
-function del(c, argv) {
+function del(c: Client, argv: Argv): void {
   let n = 0;
   for (let i = 1; i < argv.length; i++) {
-    const key = str(argv[i]);
+    const key = str(argv[i]!);
     if (c.store.get(key) !== undefined && c.store.delete(key)) n++;
   }
   c.w.int(n);
 }
 
-function exists(c, argv) {
+function exists(c: Client, argv: Argv): void {
   let n = 0;
-  for (let i = 1; i < argv.length; i++) if (c.store.get(str(argv[i])) !== undefined) n++;
+  for (let i = 1; i < argv.length; i++) if (c.store.get(str(argv[i]!)) !== undefined) n++;
   c.w.int(n);
 }
 
-function mget(c, argv) {
+function mget(c: Client, argv: Argv): void {
   c.w.array(argv.length - 1);
-  for (let i = 1; i < argv.length; i++) get(c, [argv[0], argv[i]]);
+  for (let i = 1; i < argv.length; i++) get(c, [argv[0]!, argv[i]!]);
 }
 
-function mset(c, argv) {
+function mset(c: Client, argv: Argv): void {
   if (argv.length % 2 === 0) return c.w.error(E.arity('mset'));
-  for (let i = 1; i < argv.length; i += 2) c.store.set(str(argv[i]), argv[i + 1], 0);
+  for (let i = 1; i < argv.length; i += 2) c.store.set(str(argv[i]!), argv[i + 1]!, 0);
   c.w.ok();
 }
 
-function append(c, argv) {
-  const key = str(argv[1]);
+function append(c: Client, argv: Argv): void {
+  const key = str(argv[1]!);
+  const arg = argv[2]!;
   const e = c.store.get(key);
   if (e === undefined) {
-    c.store.set(key, argv[2], 0);
-    return c.w.int(argv[2].length);
+    c.store.set(key, arg, 0);
+    return c.w.int(arg.length);
   }
-  const len = e.value.length + argv[2].length;
+  const len = e.value.length + arg.length;
   if (len > c.srv.config.protoMaxBulkLen) return c.w.error(E.tooBig);
   // A new value each time (values are immutable once stored): O(n) per APPEND.
   const joined = Buffer.allocUnsafeSlow(len);
   e.value.copy(joined);
-  argv[2].copy(joined, e.value.length);
+  arg.copy(joined, e.value.length);
   c.store.set(key, joined, undefined);
   c.w.int(len);
 }
 
-function strlen(c, argv) {
-  const e = c.store.lookupRead(str(argv[1]));
+function strlen(c: Client, argv: Argv): void {
+  const e = c.store.lookupRead(str(argv[1]!));
   c.w.int(e === undefined ? 0 : e.value.length);
 }
 
-function incrBy(c, key, by) {
+function incrBy(c: Client, key: string, by: bigint): void {
   const e = c.store.get(key);
   let n = 0n;
   if (e !== undefined) {
-    n = parseInt64(e.value);
-    if (n === undefined) return c.w.error(E.notInt);
+    const v = parseInt64(e.value);
+    if (v === undefined) return c.w.error(E.notInt);
+    n = v;
   }
   const r = n + by;
   if (r > MAX_INT64 || r < MIN_INT64) return c.w.error(E.overflow);
@@ -205,38 +231,38 @@ function incrBy(c, key, by) {
   c.w.int(r);
 }
 
-const incr = (c, argv) => incrBy(c, str(argv[1]), 1n);
-const decr = (c, argv) => incrBy(c, str(argv[1]), -1n);
-function incrby(c, argv) {
-  const by = intArg(c, argv[2]);
-  if (by !== undefined) incrBy(c, str(argv[1]), by);
+const incr: Impl = (c, argv) => incrBy(c, str(argv[1]!), 1n);
+const decr: Impl = (c, argv) => incrBy(c, str(argv[1]!), -1n);
+function incrby(c: Client, argv: Argv): void {
+  const by = intArg(c, argv[2]!);
+  if (by !== undefined) incrBy(c, str(argv[1]!), by);
 }
-function decrby(c, argv) {
-  const by = intArg(c, argv[2]);
+function decrby(c: Client, argv: Argv): void {
+  const by = intArg(c, argv[2]!);
   if (by === undefined) return;
   if (by === MIN_INT64) return c.w.error('ERR decrement would overflow');
-  incrBy(c, str(argv[1]), -by);
+  incrBy(c, str(argv[1]!), -by);
 }
 
-function expire(unit, absolute, name) {
+function expire(unit: 's' | 'ms', absolute: boolean, name: string): Impl {
   return (c, argv) => {
     let nx = false;
     let xx = false;
     let gt = false;
     let lt = false;
     for (let i = 3; i < argv.length; i++) {
-      const o = upper(argv[i]);
+      const o = upper(argv[i]!);
       if (o === 'NX') nx = true;
       else if (o === 'XX') xx = true;
       else if (o === 'GT') gt = true;
       else if (o === 'LT') lt = true;
-      else return c.w.error(`ERR Unsupported option ${str(argv[i])}`);
+      else return c.w.error(`ERR Unsupported option ${str(argv[i]!)}`);
     }
     if (nx && (xx || gt || lt)) return c.w.error('ERR NX and XX, GT or LT options at the same time are not compatible');
     if (gt && lt) return c.w.error('ERR GT and LT options at the same time are not compatible');
-    const at = expireAt(c, argv[2], unit, absolute, name, true);
+    const at = expireAt(c, argv[2]!, unit, absolute, name, true);
     if (at === undefined) return;
-    const key = str(argv[1]);
+    const key = str(argv[1]!);
     const e = c.store.get(key);
     if (e === undefined) return c.w.int(0);
     const cur = e.expireAt;
@@ -254,9 +280,9 @@ function expire(unit, absolute, name) {
   };
 }
 
-function ttl(ms) {
+function ttl(ms: boolean): Impl {
   return (c, argv) => {
-    const e = c.store.get(str(argv[1]));
+    const e = c.store.get(str(argv[1]!));
     if (e === undefined) return c.w.int(-2);
     if (e.expireAt === 0) return c.w.int(-1);
     const left = Math.max(0, e.expireAt - Date.now());
@@ -264,42 +290,42 @@ function ttl(ms) {
   };
 }
 
-function persist(c, argv) {
-  const e = c.store.get(str(argv[1]));
+function persist(c: Client, argv: Argv): void {
+  const e = c.store.get(str(argv[1]!));
   if (e === undefined || e.expireAt === 0) return c.w.int(0);
   c.store.setExpire(e, 0);
   c.w.int(1);
 }
 
-function type(c, argv) {
-  c.w.simple(c.store.get(str(argv[1])) === undefined ? 'none' : 'string');
+function type(c: Client, argv: Argv): void {
+  c.w.simple(c.store.get(str(argv[1]!)) === undefined ? 'none' : 'string');
 }
 
-function keys(c, argv) {
-  const match = globMatcher(str(argv[1]));
+function keys(c: Client, argv: Argv): void {
+  const match = globMatcher(str(argv[1]!));
   const now = Date.now();
-  const out = [];
+  const out: string[] = [];
   for (const [k, e] of c.store.map) if ((e.expireAt === 0 || e.expireAt > now) && match(k)) out.push(k);
   c.w.array(out.length);
   for (const k of out) c.w.bulkString(k);
 }
 
-function scan(c, argv) {
-  const cs = str(argv[1]);
+function scan(c: Client, argv: Argv): void {
+  const cs = str(argv[1]!);
   if (!/^[0-9]+$/.test(cs) || BigInt(cs) >= 2n ** 64n) return c.w.error('ERR invalid cursor');
   let count = 10;
-  let match = null;
+  let match: ((key: string) => boolean) | null = null;
   let onlyStrings = true;
   for (let i = 2; i < argv.length; i++) {
-    const o = upper(argv[i]);
+    const o = upper(argv[i]!);
     if (i + 1 >= argv.length) return c.w.error(E.syntax);
     if (o === 'COUNT') {
-      const n = intArg(c, argv[++i]);
+      const n = intArg(c, argv[++i]!);
       if (n === undefined) return;
       if (n < 1n) return c.w.error(E.syntax);
       count = Number(n);
-    } else if (o === 'MATCH') match = globMatcher(str(argv[++i]));
-    else if (o === 'TYPE') onlyStrings = str(argv[++i]).toLowerCase() === 'string';
+    } else if (o === 'MATCH') match = globMatcher(str(argv[++i]!));
+    else if (o === 'TYPE') onlyStrings = str(argv[++i]!).toLowerCase() === 'string';
     else return c.w.error(E.syntax);
   }
   const cursor = Number(BigInt(cs) > BigInt(Number.MAX_SAFE_INTEGER) ? Number.MAX_SAFE_INTEGER : cs);
@@ -311,26 +337,27 @@ function scan(c, argv) {
   for (const k of out) c.w.bulkString(k);
 }
 
-function flushall(c, argv) {
-  if (argv.length > 2 || (argv.length === 2 && !['ASYNC', 'SYNC'].includes(upper(argv[1])))) return c.w.error(E.syntax);
+function flushall(c: Client, argv: Argv): void {
+  if (argv.length > 2 || (argv.length === 2 && !['ASYNC', 'SYNC'].includes(upper(argv[1]!))))
+    return c.w.error(E.syntax);
   c.store.flush();
   c.w.ok();
 }
 
-function ping(c, argv) {
+function ping(c: Client, argv: Argv): void {
   if (argv.length > 2) return c.w.error(E.arity('ping'));
   if (argv.length === 2) c.w.bulk(argv[1]);
   else c.w.simple('PONG');
 }
 
-function select(c, argv) {
-  const n = intArg(c, argv[1]);
+function select(c: Client, argv: Argv): void {
+  const n = intArg(c, argv[1]!);
   if (n === undefined) return;
   if (n !== 0n) return c.w.error('ERR DB index is out of range');
   c.w.ok();
 }
 
-function auth(c, argv) {
+function auth(c: Client, argv: Argv): void {
   if (argv.length > 3) return c.w.error(E.syntax);
   const pass = c.srv.config.requirepass;
   if (!pass) {
@@ -338,13 +365,13 @@ function auth(c, argv) {
       'ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?',
     );
   }
-  const user = argv.length === 3 ? str(argv[1]) : 'default';
-  if (user !== 'default' || str(argv[argv.length - 1]) !== pass) return c.w.error(E.wrongpass);
+  const user = argv.length === 3 ? str(argv[1]!) : 'default';
+  if (user !== 'default' || str(argv[argv.length - 1]!) !== pass) return c.w.error(E.wrongpass);
   c.authenticate();
   c.w.ok();
 }
 
-function info(c, argv) {
+function info(c: Client, argv: Argv): void {
   c.w.bulkText(
     infoText(
       c.srv,
@@ -354,7 +381,13 @@ function info(c, argv) {
 }
 
 /** CONFIG GET/SET: the parameters clients and redis-benchmark ask for, and the ones that can change. */
-const CONFIG = {
+interface ConfigParam {
+  get: (s: CacheServer) => string;
+  /** Returns an error text, or undefined once set. */
+  set?: (s: CacheServer, v: string) => string | undefined;
+}
+
+const CONFIG: Record<string, ConfigParam> = {
   maxmemory: {
     get: (s) => String(s.store.maxmemory),
     set: (s, v) => {
@@ -362,6 +395,7 @@ const CONFIG = {
       if (n === undefined) return 'argument must be a memory value';
       s.store.maxmemory = n;
       s.store.evict();
+      return undefined;
     },
   },
   'maxmemory-policy': {
@@ -371,7 +405,8 @@ const CONFIG = {
       if (!['allkeys-lru', 'volatile-lru', 'noeviction'].includes(p)) {
         return 'argument(s) must be one of the following: allkeys-lru, volatile-lru, noeviction';
       }
-      s.store.policy = p;
+      s.store.policy = p as Policy;
+      return undefined;
     },
   },
   maxclients: {
@@ -379,6 +414,7 @@ const CONFIG = {
     set: (s, v) => {
       if (!/^[1-9][0-9]{0,8}$/.test(v)) return 'argument must be between 1 and 1000000000 inclusive';
       s.config.maxclients = Number(v);
+      return undefined;
     },
   },
   'proto-max-bulk-len': { get: (s) => String(s.config.protoMaxBulkLen) },
@@ -392,44 +428,45 @@ const CONFIG = {
   timeout: { get: () => '0' },
 };
 
-function configGet(c, argv) {
-  const out = [];
-  for (const name of Object.keys(CONFIG)) {
-    if (argv.slice(2).some((p) => globMatcher(str(p), true)(name))) out.push(name, CONFIG[name].get(c.srv));
+function configGet(c: Client, argv: Argv): void {
+  const out: string[] = [];
+  for (const [name, param] of Object.entries(CONFIG)) {
+    if (argv.slice(2).some((p) => globMatcher(str(p), true)(name))) out.push(name, param.get(c.srv));
   }
   c.w.array(out.length);
   for (const s of out) c.w.bulkString(s);
 }
 
-function configSet(c, argv) {
+function configSet(c: Client, argv: Argv): void {
   if (argv.length % 2 !== 0) return c.w.error(E.arity('config|set'));
-  const pairs = [];
+  const pairs: [string, NonNullable<ConfigParam['set']>, string][] = [];
   for (let i = 2; i < argv.length; i += 2) {
-    const name = str(argv[i]).toLowerCase();
-    if (CONFIG[name]?.set === undefined)
-      return c.w.error(`ERR Unknown option or number of arguments for CONFIG SET - '${str(argv[i])}'`);
-    pairs.push([name, str(argv[i + 1])]);
+    const name = str(argv[i]!).toLowerCase();
+    const setter = CONFIG[name]?.set;
+    if (setter === undefined)
+      return c.w.error(`ERR Unknown option or number of arguments for CONFIG SET - '${str(argv[i]!)}'`);
+    pairs.push([name, setter, str(argv[i + 1]!)]);
   }
-  for (const [name, value] of pairs) {
-    const bad = CONFIG[name].set(c.srv, value);
+  for (const [name, setter, value] of pairs) {
+    const bad = setter(c.srv, value);
     if (bad !== undefined) return c.w.error(`ERR CONFIG SET failed (possibly related to argument '${name}') - ${bad}`);
   }
   c.w.ok();
 }
 
-function configResetstat(c) {
+function configResetstat(c: Client): void {
   c.srv.resetStats();
   c.w.ok();
 }
 
-function clientSetname(c, argv) {
-  const name = str(argv[2]);
+function clientSetname(c: Client, argv: Argv): void {
+  const name = str(argv[2]!);
   if (/[^!-~]/.test(name)) return c.w.error('ERR Client names cannot contain spaces, newlines or special characters.');
   c.name = name === '' ? null : name;
   c.w.ok();
 }
 
-function clientList(c) {
+function clientList(c: Client): void {
   const lines = [...c.srv.clients].map(
     (x) =>
       `id=${x.id} addr=${x.addr} name=${x.name ?? ''} age=${Math.floor((Date.now() - x.since) / 1000)} db=0 cmd=${x.lastCommand}`,
@@ -437,20 +474,20 @@ function clientList(c) {
   c.w.bulkText(lines.map((l) => `${l}\n`).join(''));
 }
 
-function quit(c) {
+function quit(c: Client): void {
   c.w.ok();
   c.closeAfterReply();
 }
 
-function shutdown(c, argv) {
+function shutdown(c: Client, argv: Argv): void {
   for (let i = 1; i < argv.length; i++) {
-    if (!['NOSAVE', 'SAVE', 'NOW', 'FORCE'].includes(upper(argv[i]))) return c.w.error(E.syntax);
+    if (!['NOSAVE', 'SAVE', 'NOW', 'FORCE'].includes(upper(argv[i]!))) return c.w.error(E.syntax);
   }
   // As in Redis, a successful SHUTDOWN gets no reply: the connection just closes.
   c.srv.shutdown('SHUTDOWN');
 }
 
-function commandInfo(c, cmd) {
+function commandInfo(c: Client, cmd: Command | undefined): void {
   if (cmd === undefined) return c.w.nilArray();
   const w = c.w;
   w.array(10);
@@ -467,7 +504,7 @@ function commandInfo(c, cmd) {
   for (const s of subs) commandInfo(c, s);
 }
 
-function commandAll(c) {
+function commandAll(c: Client): void {
   const all = [...new Set(TABLE.values())];
   c.w.array(all.length);
   for (const cmd of all) commandInfo(c, cmd);
@@ -477,7 +514,7 @@ function commandAll(c) {
  * [name, arity, flags, [first key, last key, step], implementation, subcommands?].
  * Arity as in Redis: n exactly, -n at least n (the name counts).
  */
-const DEFS = [
+const DEFS: Def[] = [
   ['get', 2, ['readonly', 'fast'], [1, 1, 1], get],
   ['set', -3, ['write', 'denyoom'], [1, 1, 1], set],
   ['setex', 4, ['write', 'denyoom'], [1, 1, 1], setex('s')],
@@ -577,8 +614,8 @@ const DEFS = [
   ],
 ];
 
-function makeCommand([name, arity, flags, keys, fn, subs], parent) {
-  const cmd = {
+function makeCommand([name, arity, flags, keys, fn, subs]: Def, parent?: string): Command {
+  const cmd: Command = {
     name: parent ? `${parent}|${name}` : name,
     arity,
     flags,
@@ -589,33 +626,34 @@ function makeCommand([name, arity, flags, keys, fn, subs], parent) {
     subcommands: null,
   };
   if (subs) {
-    cmd.subcommands = Object.create(null);
-    for (const s of subs) cmd.subcommands[s[0]] = makeCommand(s, name);
+    const table: Record<string, Command> = Object.create(null) as Record<string, Command>;
+    for (const s of subs) table[s[0]] = makeCommand(s, name);
+    cmd.subcommands = table;
   }
   return cmd;
 }
 
 /** Command by lowercase name (and by uppercase, which redis-benchmark sends, to skip a toLowerCase). */
-export const TABLE = new Map();
+export const TABLE = new Map<string, Command>();
 for (const def of DEFS) {
   const cmd = makeCommand(def);
   TABLE.set(cmd.name, cmd);
   TABLE.set(cmd.name.toUpperCase(), cmd);
 }
 
-const GET = TABLE.get('get');
-const SET = TABLE.get('set');
-const arityOk = (arity, n) => (arity >= 0 ? n === arity : n >= -arity);
+const GET = TABLE.get('get')!;
+const SET = TABLE.get('set')!;
+const arityOk = (arity: number, n: number): boolean => (arity >= 0 ? n === arity : n >= -arity);
 
 /**
  * Looks a command up as Redis's processCommand does: unknown command or subcommand,
  * then arity. Returns the command, or an error text.
  */
-export function resolve(argv) {
-  const a = argv[0];
+export function resolve(argv: Argv): Command | string {
+  const a = argv[0]!;
   // GET and SET, in either case, without making a string of the name: they are most of the traffic.
-  if (a.length === 3 && (a[1] | 0x20) === 0x65 && (a[2] | 0x20) === 0x74) {
-    const c0 = a[0] | 0x20;
+  if (a.length === 3 && (a[1]! | 0x20) === 0x65 && (a[2]! | 0x20) === 0x74) {
+    const c0 = a[0]! | 0x20;
     const cmd = c0 === 0x67 ? GET : c0 === 0x73 ? SET : undefined;
     if (cmd !== undefined) return arityOk(cmd.arity, argv.length) ? cmd : E.arity(cmd.name);
   }
@@ -623,13 +661,14 @@ export function resolve(argv) {
   const cmd = TABLE.get(name) ?? TABLE.get(name.toLowerCase());
   if (cmd === undefined) {
     let args = '';
-    for (let i = 1; i < argv.length && args.length < 128; i++) args += `'${str(argv[i]).slice(0, 128 - args.length)}' `;
+    for (let i = 1; i < argv.length && args.length < 128; i++)
+      args += `'${str(argv[i]!).slice(0, 128 - args.length)}' `;
     return `ERR unknown command '${name.slice(0, 128)}', with args beginning with: ${args}`;
   }
   if (cmd.subcommands !== null && argv.length >= 2) {
-    const sub = cmd.subcommands[str(argv[1]).toLowerCase()];
+    const sub = cmd.subcommands[str(argv[1]!).toLowerCase()];
     if (sub === undefined) {
-      return `ERR unknown subcommand '${str(argv[1]).slice(0, 128)}'. Try ${cmd.name.toUpperCase()} HELP.`;
+      return `ERR unknown subcommand '${str(argv[1]!).slice(0, 128)}'. Try ${cmd.name.toUpperCase()} HELP.`;
     }
     return arityOk(sub.arity, argv.length) ? sub : E.arity(sub.name);
   }
