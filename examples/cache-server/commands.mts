@@ -1,6 +1,7 @@
 // Commands: a table in Redis's shape (name, arity, flags, key positions) and their
 // implementations. Error texts are Redis 7.0's, word for word, since clients match on them.
-import { MAX_INT64, MIN_INT64, globMatcher, type Policy } from './store.mjs';
+import { globMatcher, matchesEverything } from './glob.mjs';
+import { MAX_INT64, MIN_INT64, type Policy } from './store.mjs';
 import { infoText } from './info.mjs';
 import type { CacheServer, Client } from './server.mjs';
 
@@ -302,10 +303,12 @@ function type(c: Client, argv: Argv): void {
 }
 
 function keys(c: Client, argv: Argv): void {
-  const match = globMatcher(str(argv[1]!));
+  // `*` lists every key, the empty one too, without matching (as Redis's keysCommand).
+  const match = matchesEverything(argv[1]!) ? null : globMatcher(argv[1]!);
   const now = Date.now();
   const out: string[] = [];
-  for (const [k, e] of c.store.map) if ((e.expireAt === 0 || e.expireAt > now) && match(k)) out.push(k);
+  for (const [k, e] of c.store.map)
+    if ((e.expireAt === 0 || e.expireAt > now) && (match === null || match(k))) out.push(k);
   c.w.array(out.length);
   for (const k of out) c.w.bulkString(k);
 }
@@ -324,8 +327,10 @@ function scan(c: Client, argv: Argv): void {
       if (n === undefined) return;
       if (n < 1n) return c.w.error(E.syntax);
       count = Number(n);
-    } else if (o === 'MATCH') match = globMatcher(str(argv[++i]!));
-    else if (o === 'TYPE') onlyStrings = str(argv[++i]!).toLowerCase() === 'string';
+    } else if (o === 'MATCH') {
+      const p = argv[++i]!;
+      match = matchesEverything(p) ? null : globMatcher(p);
+    } else if (o === 'TYPE') onlyStrings = str(argv[++i]!).toLowerCase() === 'string';
     else return c.w.error(E.syntax);
   }
   const cursor = Number(BigInt(cs) > BigInt(Number.MAX_SAFE_INTEGER) ? Number.MAX_SAFE_INTEGER : cs);
@@ -431,7 +436,7 @@ const CONFIG: Record<string, ConfigParam> = {
 function configGet(c: Client, argv: Argv): void {
   const out: string[] = [];
   for (const [name, param] of Object.entries(CONFIG)) {
-    if (argv.slice(2).some((p) => globMatcher(str(p), true)(name))) out.push(name, param.get(c.srv));
+    if (argv.slice(2).some((p) => globMatcher(p, true)(name))) out.push(name, param.get(c.srv));
   }
   c.w.array(out.length);
   for (const s of out) c.w.bulkString(s);
