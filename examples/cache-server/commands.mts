@@ -1,5 +1,6 @@
 // Commands: a table in Redis's shape (name, arity, flags, key positions) and their
 // implementations. Error texts are Redis 7.0's, word for word, since clients match on them.
+import { createHash, timingSafeEqual } from 'node:crypto';
 import { globMatcher, matchesEverything } from './glob.mjs';
 import { MAX_INT64, MIN_INT64, type Policy } from './store.mjs';
 import { infoText } from './info.mjs';
@@ -362,6 +363,17 @@ function select(c: Client, argv: Argv): void {
   c.w.ok();
 }
 
+const sha256 = (b: Buffer | string): Buffer => createHash('sha256').update(b).digest();
+
+/**
+ * Compares digests of fixed length in constant time, so the time AUTH takes says nothing
+ * about how much of a guess was right (a `!==` on the strings stops at the first
+ * difference). Bytes as sent, against the password's UTF-8 bytes, as Redis compares them.
+ */
+function passwordMatches(given: Buffer, password: string): boolean {
+  return timingSafeEqual(sha256(given), sha256(password));
+}
+
 function auth(c: Client, argv: Argv): void {
   if (argv.length > 3) return c.w.error(E.syntax);
   const pass = c.srv.config.requirepass;
@@ -371,7 +383,7 @@ function auth(c: Client, argv: Argv): void {
     );
   }
   const user = argv.length === 3 ? str(argv[1]!) : 'default';
-  if (user !== 'default' || str(argv[argv.length - 1]!) !== pass) return c.w.error(E.wrongpass);
+  if (!passwordMatches(argv[argv.length - 1]!, pass) || user !== 'default') return c.w.error(E.wrongpass);
   c.authenticate();
   c.w.ok();
 }
