@@ -380,11 +380,52 @@ export class Client {
     this.parser.authenticated = true;
   }
 
+  /** A command is running in slices (see slices()): this client's next commands wait for it. */
+  busy = false;
+  /**
+   * Above 0 while commands must run to completion at once, as inside EXEC: slices() then
+   * does all the work in one go.
+   */
+  atomic = 0;
+
+  /**
+   * Runs `step` until it returns true: the first time now, then, if it is not done, on
+   * later turns of the event loop, so that a long command (KEYS over a large key space)
+   * lets the other clients in between its slices instead of making them wait for all of
+   * it, as Redis does. This client's own later commands wait, in order. `step` should
+   * return after a few milliseconds of work, and write its reply only in its last call.
+   */
+  slices(name: string, step: () => boolean): void {
+    if (this.atomic > 0) {
+      while (!step());
+      return;
+    }
+    if (step()) return;
+    this.busy = true;
+    const turn = (): void => {
+      if (this.socket.destroyed) return;
+      this.w.mark();
+      let done = true;
+      try {
+        done = step();
+      } catch (err) {
+        this.failed(name, err);
+      }
+      if (!done) {
+        setImmediate(turn);
+        return;
+      }
+      this.busy = false;
+      this.run();
+    };
+    setImmediate(turn);
+  }
+
   /** Runs every complete command received, in order, until the input or the output limit runs out. */
   run(): void {
     const w = this.w;
     const parser = this.parser;
-    while (!this.blocked && !this.closing) {
+    while (!this.blocked && !this.closing && !this.busy) {
       const fast = parser.fast();
       if (fast !== 0) {
         this.execFast(fast);
@@ -419,7 +460,7 @@ export class Client {
       }
       if (w.size >= FLUSH_AT) this.flush();
     }
-    if ((this.eof || this.closing) && !this.blocked) {
+    if ((this.eof || this.closing) && !this.blocked && !this.busy) {
       this.flush();
       this.socket.destroySoon();
     } else if (w.size > 0 && !this.queued) {
