@@ -9,8 +9,12 @@
 //               node-ksm run. Unique values (nothing to merge): ours <= 1.3x redis-server.
 //   throughput  redis-benchmark GET and SET, 1 KiB and 64 KiB values, 50 clients,
 //               pipeline 1 and 16: goal >= 0.75x redis-server's requests/s in each case.
+//   keys        KEYS over 1M keys (200k with --quick) while another client PINGs every
+//               millisecond: how long KEYS takes and the longest a PING waits (KEYS runs
+//               to the end before anything else, in both servers). Goal: no longer than
+//               redis-server.
 //
-//   node --import tsx bench/cache-server.mts [--json FILE] [--quick] [--only memory|throughput]
+//   node --import tsx bench/cache-server.mts [--json FILE] [--quick] [--only memory|throughput|keys]
 //     [--server-args="--idle-reclaim 0 ..."]   (extra options for this project's server)
 //
 // PSS against PSS: a merged page is shared, and PSS is what it costs each process that maps
@@ -38,8 +42,8 @@ const { values: opts } = parseArgs({
     'server-args': { type: 'string', default: '' },
   },
 });
-if (opts.only !== undefined && !['memory', 'throughput'].includes(opts.only))
-  throw new Error('--only takes memory or throughput');
+if (opts.only !== undefined && !['memory', 'throughput', 'keys'].includes(opts.only))
+  throw new Error('--only takes memory, throughput or keys');
 const part = (name: string) => opts.only === undefined || opts.only === name;
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const EXAMPLE = path.join(ROOT, 'examples/cache-server');
@@ -403,6 +407,128 @@ async function throughput(): Promise<ThroughputRow[]> {
   return rows;
 }
 
+interface KeysRow {
+  pattern: string;
+  matched: number;
+  ours: { keysMs: number; maxPingWaitMs: number };
+  redis: { keysMs: number; maxPingWaitMs: number };
+}
+
+/** SETs of key:0 .. key:count-1 (value "v") over one connection, written as fast as it takes them. */
+async function loadKeys(port: number, count: number): Promise<void> {
+  const s = net.connect(port, '127.0.0.1');
+  await new Promise((r) => s.once('connect', r));
+  let ok = 0;
+  let tail = '';
+  const all = new Promise<void>((resolve) =>
+    s.on('data', (d: Buffer) => {
+      const text = tail + d.toString('latin1');
+      ok += text.split('+OK\r\n').length - 1;
+      tail = text.slice(text.lastIndexOf('\n') + 1);
+      if (ok === count) resolve();
+    }),
+  );
+  for (let i = 0; i < count; i += 10_000) {
+    const parts: Buffer[] = [];
+    for (let k = i; k < Math.min(count, i + 10_000); k++) parts.push(frame(['SET', `key:${k}`, 'v']));
+    if (!s.write(Buffer.concat(parts))) await new Promise((r) => s.once('drain', r));
+  }
+  await all;
+  s.destroy();
+}
+
+/** KEYS on one connection while another PINGs every millisecond. */
+async function keysProbe(
+  port: number,
+  pattern: string,
+): Promise<{ keysMs: number; maxPingWaitMs: number; matched: number }> {
+  const connect = async () => {
+    const s = net.connect(port, '127.0.0.1');
+    await new Promise((r) => s.once('connect', r));
+    return s;
+  };
+  const a = await connect();
+  const b = await connect();
+  let sentAt: number | null = null;
+  let maxWait = 0;
+  b.on('data', () => {
+    if (sentAt !== null) maxWait = Math.max(maxWait, performance.now() - sentAt);
+    sentAt = null;
+  });
+  const pinger = setInterval(() => {
+    if (sentAt === null) {
+      sentAt = performance.now();
+      b.write('PING\r\n');
+    }
+  }, 1);
+  const t0 = performance.now();
+  // A PING after KEYS on the same connection marks the end of its reply (no key here
+  // holds "+PONG"): the reader looks at the head and the tail of each chunk only, so that
+  // this process, which also times the other client's PINGs, stays idle.
+  const matched = await new Promise<number>((resolve) => {
+    let head = '';
+    let tail = '';
+    a.on('data', (d: Buffer) => {
+      if (head.length < 32) head += d.toString('latin1', 0, Math.min(d.length, 32));
+      tail = (tail + d.toString('latin1', Math.max(0, d.length - 16))).slice(-16);
+      if (tail.endsWith('+PONG\r\n')) resolve(Number(/^\*(\d+)\r\n/.exec(head)![1]));
+    });
+    a.write(Buffer.concat([frame(['KEYS', pattern]), frame(['PING'])]));
+  });
+  const keysMs = performance.now() - t0;
+  clearInterval(pinger);
+  // A PING sent while KEYS ran is answered after it: wait for that answer too.
+  while (sentAt !== null) await sleep(1);
+  a.destroy();
+  b.destroy();
+  return { keysMs, maxPingWaitMs: maxWait, matched };
+}
+
+async function keysCase(): Promise<KeysRow[]> {
+  const count = opts.quick ? 200_000 : 1_000_000;
+  const ours = await startOurs();
+  const redis = await startRedis();
+  const rows: KeysRow[] = [];
+  try {
+    await loadKeys(ours.port, count);
+    await loadKeys(redis.port, count);
+    for (const pattern of ['*', 'key:1*', 'nomatch*', '*a*a*a*a*a*b', '*[0-9]9?9']) {
+      // Once unmeasured each (JIT, caches), then ABBA three times; the median per side
+      // (on a shared machine one run can stall for a scheduling slice either way).
+      await keysProbe(ours.port, pattern);
+      await keysProbe(redis.port, pattern);
+      type Probe = { keysMs: number; maxPingWaitMs: number };
+      const runs: { ours: Probe[]; redis: Probe[] } = { ours: [], redis: [] };
+      let matched = -1;
+      for (let round = 0; round < 3; round++) {
+        for (const [name, s] of [
+          ['ours', ours],
+          ['redis', redis],
+          ['redis', redis],
+          ['ours', ours],
+        ] as const) {
+          const m = await keysProbe(s.port, pattern);
+          runs[name].push(m);
+          if (matched >= 0 && m.matched !== matched)
+            throw new Error(`KEYS ${pattern}: ${m.matched} against ${matched}`);
+          matched = m.matched;
+        }
+      }
+      const median = (xs: number[]) => [...xs].sort((x, y) => x - y)[Math.floor(xs.length / 2)]!;
+      const summary = (xs: Probe[]): Probe => ({
+        keysMs: median(xs.map((x) => x.keysMs)),
+        maxPingWaitMs: median(xs.map((x) => x.maxPingWaitMs)),
+      });
+      const r = { ours: summary(runs.ours), redis: summary(runs.redis) };
+      rows.push({ pattern, matched, ...r });
+    }
+  } finally {
+    await stop(ours);
+    await stop(redis);
+  }
+  return rows;
+}
+
 const mib = (b: number | undefined) => (b === undefined ? '-' : (b / MiB).toFixed(1));
 const started = Date.now();
 const loadBefore = fs.readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ');
@@ -411,6 +537,7 @@ try {
   const dup = part('memory') ? await memoryCase('duplicates', (i) => blobs[i % 5]!) : null;
   const uniq = part('memory') ? await memoryCase('unique', () => crypto.randomBytes(VALUE)) : null;
   const tput = part('throughput') ? await throughput() : [];
+  const keys = part('keys') ? await keysCase() : [];
 
   const mark = (ok: boolean) => (ok ? 'ok' : 'MISSED');
   if (dup || uniq) {
@@ -457,6 +584,21 @@ try {
     }
     print(table);
   }
+  if (keys.length > 0) {
+    const table = [['KEYS, longest PING wait', 'node-ksm cache', 'redis-server', 'ratio', 'goal', '']];
+    for (const k of keys) {
+      const ratio = k.ours.maxPingWaitMs / Math.max(1, k.redis.maxPingWaitMs);
+      table.push([
+        `KEYS ${k.pattern} (${k.matched} keys)`,
+        `${Math.round(k.ours.maxPingWaitMs)} ms (KEYS ${Math.round(k.ours.keysMs)})`,
+        `${Math.round(k.redis.maxPingWaitMs)} ms (KEYS ${Math.round(k.redis.keysMs)})`,
+        `${ratio.toFixed(2)}x`,
+        '<= 1x',
+        mark(ratio <= 1),
+      ]);
+    }
+    print(table);
+  }
   if (dup) {
     const k = dup.byKind['node-ksm']!;
     const anon = (n: Name) => {
@@ -482,7 +624,7 @@ try {
   if (opts.json)
     fs.writeFileSync(
       opts.json,
-      `${JSON.stringify({ memory: [dup, uniq].filter(Boolean), throughput: tput, loadBefore }, null, 2)}\n`,
+      `${JSON.stringify({ memory: [dup, uniq].filter(Boolean), throughput: tput, keys, loadBefore }, null, 2)}\n`,
     );
 } finally {
   for (const c of children) c.kill('SIGKILL');

@@ -129,6 +129,48 @@ describe('cache-server: patterns', () => {
   });
 });
 
+describe('cache-server: KEYS over a large key space', () => {
+  it('runs in slices: another client is answered before it ends; its own later commands keep their order', async () => {
+    const srv = await start();
+    const count = 200_000;
+    const loader = await raw(srv.port);
+    for (let i = 0; i < count; i += 10_000) {
+      const batch: Buffer[] = [];
+      for (let k = i; k < i + 10_000; k++) batch.push(frame('SET', `key:${k}`, 'v'));
+      await send(loader.s, Buffer.concat(batch));
+    }
+    expect(await pollUntil(() => loader.got().length === 5 * count, 120_000)).toBe(true);
+    loader.s.destroy();
+
+    const a = await raw(srv.port);
+    const b = await raw(srv.port);
+    let pongAt = 0;
+    let firstByteAt = 0;
+    b.s.on('data', () => (pongAt ||= performance.now()));
+    a.s.on('data', () => (firstByteAt ||= performance.now()));
+    const tail = '+OK\r\n$5\r\nafter\r\n';
+    a.s.write(Buffer.concat([frame('KEYS', 'key:*'), frame('SET', 'later', 'after'), frame('GET', 'later')]));
+    // While KEYS runs (tens of ms here): the PING is answered between its slices, before
+    // the first byte of the KEYS reply, which is written when KEYS is done. Run in one
+    // go, KEYS would be written first.
+    await sleep(5);
+    b.s.write(frame('PING'));
+    expect(await pollUntil(() => a.got().subarray(-tail.length).toString() === tail, 60_000)).toBe(true);
+    expect(b.got().toString()).toBe('+PONG\r\n');
+    expect(pongAt).toBeLessThan(firstByteAt);
+    // The whole KEYS reply, then the SET and GET sent behind it.
+    const reply = a.got().toString('latin1');
+    expect(reply.startsWith(`*${count}\r\n`)).toBe(true);
+    const names = reply
+      .slice(0, -tail.length)
+      .split('\r\n')
+      .filter((l) => l.startsWith('key:'));
+    expect(new Set(names).size).toBe(count);
+    a.s.destroy();
+    b.s.destroy();
+  }, 180_000);
+});
+
 describe('cache-server: client-query-buffer-limit', () => {
   /** An incomplete SET whose value is announced as 4 MiB and sent up to `bytes`. */
   const partialSet = (bytes: number) =>
