@@ -47,7 +47,7 @@ export const TYPE_NAMES = ['string', 'hash', 'list', 'set'] as const;
  * hash-max-listpack-value, set-max-intset-entries): they decide OBJECT ENCODING and, as
  * in Redis, the order replies list a small hash or set in.
  */
-export const HASH_MAX_LISTPACK_ENTRIES = 128;
+export const HASH_MAX_LISTPACK_ENTRIES = 512;
 export const HASH_MAX_LISTPACK_VALUE = 64;
 export const SET_MAX_INTSET_ENTRIES = 512;
 

@@ -299,7 +299,7 @@ const CONFIG: Record<string, ConfigParam> = {
   save: { get: () => '' },
   appendonly: { get: () => 'no' },
   timeout: { get: () => '0' },
-  'hash-max-listpack-entries': { get: () => '128' },
+  'hash-max-listpack-entries': { get: () => '512' },
   'hash-max-listpack-value': { get: () => '64' },
   'set-max-intset-entries': { get: () => '512' },
 };

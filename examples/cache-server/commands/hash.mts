@@ -202,7 +202,7 @@ function hrandfield(c: Client, argv: Argv): void {
     const l = intArg(c, argv[2]!);
     if (l === undefined) return;
     if (l < -LONG_MAX) {
-      return c.w.error(`ERR value is out of range, must be between ${-LONG_MAX} and ${LONG_MAX}`);
+      return c.w.error(`ERR value is out of range, value must between ${-LONG_MAX} and ${LONG_MAX}`);
     }
     let withValues = false;
     if (argv.length > 4 || (argv.length === 4 && upper(argv[3]!) !== 'WITHVALUES')) return c.w.error(E.syntax);

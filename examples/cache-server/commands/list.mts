@@ -239,7 +239,7 @@ function lpos(c: Client, argv: Argv): void {
     if (opt === 'RANK' && more) {
       const r = intArg(c, argv[++j]!);
       if (r === undefined) return;
-      if (r === 0n || r === -LONG_MAX - 1n) {
+      if (r === 0n) {
         return c.w.error(
           "ERR RANK can't be zero: use 1 to start from the first match, 2 from the second ... or use negative to start from the end of the list",
         );
@@ -258,7 +258,8 @@ function lpos(c: Client, argv: Argv): void {
     } else return c.w.error(E.syntax);
   }
   const fromTail = rank < 0n;
-  const skip = fromTail ? -rank : rank;
+  // Redis negates LONG_MIN to itself, which every match count passes: the first match.
+  const skip = rank === -LONG_MAX - 1n ? 1n : fromTail ? -rank : rank;
   const l = listForRead(c, str(argv[1]!));
   if (l === null) return;
   if (l === undefined) return count === -1 ? c.w.nil() : c.w.array(0);

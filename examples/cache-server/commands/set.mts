@@ -119,7 +119,7 @@ function srandmember(c: Client, argv: Argv): void {
     const l = intArg(c, argv[2]!);
     if (l === undefined) return;
     if (l < -LONG_MAX) {
-      return c.w.error(`ERR value is out of range, must be between ${-LONG_MAX} and ${LONG_MAX}`);
+      return c.w.error(`ERR value is out of range, value must between ${-LONG_MAX} and ${LONG_MAX}`);
     }
     const s = setForRead(c, str(argv[1]!));
     if (s === null) return;
@@ -131,7 +131,11 @@ function srandmember(c: Client, argv: Argv): void {
       for (let i = 0; i < n; i++) c.w.bulkString(all[randomIndex(all.length)]!);
       return;
     }
-    if (l >= BigInt(all.length)) return replySet(c, all);
+    if (l >= BigInt(all.length)) {
+      c.w.array(all.length);
+      for (const m of all) c.w.bulkString(m);
+      return;
+    }
     const chosen = new Set<number>();
     while (chosen.size < Number(l)) chosen.add(randomIndex(all.length));
     const out = all.filter((_, i) => chosen.has(i));

@@ -160,16 +160,17 @@ function getdel(c: Client, argv: Argv): void {
 function getex(c: Client, argv: Argv): void {
   const o = parseSetOptions(c, argv, 2, false);
   if (o === null) return;
+  // The key before the expiry argument (getexCommand's order): a missing key is null whatever follows.
+  const key = str(argv[1]!);
+  const v = lookupString(c, key, true);
+  if (v === null) return;
+  if (v === undefined) return c.w.nil();
   let at = 0;
   if (o.expire !== null) {
     const ms = expireMs(c, o.expire, o.unit, 'getex');
     if (ms === undefined) return;
     at = ms;
   }
-  const key = str(argv[1]!);
-  const v = lookupString(c, key, true);
-  if (v === null) return;
-  if (v === undefined) return c.w.nil();
   const e = c.store.get(key)!;
   c.w.bulk(v, e.inArena);
   if ((o.unit === 'EXAT' || o.unit === 'PXAT') && at <= Date.now()) c.store.delete(key);
