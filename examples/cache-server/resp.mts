@@ -77,6 +77,15 @@ export class RespParser {
   skip = 0;
   /** Buffers from allocLarge handed out with commands and not yet claimed by the owner. */
   large: Buffer[] = [];
+  /** Bytes of the arguments so far of the command being assembled (see `held`). */
+  argvBytes = 0;
+  /**
+   * Set when allocLarge threw (the Arena's mmap failing with ENOMEM, say) for a bulk of the
+   * command next() returns: the bulk's bytes were skipped and an empty argument stands in
+   * for it, so the stream stays in step, and the owner answers that command with this
+   * error instead of running it. The owner resets it to null.
+   */
+  failure: unknown = null;
   /** Byte ranges in buf of the key and value fast() found. */
   keyStart = 0;
   keyEnd = 0;
@@ -126,6 +135,15 @@ export class RespParser {
   /** Bytes received and not yet parsed (an incomplete frame). */
   get pending(): number {
     return this.buf.length - this.pos + (this.target ? this.targetPos : 0);
+  }
+
+  /**
+   * What this client's input holds in memory: bytes not yet parsed, plus the arguments
+   * so far of a command not complete yet (a large bulk counted as far as it has arrived),
+   * as Redis's client-query-buffer-limit counts its query buffer and parsed arguments.
+   */
+  get held(): number {
+    return this.buf.length - this.pos + this.argvBytes + (this.target ? this.targetPos : 0);
   }
 
   /**
@@ -201,17 +219,30 @@ export class RespParser {
           this.pos = cr + 2;
           this.bulkLen = len;
           if (len >= STREAM_MIN) {
-            this.target = this.allocLarge(len);
+            let target: Buffer;
+            try {
+              target = this.allocLarge(len);
+            } catch (err) {
+              // Skip the payload and its CRLF; the command is answered with the error.
+              this.failure ??= err;
+              this.skip = len + 2;
+              this.bulkLen = -1;
+              args.push(EMPTY);
+              continue;
+            }
+            this.target = target;
             this.targetPos = 0;
             continue;
           }
         }
         if (buf.length - this.pos < this.bulkLen + 2) return null;
         args.push(buf.subarray(this.pos, this.pos + this.bulkLen));
+        this.argvBytes += this.bulkLen;
         this.pos += this.bulkLen + 2;
         this.bulkLen = -1;
       }
       this.argv = null;
+      this.argvBytes = 0;
       return args;
     }
   }
@@ -318,6 +349,7 @@ export class RespParser {
     if (this.targetPos < t.length) return false;
     this.large.push(t);
     this.argv!.push(t);
+    this.argvBytes += t.length;
     this.target = null;
     this.bulkLen = -1;
     this.skip = 2;
@@ -460,6 +492,39 @@ export class Writer {
   /** Bytes appended since the last flush. */
   get size(): number {
     return this.queued + this.len - this.start;
+  }
+
+  // Where the writer stood before the command being run (see mark()); fields, so that
+  // marking allocates nothing.
+  #markBuf: Buffer = this.buf;
+  #markStart = 0;
+  #markLen = 0;
+  #markParts = 0;
+  #markQueued = 0;
+  #markPinned = 0;
+
+  /** Remembers the end of the replies so far: a command that fails can take back its half-written reply. */
+  mark(): void {
+    this.#markBuf = this.buf;
+    this.#markStart = this.start;
+    this.#markLen = this.len;
+    this.#markParts = this.parts.length;
+    this.#markQueued = this.queued;
+    this.#markPinned = this.pinned.length;
+  }
+
+  /**
+   * Drops everything appended since mark() (no flush happens in between: the owner flushes
+   * only between commands), so that an error reply does not land in the middle of a
+   * half-written array and put the client out of step.
+   */
+  rollback(): void {
+    this.buf = this.#markBuf;
+    this.start = this.#markStart;
+    this.len = this.#markLen;
+    this.parts.length = this.#markParts;
+    this.queued = this.#markQueued;
+    if (this.pinned.length > this.#markPinned) this.pinner.unpin(this.pinned.splice(this.#markPinned));
   }
 
   #room(n: number): void {

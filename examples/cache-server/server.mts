@@ -13,7 +13,7 @@ import net, { type AddressInfo } from 'node:net';
 import { parseArgs } from 'node:util';
 import v8 from 'node:v8';
 import vm from 'node:vm';
-import { pageSize, trimHeap } from 'node-ksm';
+import { KsmError, pageSize, trimHeap } from 'node-ksm';
 import { E, parseMemory, resolve, type Command } from './commands.mjs';
 import { FAST_GET, ProtocolError, RespParser, Writer } from './resp.mjs';
 import { Store, T_STRING, type Policy, type Watcher } from './store.mjs';
@@ -22,13 +22,17 @@ import { Store, T_STRING, type Policy, type Watcher } from './store.mjs';
 const FLUSH_AT = 256 * 1024;
 /** Stop reading from a client whose unsent replies exceed this, until they drain. */
 const OUTPUT_LIMIT = 4 * 1024 * 1024;
-/** Graceful shutdown waits this long for clients to take their last replies. */
-const SHUTDOWN_GRACE_MS = 5000;
+/**
+ * Graceful shutdown waits this long for clients to take their last replies, then closes
+ * what is left and exits: SIGTERM is honoured within a second, also while a client that
+ * does not read its replies keeps sending (its writes would never finish).
+ */
+const SHUTDOWN_GRACE_MS = 750;
 
 const USAGE = `usage: node --import tsx examples/cache-server/server.mts [--port 6379] [--bind 127.0.0.1]
   [--maxmemory 0] [--maxmemory-policy allkeys-lru|volatile-lru|noeviction] [--maxclients 10000]
-  [--requirepass PASSWORD] [--proto-max-bulk-len 512mb] [--ksm-threshold ${pageSize}] [--workers 1]
-  [--gc-every 4mb] [--idle-reclaim 500]`;
+  [--requirepass PASSWORD] [--proto-max-bulk-len 512mb] [--client-query-buffer-limit 1gb]
+  [--ksm-threshold ${pageSize}] [--workers 1] [--gc-every 4mb] [--idle-reclaim 500]`;
 
 export interface Config {
   port: number;
@@ -38,6 +42,8 @@ export interface Config {
   maxclients: number;
   requirepass: string | null;
   protoMaxBulkLen: number;
+  /** Redis's client-query-buffer-limit: a client whose pending input passes this is closed. */
+  queryBufferLimit: number;
   threshold: number;
   workers: number;
   gcEvery: number;
@@ -57,6 +63,7 @@ const OPTIONS = {
   maxclients: { type: 'string', default: '10000' },
   requirepass: { type: 'string' },
   'proto-max-bulk-len': { type: 'string', default: '512mb' },
+  'client-query-buffer-limit': { type: 'string', default: '1gb' },
   'ksm-threshold': { type: 'string', default: String(pageSize) },
   workers: { type: 'string', default: '1' },
   'gc-every': { type: 'string', default: '4mb' },
@@ -85,6 +92,7 @@ function parseConfig(argv: string[]): Config {
     | 'idle-reclaim'
     | 'maxmemory'
     | 'proto-max-bulk-len'
+    | 'client-query-buffer-limit'
     | 'ksm-threshold'
     | 'gc-every';
   const int = (name: Name, min: number, max: number): number => {
@@ -109,6 +117,7 @@ function parseConfig(argv: string[]): Config {
     maxclients: int('maxclients', 1, 1e9),
     requirepass: values.requirepass || null,
     protoMaxBulkLen: mem('proto-max-bulk-len', 1024 * 1024),
+    queryBufferLimit: mem('client-query-buffer-limit', 1024 * 1024),
     threshold: mem('ksm-threshold', 1),
     workers: int('workers', 1, 1024),
     gcEvery: mem('gc-every', 0),
@@ -130,12 +139,70 @@ const gc = ((): ((opts?: { type: 'minor' | 'major' }) => void) => {
 })();
 const collectYoung = (): void => gc({ type: 'minor' });
 
+/**
+ * Test seam for out-of-memory handling: CACHE_SERVER_FAIL_ALLOC="3,7" makes the 3rd and the
+ * 7th allocation from the store's Arena throw ENOMEM, as its mmap does when memory runs
+ * out. Unset (always, outside tests) nothing is wrapped, so it costs nothing.
+ */
+function injectAllocFailures(store: Store, spec: string): void {
+  const failing = new Set(spec.split(',').map((n) => Number(n.trim())));
+  const arena = store.arena;
+  const real = arena.allocUnsafe.bind(arena);
+  let calls = 0;
+  arena.allocUnsafe = (size: number) => {
+    calls++;
+    if (failing.has(calls))
+      throw new KsmError(`mmap: Cannot allocate memory (CACHE_SERVER_FAIL_ALLOC, allocation ${calls})`, 'ENOMEM', {
+        errno: -12,
+        syscall: 'mmap',
+      });
+    return real(size);
+  };
+}
+
 /** Traffic after which a quiet spell gives memory back (CacheServer.reclaimTick). */
 const RECLAIM_AFTER = 16 * 1024 * 1024;
 /** Less than this much traffic in one 100 ms tick counts as quiet (INFO, PING, stray GETs). */
 const QUIET_PER_TICK = 64 * 1024;
 
 let nextClientId = 1;
+
+/**
+ * Lines to stderr, at most LOG_BURST a second, so that a client that keeps provoking
+ * errors cannot flood the log (or the disk behind it); the next line says how many were
+ * left out.
+ */
+const LOG_BURST = 10;
+let logWindow = 0;
+let logged = 0;
+let unlogged = 0;
+function log(message: string): void {
+  const now = Math.floor(Date.now() / 1000);
+  if (now !== logWindow) {
+    if (unlogged > 0) process.stderr.write(`cache-server: (${unlogged} log lines left out)\n`);
+    logWindow = now;
+    logged = 0;
+    unlogged = 0;
+  }
+  if (logged++ < LOG_BURST) process.stderr.write(`cache-server: ${message}\n`);
+  else unlogged++;
+}
+
+/** An allocation failed (mmap ENOMEM, V8 out of ArrayBuffer memory): the command gets -OOM. */
+function outOfMemory(err: unknown): boolean {
+  const e = err as { code?: unknown; message?: unknown } | null;
+  return (
+    e?.code === 'ENOMEM' ||
+    e?.code === 'ERR_MEMORY_ALLOCATION_FAILED' ||
+    (err instanceof RangeError && /allocation failed|Array buffer/i.test(String(e?.message)))
+  );
+}
+
+/** The reply for a command that threw: Redis's OOM prefix for memory, ERR otherwise. */
+function failureReply(name: string, err: unknown): string {
+  const why = err instanceof Error ? err.message : String(err);
+  return outOfMemory(err) ? `OOM out of memory running '${name}' (${why})` : `ERR internal error in '${name}': ${why}`;
+}
 
 /** Clients whose replies wait for the end of this turn of the event loop. */
 const pending: Client[] = [];
@@ -295,6 +362,7 @@ export class Client implements Watcher {
       this.parser.filled(n);
       this.run();
     }
+    if (this.parser.held > this.srv.config.queryBufferLimit) this.overLimit();
   }
 
   /** A chunk from a 'data' event: a fresh buffer for every read. */
@@ -305,6 +373,23 @@ export class Client implements Watcher {
     if (this.closing) return;
     this.parser.feed(chunk);
     this.run();
+    if (this.parser.held > this.srv.config.queryBufferLimit) this.overLimit();
+  }
+
+  /**
+   * The pending command passed client-query-buffer-limit: as Redis does, log it and close
+   * the connection without a reply (what the client sent so far is dropped with it).
+   */
+  overLimit(): void {
+    const p = this.parser;
+    const head = p.buf.subarray(p.pos, p.pos + 64).toString('latin1');
+    log(
+      `Closing client that reached max query buffer length: id=${this.id} addr=${this.addr} ` +
+        `qbuf=${p.held} (qbuf initial bytes: ${JSON.stringify(head)})`,
+    );
+    this.srv.stats.queryBufferClosed++;
+    this.closing = true;
+    this.socket.destroy();
   }
 
   authenticate(): void {
@@ -328,13 +413,24 @@ export class Client implements Watcher {
       try {
         argv = parser.next();
       } catch (err) {
-        if (!(err instanceof ProtocolError)) throw err;
-        w.error(`ERR Protocol error: ${err.message}`);
+        if (err instanceof ProtocolError) w.error(`ERR Protocol error: ${err.message}`);
+        else {
+          // Not the client's doing, and the parser's state is not to be trusted: answer
+          // and close this connection only.
+          log(`error parsing input of client id=${this.id} addr=${this.addr}: ${(err as Error)?.stack ?? String(err)}`);
+          w.error(failureReply('parser', err));
+        }
         this.closeAfterReply();
         break;
       }
       if (argv === null) break;
-      this.exec(argv);
+      if (parser.failure !== null) {
+        // A bulk of this command could not be allocated; its bytes were skipped.
+        const err = parser.failure;
+        parser.failure = null;
+        this.srv.stats.commands++;
+        w.error(failureReply(argv.length > 0 ? argv[0]!.toString('latin1').toLowerCase() : '', err));
+      } else this.exec(argv);
       if (parser.large.length > 0) {
         for (const b of parser.large) this.store.dropInbound(b);
         parser.large.length = 0;
@@ -388,7 +484,25 @@ export class Client implements Watcher {
       this.w.simple('QUEUED');
       return;
     }
-    cmd.fn!(this, argv);
+    this.w.mark();
+    try {
+      cmd.fn!(this, argv);
+    } catch (err) {
+      this.failed(cmd.name, err);
+    }
+  }
+
+  /**
+   * A command threw (an allocation failed, or a bug): its half-written reply is taken
+   * back and it gets an error; the connection, the other clients and everything already
+   * acknowledged carry on.
+   */
+  failed(name: string, err: unknown): void {
+    this.w.rollback();
+    this.srv.stats.commandErrors++;
+    if (!outOfMemory(err))
+      log(`error in '${name}' from client id=${this.id} addr=${this.addr}: ${(err as Error)?.stack ?? String(err)}`);
+    this.w.error(failureReply(name, err));
   }
 
   /** An error for a command that was not run: inside MULTI it dooms the transaction (EXECABORT). */
@@ -401,7 +515,13 @@ export class Client implements Watcher {
   execQueued(argv: Buffer[]): void {
     const cmd = resolve(argv) as Command;
     this.lastCommand = cmd.name;
-    cmd.fn!(this, argv);
+    // Each queued command fails on its own: EXEC's array keeps one reply per command.
+    this.w.mark();
+    try {
+      cmd.fn!(this, argv);
+    } catch (err) {
+      this.failed(cmd.name, err);
+    }
   }
 
   discardMulti(): void {
@@ -430,7 +550,12 @@ export class Client implements Watcher {
     }
     this.lastCommand = 'set';
     if (store.maxmemory !== 0 && !store.evict()) return this.w.error(E.oom);
-    store.setBytes(key, buf, parser.valueStart, parser.valueEnd);
+    try {
+      store.setBytes(key, buf, parser.valueStart, parser.valueEnd);
+    } catch (err) {
+      this.w.mark();
+      return this.failed('set', err);
+    }
     this.w.ok();
   }
 
@@ -456,6 +581,10 @@ export interface ServerStats {
   netIn: number;
   netOut: number;
   rejected: number;
+  /** Commands answered with an error because they threw (see Client.failed). */
+  commandErrors: number;
+  /** Clients closed for passing client-query-buffer-limit. */
+  queryBufferClosed: number;
 }
 
 export class CacheServer {
@@ -464,7 +593,15 @@ export class CacheServer {
   clients = new Set<Client>();
   started = Date.now();
   workerId: number;
-  stats: ServerStats = { connections: 0, commands: 0, netIn: 0, netOut: 0, rejected: 0 };
+  stats: ServerStats = {
+    connections: 0,
+    commands: 0,
+    netIn: 0,
+    netOut: 0,
+    rejected: 0,
+    commandErrors: 0,
+    queryBufferClosed: 0,
+  };
   stopping: boolean;
   gcEvery: number;
   sinceGc: number;
@@ -480,6 +617,8 @@ export class CacheServer {
   constructor(config: Config) {
     this.config = config;
     this.store = new Store({ threshold: config.threshold, maxmemory: config.maxmemory, policy: config.policy });
+    const failAlloc = process.env.CACHE_SERVER_FAIL_ALLOC;
+    if (failAlloc) injectAllocFailures(this.store, failAlloc);
     this.workerId = cluster.isWorker ? cluster.worker!.id : 0;
     this.resetStats();
     this.stats.connections = 0;
@@ -550,7 +689,15 @@ export class CacheServer {
   }
 
   resetStats(): void {
-    this.stats = { connections: this.stats.connections, commands: 0, netIn: 0, netOut: 0, rejected: 0 };
+    this.stats = {
+      connections: this.stats.connections,
+      commands: 0,
+      netIn: 0,
+      netOut: 0,
+      rejected: 0,
+      commandErrors: 0,
+      queryBufferClosed: 0,
+    };
     Object.assign(this.store.stats, { expiredKeys: 0, evictedKeys: 0, hits: 0, misses: 0 });
   }
 
@@ -623,12 +770,30 @@ interface WorkerMessage {
   port?: number;
 }
 
+/**
+ * Worker restarts: a worker that dies is started again after a delay that doubles with
+ * each crash in a row (RESPAWN_FIRST_MS up to RESPAWN_MAX_MS; a worker that stayed up for
+ * RESPAWN_STABLE_MS resets it), and after GIVE_UP_CRASHES crashes within GIVE_UP_WINDOW_MS
+ * the primary stops the rest and exits 1: a worker that cannot start (a bad option, no
+ * memory, a bug hit at once) must not turn into a fork loop that hides the cause.
+ */
+const RESPAWN_FIRST_MS = 100;
+const RESPAWN_MAX_MS = 10_000;
+const RESPAWN_STABLE_MS = 30_000;
+const GIVE_UP_CRASHES = 5;
+const GIVE_UP_WINDOW_MS = 60_000;
+
 function primary(config: Config): void {
   let stopping = false;
   let announced = false;
   const ready = new Set<number>();
+  const startedAt = new Map<number, number>();
+  const crashes: number[] = [];
+  let delay = RESPAWN_FIRST_MS;
+  const respawns = new Set<NodeJS.Timeout>();
   const fork = (): void => {
     const w = cluster.fork();
+    startedAt.set(w.id, Date.now());
     w.on('message', (m: WorkerMessage | undefined) => {
       if (m?.cmd === 'shutdown') stop();
       if (m?.cmd === 'listening') {
@@ -647,21 +812,47 @@ function primary(config: Config): void {
       }
     });
   };
-  const stop = (): void => {
+  const stop = (code = 0): void => {
     if (stopping) return;
     stopping = true;
-    for (const w of Object.values(cluster.workers!)) w!.process.kill('SIGTERM');
+    process.exitCode = code;
+    for (const t of respawns) clearTimeout(t);
+    respawns.clear();
+    const live = Object.values(cluster.workers!);
+    if (live.length === 0) process.exit(code);
+    for (const w of live) w!.process.kill('SIGTERM');
   };
   cluster.on('exit', (w, code, signal) => {
     ready.delete(w.id);
+    const lived = Date.now() - (startedAt.get(w.id) ?? 0);
+    startedAt.delete(w.id);
     if (stopping) {
-      if (Object.keys(cluster.workers!).length === 0) process.exit(0);
+      if (Object.keys(cluster.workers!).length === 0) process.exit(process.exitCode ?? 0);
       return;
     }
-    process.stderr.write(`cache-server: worker ${w.process.pid} exited (${signal ?? code}); starting another\n`);
-    fork();
+    const now = Date.now();
+    crashes.push(now);
+    while (crashes.length > 0 && now - crashes[0]! > GIVE_UP_WINDOW_MS) crashes.shift();
+    if (crashes.length >= GIVE_UP_CRASHES) {
+      process.stderr.write(
+        `cache-server: workers exited ${crashes.length} times within ${GIVE_UP_WINDOW_MS / 1000} s ` +
+          `(the last, pid ${w.process.pid}: ${signal ?? `exit code ${code}`}); giving up\n`,
+      );
+      stop(1);
+      return;
+    }
+    if (lived >= RESPAWN_STABLE_MS) delay = RESPAWN_FIRST_MS;
+    process.stderr.write(
+      `cache-server: worker ${w.process.pid} exited (${signal ?? code}); starting another in ${delay} ms\n`,
+    );
+    const t = setTimeout(() => {
+      respawns.delete(t);
+      if (!stopping) fork();
+    }, delay);
+    respawns.add(t);
+    delay = Math.min(delay * 2, RESPAWN_MAX_MS);
   });
-  for (const sig of ['SIGTERM', 'SIGINT'] as const) process.on(sig, stop);
+  for (const sig of ['SIGTERM', 'SIGINT'] as const) process.on(sig, () => stop());
   for (let i = 0; i < config.workers; i++) fork();
 }
 

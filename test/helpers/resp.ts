@@ -58,7 +58,9 @@ export function parseReply(buf: Buffer, at: number): { reply: Reply; end: number
       return { reply: { t: type, v: items }, end: p };
     }
     default:
-      throw new Error(`unexpected RESP type byte ${JSON.stringify(type)} in ${JSON.stringify(buf.toString('latin1', at, at + 80))}`);
+      throw new Error(
+        `unexpected RESP type byte ${JSON.stringify(type)} in ${JSON.stringify(buf.toString('latin1', at, at + 80))}`,
+      );
   }
 }
 

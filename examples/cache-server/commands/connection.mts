@@ -1,9 +1,10 @@
 // Connection and transactions: networking.c and multi.c of Redis 7.0 (HELLO, RESET,
 // CLIENT, MULTI/EXEC/WATCH), plus INFO, CONFIG, COMMAND and SHUTDOWN.
-import { timingSafeEqual } from 'node:crypto';
+import { createHash, timingSafeEqual } from 'node:crypto';
 import { infoText } from '../info.mjs';
 import type { CacheServer, Client } from '../server.mjs';
-import { globMatcher, type Policy } from '../store.mjs';
+import { globMatcher } from '../glob.mjs';
+import type { Policy } from '../store.mjs';
 import { E, intArg, lower, parseInt64, parseMemory, str, upper, type Argv, type Def } from './util.mjs';
 
 /** The Redis version this server answers as (HELLO, INFO): the one whose behaviour it follows. */
@@ -22,10 +23,15 @@ function select(c: Client, argv: Argv): void {
   c.w.ok();
 }
 
-/** Compares in time independent of where the bytes differ (lengths still show: they are no secret here). */
-function samePassword(given: Buffer, pass: string): boolean {
-  const want = Buffer.from(pass, 'latin1');
-  return given.length === want.length && timingSafeEqual(given, want);
+const sha256 = (b: Buffer | string): Buffer => createHash('sha256').update(b).digest();
+
+/**
+ * Compares digests of fixed length in constant time, so the time AUTH takes says nothing
+ * about how much of a guess was right (a `!==` on the strings stops at the first
+ * difference). Bytes as sent, against the password's UTF-8 bytes, as Redis compares them.
+ */
+function samePassword(given: Buffer, password: string): boolean {
+  return timingSafeEqual(sha256(given), sha256(password));
 }
 
 /** Redis's ACLAuthenticateUser for the default user; replies with the error on failure. */
@@ -307,7 +313,7 @@ const CONFIG: Record<string, ConfigParam> = {
 function configGet(c: Client, argv: Argv): void {
   const out: string[] = [];
   for (const [name, param] of Object.entries(CONFIG)) {
-    if (argv.slice(2).some((p) => globMatcher(str(p), true)(name))) out.push(name, param.get(c.srv));
+    if (argv.slice(2).some((p) => globMatcher(p, true)(name))) out.push(name, param.get(c.srv));
   }
   c.w.map(out.length / 2);
   for (const s of out) c.w.bulkString(s);

@@ -10,10 +10,10 @@ import {
   T_SET,
   T_STRING,
   TYPE_NAMES,
-  globMatcher,
   stringEncoding,
   type Entry,
 } from '../store.mjs';
+import { globMatcher, matchesEverything } from '../glob.mjs';
 import { E, intArg, lower, str, upper, type Argv, type Def, type Impl } from './util.mjs';
 
 function del(c: Client, argv: Argv): void {
@@ -226,10 +226,12 @@ function persist(c: Client, argv: Argv): void {
 }
 
 function keys(c: Client, argv: Argv): void {
-  const match = globMatcher(str(argv[1]!));
+  // `*` lists every key, the empty one too, without matching (as Redis's keysCommand).
+  const match = matchesEverything(argv[1]!) ? null : globMatcher(argv[1]!);
   const now = Date.now();
   const out: string[] = [];
-  for (const [k, e] of c.store.map) if ((e.expireAt === 0 || e.expireAt > now) && match(k)) out.push(k);
+  for (const [k, e] of c.store.map)
+    if ((e.expireAt === 0 || e.expireAt > now) && (match === null || match(k))) out.push(k);
   c.w.array(out.length);
   for (const k of out) c.w.bulkString(k);
 }
@@ -256,8 +258,8 @@ export function scanOptions(
       }
       count = n > 1000000n ? 1000000 : Number(n);
     } else if (o === 'MATCH' && more) {
-      const p = str(argv[i + 1]!);
-      match = p === '*' ? null : globMatcher(p);
+      const p = argv[i + 1]!;
+      match = matchesEverything(p) ? null : globMatcher(p);
     } else if (o === 'TYPE' && allowType && more) type = lower(argv[i + 1]!);
     else {
       c.w.error(E.syntax);
