@@ -1,0 +1,125 @@
+// Does the working tree's cache server serve plain GET and SET as fast as a baseline's
+// (main by default)? Both servers run the same way (node --import tsx), one at a time,
+// alternating A B A B so that drift on a shared machine hits both sides alike, each
+// measured with redis-benchmark -t set,get. Prints a table of medians and their ratio.
+//
+//   node --import tsx bench/cache-server-getset.mts [--ref main] [--runs 3] [--requests 100000]
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { parseArgs } from 'node:util';
+
+const run = promisify(execFile);
+const { values: opts } = parseArgs({
+  options: {
+    ref: { type: 'string', default: 'main' },
+    runs: { type: 'string', default: '3' },
+    requests: { type: 'string', default: '100000' },
+  },
+});
+const root = path.resolve(import.meta.dirname, '..');
+const RUNS = Number(opts.runs);
+const N = opts.requests;
+
+/** The baseline's examples/cache-server, unpacked inside the package so that 'node-ksm' resolves. */
+async function unpackBaseline(ref: string): Promise<{ dir: string; server: string }> {
+  const dir = fs.mkdtempSync(path.join(root, '.bench-baseline-'));
+  const { stdout } = await run('git', ['-C', root, 'archive', '--format=tar', ref, 'examples/cache-server'], {
+    encoding: 'buffer',
+    maxBuffer: 64 << 20,
+  });
+  const tar = spawn('tar', ['-x', '-C', dir], { stdio: ['pipe', 'inherit', 'inherit'] });
+  tar.stdin.end(stdout);
+  await new Promise((r) => tar.once('exit', r));
+  const base = path.join(dir, 'examples/cache-server');
+  const server = fs.existsSync(path.join(base, 'server.mts'))
+    ? path.join(base, 'server.mts')
+    : path.join(base, 'server.mjs');
+  return { dir, server };
+}
+
+async function start(server: string): Promise<{ proc: ChildProcess; port: number }> {
+  const proc = spawn(process.execPath, ['--import', 'tsx', server, '--port', '0'], {
+    cwd: root,
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  const line = await new Promise<string>((resolve, reject) => {
+    let out = '';
+    proc.stdout.on('data', (d: Buffer) => {
+      out += d.toString();
+      if (out.includes('\n')) resolve(out);
+    });
+    proc.once('exit', (code) => reject(new Error(`${server} exited (${code})`)));
+  });
+  return { proc, port: Number(/:(\d+) pid=/.exec(line)![1]) };
+}
+
+/** req/s per test name from redis-benchmark's CSV. */
+async function benchmark(port: number, pipeline: number): Promise<Record<string, number>> {
+  const { stdout } = await run('redis-benchmark', [
+    '-p',
+    String(port),
+    '-t',
+    'set,get',
+    '-n',
+    N,
+    '-c',
+    '50',
+    '-d',
+    '1024',
+    '-P',
+    String(pipeline),
+    '-r',
+    '10000',
+    '--csv',
+  ]);
+  const out: Record<string, number> = {};
+  for (const line of stdout.split('\n').slice(1)) {
+    const m = /^"([A-Z]+)","([0-9.]+)"/.exec(line);
+    if (m) out[m[1]!] = Number(m[2]);
+  }
+  return out;
+}
+
+const median = (xs: number[]): number => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)]!;
+};
+
+const baseline = await unpackBaseline(opts.ref);
+const sides = [
+  { name: opts.ref, server: baseline.server },
+  { name: 'this tree', server: path.join(root, 'examples/cache-server/server.mts') },
+];
+const results = new Map<string, number[]>();
+try {
+  for (let r = 0; r < RUNS; r++) {
+    for (const side of r % 2 === 0 ? sides : [...sides].reverse()) {
+      const s = await start(side.server);
+      try {
+        for (const p of [1, 16]) {
+          const got = await benchmark(s.port, p);
+          for (const [t, v] of Object.entries(got)) {
+            const k = `${side.name}|${t} 1 KiB, pipeline ${p}`;
+            results.set(k, [...(results.get(k) ?? []), v]);
+          }
+        }
+      } finally {
+        s.proc.kill('SIGTERM');
+        await new Promise((res) => s.proc.once('exit', res));
+      }
+    }
+  }
+} finally {
+  fs.rmSync(baseline.dir, { recursive: true, force: true });
+}
+
+const cases = [...new Set([...results.keys()].map((k) => k.split('|')[1]!))];
+console.log(`\n| case (50 clients, ${N} requests, ${RUNS} runs) | ${opts.ref} req/s | this tree req/s | ratio |`);
+console.log('|---|---|---|---|');
+for (const c of cases) {
+  const a = median(results.get(`${opts.ref}|${c}`) ?? [0]);
+  const b = median(results.get(`this tree|${c}`) ?? [0]);
+  console.log(`| ${c} | ${a.toFixed(0)} | ${b.toFixed(0)} | ${(b / a).toFixed(2)} |`);
+}
