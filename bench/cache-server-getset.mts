@@ -3,7 +3,9 @@
 // alternating A B A B so that drift on a shared machine hits both sides alike, each
 // measured with redis-benchmark -t set,get. Prints a table of medians and their ratio.
 //
-//   node --import tsx bench/cache-server-getset.mts [--ref main] [--runs 3] [--requests 100000]
+//   node --import tsx bench/cache-server-getset.mts [--ref main] [--tree REF] [--runs 3] [--requests 100000]
+//
+// --tree compares another ref instead of the working tree (to tell whose change cost what).
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -14,6 +16,7 @@ const run = promisify(execFile);
 const { values: opts } = parseArgs({
   options: {
     ref: { type: 'string', default: 'main' },
+    tree: { type: 'string' },
     runs: { type: 'string', default: '3' },
     requests: { type: 'string', default: '100000' },
   },
@@ -88,9 +91,11 @@ const median = (xs: number[]): number => {
 };
 
 const baseline = await unpackBaseline(opts.ref);
+const other = opts.tree === undefined ? null : await unpackBaseline(opts.tree);
+const TREE = opts.tree ?? 'this tree';
 const sides = [
   { name: opts.ref, server: baseline.server },
-  { name: 'this tree', server: path.join(root, 'examples/cache-server/server.mts') },
+  { name: TREE, server: other?.server ?? path.join(root, 'examples/cache-server/server.mts') },
 ];
 const results = new Map<string, number[]>();
 try {
@@ -113,13 +118,14 @@ try {
   }
 } finally {
   fs.rmSync(baseline.dir, { recursive: true, force: true });
+  if (other !== null) fs.rmSync(other.dir, { recursive: true, force: true });
 }
 
 const cases = [...new Set([...results.keys()].map((k) => k.split('|')[1]!))];
-console.log(`\n| case (50 clients, ${N} requests, ${RUNS} runs) | ${opts.ref} req/s | this tree req/s | ratio |`);
+console.log(`\n| case (50 clients, ${N} requests, ${RUNS} runs) | ${opts.ref} req/s | ${TREE} req/s | ratio |`);
 console.log('|---|---|---|---|');
 for (const c of cases) {
   const a = median(results.get(`${opts.ref}|${c}`) ?? [0]);
-  const b = median(results.get(`this tree|${c}`) ?? [0]);
+  const b = median(results.get(`${TREE}|${c}`) ?? [0]);
   console.log(`| ${c} | ${a.toFixed(0)} | ${b.toFixed(0)} | ${(b / a).toFixed(2)} |`);
 }
