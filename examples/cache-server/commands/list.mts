@@ -216,7 +216,11 @@ function ltrim(c: Client, argv: Argv): void {
     from = start;
     to = end + 1;
   }
-  if (from === 0 && to === len) return c.w.ok();
+  if (from === 0 && to === len) {
+    // Nothing trimmed, but Redis still counts it as a write of the key (WATCH sees it).
+    c.store.changed(e, 0);
+    return c.w.ok();
+  }
   const items = l.toArray(0, len);
   let delta = 0;
   for (let i = 0; i < len; i++) {
