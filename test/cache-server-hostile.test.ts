@@ -168,6 +168,15 @@ describe('cache-server: KEYS over a large key space', () => {
     expect(new Set(names).size).toBe(count);
     a.s.destroy();
     b.s.destroy();
+
+    // Inside EXEC, KEYS runs in one go: the transaction's array holds its whole reply, then SET's.
+    const t = await raw(srv.port);
+    t.s.write(Buffer.concat([frame('MULTI'), frame('KEYS', 'key:*'), frame('SET', 'x', 'y'), frame('EXEC')]));
+    expect(await pollUntil(() => t.got().toString('latin1').endsWith('+OK\r\n'), 60_000)).toBe(true);
+    const exec = t.got().toString('latin1');
+    expect(exec.startsWith(`+OK\r\n+QUEUED\r\n+QUEUED\r\n*2\r\n*${count}\r\n`)).toBe(true);
+    expect(exec.split('\r\n').filter((l) => l.startsWith('key:'))).toHaveLength(count);
+    t.s.destroy();
   }, 180_000);
 });
 
@@ -228,6 +237,21 @@ describe('cache-server: client-query-buffer-limit', () => {
     } finally {
       other.disconnect();
     }
+  });
+
+  it('counts what MULTI has queued: a transaction cannot grow without bound either', async () => {
+    const srv = await start(['--client-query-buffer-limit', '1mb']);
+    const c = await raw(srv.port);
+    const value = Buffer.alloc(100 * KiB, 'q');
+    await send(c.s, frame('MULTI'));
+    for (let i = 0; i < 9; i++) await send(c.s, frame('SET', `k${i}`, value));
+    expect(await pollUntil(() => c.got().toString().split('+QUEUED').length - 1 === 9, 10_000)).toBe(true);
+    // 900 KiB queued: still open. Two more pass 1 MiB: closed, without a reply.
+    await send(c.s, Buffer.concat([frame('SET', 'k9', value), frame('SET', 'k10', value)]));
+    await c.closed;
+    expect(c.got().toString()).toBe(`+OK\r\n${'+QUEUED\r\n'.repeat(10)}`);
+    expect(srv.stderr()).toMatch(/max query buffer length: .* multi-mem=\d+/);
+    expect(await ping(srv.port)).toBe('+PONG\r\n');
   });
 
   it.runIf(HAVE_REDIS || process.env.KSM_REQUIRE === '1')('as redis-server does with the same limit', async () => {

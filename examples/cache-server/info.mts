@@ -145,7 +145,7 @@ const SECTIONS: Record<string, (srv: CacheServer, detailed: boolean) => Field[]>
  */
 function valueMerge(s: Store): Field[] {
   const values: Buffer[] = [];
-  for (const e of s.order) if (e.value !== null && e.inArena) values.push(e.value);
+  for (const e of s.order) if (e.value !== null && e.inArena) values.push(e.value as Buffer);
   let sample = values;
   if (values.length > MERGE_SAMPLE) {
     sample = [];

@@ -472,6 +472,8 @@ export class Writer {
   pinned: Buffer[] = [];
   /** Bytes of buffers allocated since the owner last took this (garbage to come). */
   fresh = 0;
+  /** The connection speaks RESP3 (HELLO 3): nulls, maps, sets and verbatim strings have types of their own. */
+  resp3 = false;
 
   constructor(socket: Socket, pinner: Pinner) {
     this.socket = socket;
@@ -587,8 +589,10 @@ export class Writer {
   ok(): void {
     this.#bytes5(43, 79, 75, 13, 10); // +OK\r\n
   }
+  /** A null bulk string: `$-1` (RESP2), `_` (RESP3). */
   nil(): void {
-    this.#bytes5(36, 45, 49, 13, 10); // $-1\r\n
+    if (this.resp3) this.ascii('_\r\n');
+    else this.#bytes5(36, 45, 49, 13, 10); // $-1\r\n
   }
   simple(s: string): void {
     this.ascii(`+${s}\r\n`);
@@ -606,8 +610,30 @@ export class Writer {
   array(n: number): void {
     this.ascii(`*${n}\r\n`);
   }
+  /** A null array: `*-1` (RESP2), `_` (RESP3). */
   nilArray(): void {
-    this.ascii('*-1\r\n');
+    this.ascii(this.resp3 ? '_\r\n' : '*-1\r\n');
+  }
+  /** A map of `n` pairs (RESP3), or a flat array of 2n elements (RESP2). */
+  map(n: number): void {
+    this.ascii(this.resp3 ? `%${n}\r\n` : `*${n * 2}\r\n`);
+  }
+  /** A set of `n` elements (RESP3), or an array (RESP2). */
+  set(n: number): void {
+    this.ascii(this.resp3 ? `~${n}\r\n` : `*${n}\r\n`);
+  }
+  /** A double (RESP3), or its text as a bulk string (RESP2), as Redis's addReplyDouble. */
+  double(text: string): void {
+    if (this.resp3) this.ascii(`,${text}\r\n`);
+    else this.bulkString(text);
+  }
+  /** Text with a format (RESP3 verbatim string, `txt`), or a bulk string (RESP2), as Redis's addReplyVerbatim. */
+  verbatim(s: string): void {
+    if (!this.resp3) return this.bulkText(s);
+    const b = Buffer.from(s, 'utf8');
+    this.ascii(`=${b.length + 4}\r\ntxt:`);
+    this.raw(b);
+    this.ascii('\r\n');
   }
   /** `volatile`: b is an Arena buffer, so pin it (see the class comment). */
   bulk(b: Buffer | null | undefined, volatile = false): void {

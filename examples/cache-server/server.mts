@@ -14,9 +14,9 @@ import { parseArgs } from 'node:util';
 import v8 from 'node:v8';
 import vm from 'node:vm';
 import { KsmError, pageSize, trimHeap } from 'node-ksm';
-import { E, parseMemory, resolve } from './commands.mjs';
+import { E, parseMemory, resolve, type Command } from './commands.mjs';
 import { FAST_GET, ProtocolError, RespParser, Writer } from './resp.mjs';
-import { Store, type Policy } from './store.mjs';
+import { Store, T_STRING, type Policy, type Watcher } from './store.mjs';
 
 /** Replies buffered before they are handed to the socket mid-batch. */
 const FLUSH_AT = 256 * 1024;
@@ -268,7 +268,13 @@ function adopt(orig: net.Socket, onread: OnRead): net.Socket | null {
   return socket;
 }
 
-export class Client {
+/**
+ * Commands that run at once inside MULTI instead of being queued (Redis's processCommand).
+ * RESET and QUIT are by name: they are looked up the same way as any other.
+ */
+const UNQUEUED = new Set(['exec', 'discard', 'multi', 'watch', 'quit', 'reset']);
+
+export class Client implements Watcher {
   srv: CacheServer;
   store: Store;
   parser: RespParser;
@@ -284,6 +290,21 @@ export class Client {
   closing: boolean;
   eof: boolean;
   queued: boolean;
+  laddr: string;
+  lastActive: number;
+  /** Commands queued since MULTI, or null outside a transaction. */
+  multi: Buffer[][] | null = null;
+  /**
+   * Bytes of the arguments queued by MULTI: memory the client holds, counted against
+   * client-query-buffer-limit with its pending input (as Redis 7.2+ counts
+   * mstate.argv_len_sums; 7.0 let a MULTI queue grow without bound).
+   */
+  multiBytes = 0;
+  /** A command was refused while queueing: EXEC answers EXECABORT. */
+  multiError = false;
+  /** A WATCHed key was written: EXEC answers a null array. */
+  dirty = false;
+  watched = new Map<string, { expired: boolean }>();
 
   constructor(srv: CacheServer, orig: net.Socket) {
     this.srv = srv;
@@ -300,7 +321,9 @@ export class Client {
     this.socket = socket;
     this.id = nextClientId++;
     this.addr = `${socket.remoteAddress}:${socket.remotePort}`;
+    this.laddr = `${socket.localAddress}:${socket.localPort}`;
     this.since = Date.now();
+    this.lastActive = this.since;
     this.name = null;
     this.lastCommand = 'NULL';
     this.authenticated = srv.config.requirepass === null;
@@ -345,7 +368,7 @@ export class Client {
       this.parser.filled(n);
       this.run();
     }
-    if (this.parser.held > this.srv.config.queryBufferLimit) this.overLimit();
+    if (this.parser.held + this.multiBytes > this.srv.config.queryBufferLimit) this.overLimit();
   }
 
   /** A chunk from a 'data' event: a fresh buffer for every read. */
@@ -356,7 +379,7 @@ export class Client {
     if (this.closing) return;
     this.parser.feed(chunk);
     this.run();
-    if (this.parser.held > this.srv.config.queryBufferLimit) this.overLimit();
+    if (this.parser.held + this.multiBytes > this.srv.config.queryBufferLimit) this.overLimit();
   }
 
   /**
@@ -368,7 +391,7 @@ export class Client {
     const head = p.buf.subarray(p.pos, p.pos + 64).toString('latin1');
     log(
       `Closing client that reached max query buffer length: id=${this.id} addr=${this.addr} ` +
-        `qbuf=${p.held} (qbuf initial bytes: ${JSON.stringify(head)})`,
+        `qbuf=${p.held} multi-mem=${this.multiBytes} (qbuf initial bytes: ${JSON.stringify(head)})`,
     );
     this.srv.stats.queryBufferClosed++;
     this.closing = true;
@@ -426,7 +449,8 @@ export class Client {
     const w = this.w;
     const parser = this.parser;
     while (!this.blocked && !this.closing && !this.busy) {
-      const fast = parser.fast();
+      // Inside MULTI even GET and SET are queued: no fast path.
+      const fast = this.multi === null ? parser.fast() : 0;
       if (fast !== 0) {
         this.execFast(fast);
         if (w.size >= FLUSH_AT) this.flush();
@@ -493,12 +517,22 @@ export class Client {
     const srv = this.srv;
     const cmd = resolve(argv);
     srv.stats.commands++;
-    if (typeof cmd === 'string') return this.w.error(cmd);
+    this.lastActive = Date.now();
+    if (typeof cmd === 'string') return this.reject(cmd);
     this.lastCommand = cmd.name;
-    if (!this.authenticated && !cmd.noauth) return this.w.error(E.noauth);
-    if (cmd.denyoom && this.store.maxmemory !== 0 && !this.store.evict()) return this.w.error(E.oom);
-    const w = this.w;
-    w.mark();
+    if (!this.authenticated && !cmd.noauth) return this.reject(E.noauth);
+    const queue = this.multi !== null && !UNQUEUED.has(cmd.name);
+    // Queueing takes memory too: under maxmemory, Redis refuses any command to queue.
+    if ((cmd.denyoom || queue) && this.store.maxmemory !== 0 && !this.store.evict()) return this.reject(E.oom);
+    if (queue) {
+      // Copies: the arguments are views of a read buffer that the next read reuses, or
+      // inbound Arena buffers that go back once this command returns.
+      this.multi!.push(argv.map((a) => Buffer.from(a)));
+      for (const a of argv) this.multiBytes += a.length;
+      this.w.simple('QUEUED');
+      return;
+    }
+    this.w.mark();
     try {
       cmd.fn!(this, argv);
     } catch (err) {
@@ -519,6 +553,35 @@ export class Client {
     this.w.error(failureReply(name, err));
   }
 
+  /** An error for a command that was not run: inside MULTI it dooms the transaction (EXECABORT). */
+  reject(msg: string): void {
+    if (this.multi !== null) this.multiError = true;
+    this.w.error(msg);
+  }
+
+  /** Runs a command EXEC took from the queue (checked when it was queued). */
+  execQueued(argv: Buffer[]): void {
+    const cmd = resolve(argv) as Command;
+    this.lastCommand = cmd.name;
+    // Each queued command fails on its own: EXEC's array keeps one reply per command.
+    this.w.mark();
+    // A transaction runs as one: no command of it may yield (Client.slices).
+    this.atomic++;
+    try {
+      cmd.fn!(this, argv);
+    } catch (err) {
+      this.failed(cmd.name, err);
+    } finally {
+      this.atomic--;
+    }
+  }
+
+  discardMulti(): void {
+    this.multi = null;
+    this.multiError = false;
+    this.multiBytes = 0;
+  }
+
   /**
    * What exec() does for a plain GET or SET (see RespParser.fast), from the key and value
    * bytes in the parser's buffer, without an argument list. Only reached when the client is
@@ -534,7 +597,8 @@ export class Client {
       this.lastCommand = 'get';
       const e = store.lookupRead(key);
       if (e === undefined) this.w.nil();
-      else this.w.bulk(e.value, e.inArena);
+      else if (e.type !== T_STRING) this.w.error(E.wrongType);
+      else this.w.bulk(e.value as Buffer, e.inArena);
       return;
     }
     this.lastCommand = 'set';
@@ -554,6 +618,7 @@ export class Client {
 
   dispose(): void {
     this.srv.clients.delete(this);
+    this.store.unwatchAll(this);
     this.w.discard();
     const held = this.parser.dispose();
     if (held !== null) this.store.dropInbound(held);
@@ -622,6 +687,7 @@ export class CacheServer {
     this.server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true }, (socket) => this.accept(socket));
     // Redis's serverCron at hz 10: active expiry and evictions after CONFIG SET.
     this.cron = setInterval(() => {
+      this.store.tick();
       this.store.activeExpire();
       this.store.evict();
       this.reclaimTick();

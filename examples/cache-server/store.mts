@@ -1,5 +1,6 @@
-// The keyspace: string keys and values, expiry (lazy + active), approximate LRU eviction
-// under maxmemory, and values at or above `threshold` bytes in a node-ksm Arena.
+// The keyspace: keys holding strings, hashes, lists or sets, expiry (lazy + active),
+// approximate LRU eviction under maxmemory, and values and elements at or above
+// `threshold` bytes in a node-ksm Arena.
 //
 // Keys are JS strings in latin1 (one char per byte: binary safe, and a Map key). Values
 // are Buffers that are never written after they are stored (APPEND and INCR store a new
@@ -33,11 +34,129 @@ export const MIN_INT64 = -(2n ** 63n);
 
 export type Policy = 'allkeys-lru' | 'volatile-lru' | 'noeviction';
 
+/** Value types, as TYPE names them (TYPE_NAMES[type]). */
+export const T_STRING = 0;
+export const T_HASH = 1;
+export const T_LIST = 2;
+export const T_SET = 3;
+export type ValueType = typeof T_STRING | typeof T_HASH | typeof T_LIST | typeof T_SET;
+export const TYPE_NAMES = ['string', 'hash', 'list', 'set'] as const;
+
+/**
+ * Redis 7.0's default thresholds for its compact encodings (hash-max-listpack-entries,
+ * hash-max-listpack-value, set-max-intset-entries): they decide OBJECT ENCODING and, as
+ * in Redis, the order replies list a small hash or set in.
+ */
+export const HASH_MAX_LISTPACK_ENTRIES = 512;
+export const HASH_MAX_LISTPACK_VALUE = 64;
+export const SET_MAX_INTSET_ENTRIES = 512;
+
+/** How a string value was made, for OBJECT ENCODING (see stringEncoding). */
+export const ENC_AUTO = 0;
+export const ENC_RAW = 1;
+export const ENC_NOINT = 2;
+
+/**
+ * A hash: fields (latin1 strings) to values. Values are Buffers, in the Arena from
+ * `threshold` bytes on like string values. A Map keeps insertion order, which is the
+ * order of Redis's listpack encoding; `listpack` turns false for good once the hash
+ * outgrows it, as Redis converts to a hashtable and never back.
+ */
+export class HashValue {
+  map = new Map<string, Buffer>();
+  listpack = true;
+}
+
+/** A set of latin1 strings. `intset` while Redis would keep it as an intset (every member an int64, few). */
+export class SetValue {
+  set = new Set<string>();
+  intset = true;
+}
+
+/**
+ * A list: a ring buffer of Buffers (O(1) at both ends, like Redis's quicklist), elements
+ * in the Arena from `threshold` bytes on.
+ */
+export class ListValue {
+  #a: (Buffer | undefined)[] = new Array<Buffer | undefined>(8);
+  #head = 0;
+  length = 0;
+
+  at(i: number): Buffer {
+    return this.#a[(this.#head + i) & (this.#a.length - 1)]!;
+  }
+
+  setAt(i: number, b: Buffer): void {
+    this.#a[(this.#head + i) & (this.#a.length - 1)] = b;
+  }
+
+  #grow(): void {
+    if (this.length < this.#a.length) return;
+    const items = this.toArray(0, this.length);
+    this.#a = new Array<Buffer | undefined>(this.#a.length * 2);
+    for (let i = 0; i < items.length; i++) this.#a[i] = items[i];
+    this.#head = 0;
+  }
+
+  push(b: Buffer): void {
+    this.#grow();
+    this.#a[(this.#head + this.length) & (this.#a.length - 1)] = b;
+    this.length++;
+  }
+
+  unshift(b: Buffer): void {
+    this.#grow();
+    this.#head = (this.#head - 1) & (this.#a.length - 1);
+    this.#a[this.#head] = b;
+    this.length++;
+  }
+
+  shift(): Buffer {
+    const b = this.#a[this.#head]!;
+    this.#a[this.#head] = undefined;
+    this.#head = (this.#head + 1) & (this.#a.length - 1);
+    this.length--;
+    return b;
+  }
+
+  pop(): Buffer {
+    const i = (this.#head + this.length - 1) & (this.#a.length - 1);
+    const b = this.#a[i]!;
+    this.#a[i] = undefined;
+    this.length--;
+    return b;
+  }
+
+  /** Elements [start, end). */
+  toArray(start: number, end: number): Buffer[] {
+    const out: Buffer[] = [];
+    for (let i = start; i < end; i++) out.push(this.at(i));
+    return out;
+  }
+
+  /** Replaces every element (the middle-of-the-list edits: LINSERT, LREM, LTRIM). */
+  replace(items: Buffer[]): void {
+    let cap = 8;
+    while (cap < items.length) cap *= 2;
+    this.#a = new Array<Buffer | undefined>(cap);
+    for (let i = 0; i < items.length; i++) this.#a[i] = items[i];
+    this.#head = 0;
+    this.length = items.length;
+  }
+}
+
+export type Value = Buffer | HashValue | ListValue | SetValue;
+
 export interface Entry {
   key: string;
+  /** T_STRING, T_HASH, T_LIST or T_SET */
+  type: ValueType;
   /** null once deleted (a tombstone in `order`) */
-  value: Buffer | null;
+  value: Value | null;
+  /** A string value in the Arena (elements of the other types: see Store.inArena). */
   inArena: boolean;
+  /** How a string value was made: ENC_AUTO, ENC_RAW or ENC_NOINT. */
+  enc: number;
   /** ms since the epoch, 0 = none */
   expireAt: number;
   /** access clock */
@@ -51,7 +170,14 @@ export interface Entry {
 }
 
 /** A live entry: what get() and lookupRead() return. */
-export type LiveEntry = Entry & { value: Buffer };
+export type LiveEntry = Entry & { value: Value };
+
+/** Something WATCHing keys (a client): EXEC fails once `dirty`. */
+export interface Watcher {
+  dirty: boolean;
+  /** Keys watched, each with whether it was already logically expired when WATCHed. */
+  watched: Map<string, { expired: boolean }>;
+}
 
 export interface StoreOptions {
   /** values of at least this many bytes live in the Arena */
@@ -66,6 +192,35 @@ export interface KeyspaceStats {
   evictedKeys: number;
   hits: number;
   misses: number;
+}
+
+/** Redis's string2ll on a stored value: canonical int64 text. */
+function isInt64Text(b: Buffer): boolean {
+  const n = b.length;
+  if (n === 0 || n > 20) return false;
+  let i = 0;
+  if (b[0] === 45) {
+    if (n === 1) return false;
+    i = 1;
+  }
+  if (b[i] === 48) return n === 1;
+  for (; i < n; i++) if (b[i]! < 48 || b[i]! > 57) return false;
+  if (n < 19) return true;
+  const v = BigInt(b.toString('latin1'));
+  return v <= MAX_INT64 && v >= MIN_INT64;
+}
+
+/** OBJECT ENCODING of a string, as Redis 7.0 would have encoded the same value made the same way. */
+export function stringEncoding(e: Entry): string {
+  const v = e.value as Buffer;
+  if (e.enc === ENC_RAW) return 'raw';
+  if (e.enc === ENC_AUTO && isInt64Text(v)) return 'int';
+  return v.length <= 44 ? 'embstr' : 'raw';
+}
+
+/** Whether a member can live in an intset. */
+export function isIntsetMember(m: string): boolean {
+  return isInt64Text(Buffer.from(m, 'latin1'));
 }
 
 export class Store {
@@ -100,6 +255,8 @@ export class Store {
   pins = new Map<Buffer, number>();
   /** Pinned buffers whose value is gone: given back when the last reply lets go. */
   freeWhenUnpinned = new Set<Buffer>();
+  /** Clients WATCHing each key (see touch()). */
+  watchers = new Map<string, Set<Watcher>>();
   stats: KeyspaceStats = { expiredKeys: 0, evictedKeys: 0, hits: 0, misses: 0 };
 
   constructor({ threshold = pageSize, maxmemory = 0, policy = 'allkeys-lru' }: StoreOptions = {}) {
@@ -198,11 +355,190 @@ export class Store {
 
   #freeValue(e: Entry): void {
     if (e.inArena) {
+      const v = e.value as Buffer;
       this.arenaValues--;
-      this.arenaBytes -= e.value!.length;
-      this.#arenaFree(e.value!);
+      this.arenaBytes -= v.length;
+      this.#arenaFree(v);
+    } else if (e.type !== T_STRING) {
+      const v = e.value;
+      if (v instanceof HashValue) for (const b of v.map.values()) this.freeElement(b);
+      else if (v instanceof ListValue) for (let i = 0; i < v.length; i++) this.freeElement(v.at(i));
     }
     e.value = null;
+  }
+
+  // ---- Elements of hashes and lists: Buffers like string values, in the Arena from `threshold` on ----
+
+  /** Whether an element (hash value, list element) lives in the Arena: decided by its length alone. */
+  inArena(b: Buffer): boolean {
+    return b.length >= this.threshold;
+  }
+
+  /** An element to store, from a command argument (see #own). */
+  element(arg: Buffer): Buffer {
+    const { value, inArena } = this.#own(arg);
+    if (inArena) {
+      this.arenaValues++;
+      this.arenaBytes += value.length;
+    }
+    return value;
+  }
+
+  /** An element is gone (deleted, replaced or popped): its Arena pages go back once no reply refers to them. */
+  freeElement(b: Buffer): void {
+    if (b.length < this.threshold) return;
+    this.arenaValues--;
+    this.arenaBytes -= b.length;
+    this.#arenaFree(b);
+  }
+
+  /** Bytes an element counts for against maxmemory. */
+  elementCost(b: Buffer): number {
+    return b.length >= this.threshold ? Math.ceil(b.length / pageSize) * pageSize : b.length + BUFFER_OVERHEAD;
+  }
+
+  /** Bytes a hash field or set member counts for besides its value. */
+  memberCost(m: string): number {
+    return m.length + 48;
+  }
+
+  /** A new key holding an empty hash, list or set (the caller adds elements and calls changed()). */
+  create(key: string, type: ValueType): LiveEntry {
+    const value = type === T_HASH ? new HashValue() : type === T_LIST ? new ListValue() : new SetValue();
+    const e: Entry = {
+      key,
+      type,
+      value,
+      inArena: false,
+      enc: ENC_AUTO,
+      expireAt: 0,
+      lru: ++this.clock,
+      seq: this.seq++,
+      slot: this.order.length,
+      cost: ENTRY_OVERHEAD + key.length,
+    };
+    this.map.set(key, e);
+    this.order.push(e);
+    this.used += e.cost;
+    return e as LiveEntry;
+  }
+
+  /**
+   * A hash, list or set changed: `delta` bytes more (or fewer) against maxmemory, the
+   * key's WATCHers see the write, and an empty collection takes its key with it (as
+   * in Redis, no key holds an empty hash, list or set).
+   */
+  changed(e: Entry, delta: number): void {
+    e.cost += delta;
+    this.used += delta;
+    if (this.watchers.size !== 0) this.touch(e.key);
+    const v = e.value;
+    const size = v instanceof HashValue ? v.map.size : v instanceof SetValue ? v.set.size : (v as ListValue).length;
+    if (size === 0) this.delete(e.key);
+  }
+
+  /** Moves a key's entry to another name (RENAME), keeping its value, TTL and type. */
+  rename(e: Entry, to: string): void {
+    this.delete(to);
+    const from = e.key;
+    this.map.delete(from);
+    if (e.expireAt !== 0) this.expires.delete(from);
+    if (this.watchers.size !== 0) this.touch(from);
+    this.used -= e.cost;
+    // A new entry (a new SCAN position), as Redis adds the key anew.
+    const moved: Entry = { ...e, key: to, seq: this.seq++, slot: this.order.length };
+    moved.cost = e.cost - from.length + to.length;
+    e.value = null;
+    this.tombstones++;
+    this.map.set(to, moved);
+    this.order.push(moved);
+    this.used += moved.cost;
+    if (moved.expireAt !== 0) this.expires.add(to);
+    if (this.watchers.size !== 0) this.touch(to);
+  }
+
+  /** A copy of a value under another key (COPY); the caller has removed `to` if it existed. */
+  copy(e: Entry, to: string): void {
+    const v = e.value!;
+    if (e.type === T_STRING) {
+      this.set(to, v as Buffer, e.expireAt);
+      (this.map.get(to) as Entry).enc = e.enc;
+      return;
+    }
+    const d = this.create(to, e.type);
+    let cost = 0;
+    if (v instanceof HashValue) {
+      const h = d.value as HashValue;
+      h.listpack = v.listpack;
+      for (const [f, b] of v.map) {
+        h.map.set(f, this.element(b));
+        cost += this.memberCost(f) + this.elementCost(b);
+      }
+    } else if (v instanceof ListValue) {
+      const l = d.value as ListValue;
+      for (let i = 0; i < v.length; i++) {
+        const b = v.at(i);
+        l.push(this.element(b));
+        cost += this.elementCost(b);
+      }
+    } else {
+      const st = d.value as SetValue;
+      st.intset = (v as SetValue).intset;
+      for (const m of (v as SetValue).set) {
+        st.set.add(m);
+        cost += this.memberCost(m);
+      }
+    }
+    if (e.expireAt !== 0) this.setExpire(d, e.expireAt);
+    this.changed(d, cost);
+  }
+
+  // ---- WATCH ----
+
+  watch(w: Watcher, key: string): void {
+    if (w.watched.has(key)) return;
+    const e = this.map.get(key);
+    w.watched.set(key, { expired: e !== undefined && e.expireAt !== 0 && e.expireAt <= Date.now() });
+    let set = this.watchers.get(key);
+    if (set === undefined) this.watchers.set(key, (set = new Set()));
+    set.add(w);
+  }
+
+  unwatchAll(w: Watcher): void {
+    for (const key of w.watched.keys()) {
+      const set = this.watchers.get(key);
+      if (set === undefined) continue;
+      set.delete(w);
+      if (set.size === 0) this.watchers.delete(key);
+    }
+    w.watched.clear();
+    w.dirty = false;
+  }
+
+  /** A key was written (or deleted, or expired): EXEC of every client WATCHing it will fail. */
+  touch(key: string): void {
+    const set = this.watchers.get(key);
+    if (set === undefined) return;
+    for (const w of set) {
+      const wk = w.watched.get(key);
+      // Already expired when WATCHed, and now deleted: logically no change (Redis's touchWatchedKey).
+      if (wk !== undefined && wk.expired && !this.map.has(key)) {
+        wk.expired = false;
+        continue;
+      }
+      w.dirty = true;
+    }
+  }
+
+  /** Whether a key WATCHed while it was live has expired since (Redis's isWatchedKeyExpired). */
+  watchedKeyExpired(w: Watcher): boolean {
+    const now = Date.now();
+    for (const [key, wk] of w.watched) {
+      if (wk.expired) continue;
+      const e = this.map.get(key);
+      if (e !== undefined && e.expireAt !== 0 && e.expireAt <= now) return true;
+    }
+    return false;
   }
 
   /** The live entry for key, expiring it lazily; touches its LRU clock. */
@@ -216,6 +552,64 @@ export class Store {
     }
     e.lru = ++this.clock;
     return e;
+  }
+
+  /** get() without touching the LRU clock (OBJECT, TTL-like lookups that Redis makes with LOOKUP_NOTOUCH). */
+  peek(key: string): LiveEntry | undefined {
+    const e = this.map.get(key) as LiveEntry | undefined;
+    if (e === undefined) return undefined;
+    if (e.expireAt !== 0 && e.expireAt <= Date.now()) {
+      this.delete(key);
+      this.stats.expiredKeys++;
+      return undefined;
+    }
+    return e;
+  }
+
+  /**
+   * Samples of the LRU clock against wall time, taken by tick() (10 per second): they
+   * turn an entry's `lru` into a time for OBJECT IDLETIME without a clock read per access.
+   */
+  #clockTimes: number[] = [];
+  #clockValues: number[] = [];
+
+  tick(now = Date.now()): void {
+    if (this.#clockValues.length >= 100_000) {
+      this.#clockValues.splice(0, 50_000);
+      this.#clockTimes.splice(0, 50_000);
+    }
+    this.#clockValues.push(this.clock);
+    this.#clockTimes.push(now);
+  }
+
+  /** About when an entry was last touched: the first tick at which the clock had passed its `lru`. */
+  lastAccess(e: Entry): number {
+    const v = this.#clockValues;
+    let lo = 0;
+    let hi = v.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (v[mid]! < e.lru) lo = mid + 1;
+      else hi = mid;
+    }
+    return lo < v.length ? this.#clockTimes[lo]! : Date.now();
+  }
+
+  /** A random live key (RANDOMKEY), or undefined when there is none. */
+  randomKey(): string | undefined {
+    const now = Date.now();
+    for (let tries = 0; tries < 100 && this.map.size > 0; tries++) {
+      const e = this.order[Math.floor(Math.random() * this.order.length)]!;
+      if (e.value === null) continue;
+      if (e.expireAt !== 0 && e.expireAt <= now) {
+        this.delete(e.key);
+        this.stats.expiredKeys++;
+        continue;
+      }
+      return e.key;
+    }
+    for (const key of this.map.keys()) if (this.peek(key) !== undefined) return key;
+    return undefined;
   }
 
   /** get() that counts keyspace hits and misses (read commands). */
@@ -261,15 +655,29 @@ export class Store {
   /** Stores value under key, in e (the key's entry) or a new entry when e is undefined. */
   #put(e: Entry | undefined, key: string, value: Buffer, inArena: boolean, expireAt: number | undefined): void {
     if (e === undefined) {
-      e = { key, value, inArena, expireAt: 0, lru: 0, seq: this.seq++, slot: this.order.length, cost: 0 };
+      e = {
+        key,
+        type: T_STRING,
+        value,
+        inArena,
+        enc: ENC_AUTO,
+        expireAt: 0,
+        lru: 0,
+        seq: this.seq++,
+        slot: this.order.length,
+        cost: 0,
+      };
       this.map.set(key, e);
       this.order.push(e);
     } else {
       this.used -= e.cost;
       this.#freeValue(e);
+      e.type = T_STRING;
       e.value = value;
       e.inArena = inArena;
+      e.enc = ENC_AUTO;
     }
+    if (this.watchers.size !== 0) this.touch(key);
     if (inArena) {
       this.arenaValues++;
       this.arenaBytes += value.length;
@@ -281,6 +689,7 @@ export class Store {
   }
 
   setExpire(e: Entry, expireAt: number): void {
+    if (this.watchers.size !== 0) this.touch(e.key);
     e.expireAt = expireAt;
     if (expireAt === 0) this.expires.delete(e.key);
     else this.expires.add(e.key);
@@ -293,6 +702,7 @@ export class Store {
     if (e.expireAt !== 0) this.expires.delete(key);
     this.used -= e.cost;
     this.#freeValue(e);
+    if (this.watchers.size !== 0) this.touch(key);
     this.tombstones++;
     if (this.tombstones > 1024 && this.tombstones * 2 > this.order.length) this.#compact();
     return true;
@@ -308,6 +718,8 @@ export class Store {
   }
 
   flush(): void {
+    // FLUSHALL touches the WATCHed keys that exist (Redis's touchAllWatchedKeysInDb).
+    for (const key of this.watchers.keys()) if (this.map.has(key)) this.touch(key);
     for (const e of this.order) if (e.value !== null) this.#freeValue(e);
     this.map.clear();
     this.expires.clear();
