@@ -65,14 +65,17 @@ if (!fs.existsSync(CLI)) {
  */
 function compileServer(): { server: string; dir: string } {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cache-server-bench-'));
-  for (const name of fs.readdirSync(EXAMPLE).filter((f) => f.endsWith('.mts'))) {
+  const names = fs.readdirSync(EXAMPLE, { recursive: true, encoding: 'utf8' }).filter((f) => f.endsWith('.mts'));
+  for (const name of names) {
     const source = fs.readFileSync(path.join(EXAMPLE, name), 'utf8');
     const { outputText } = ts.transpileModule(source, {
       fileName: name,
       compilerOptions: { module: ts.ModuleKind.ESNext, target: ts.ScriptTarget.ES2022 },
     });
+    const out = path.join(dir, name.replace(/\.mts$/, '.mjs'));
+    fs.mkdirSync(path.dirname(out), { recursive: true });
     // The shebang names tsx; the copy is plain JavaScript.
-    fs.writeFileSync(path.join(dir, name.replace(/\.mts$/, '.mjs')), outputText.replace(/^#!.*\n/, ''));
+    fs.writeFileSync(out, outputText.replace(/^#!.*\n/, ''));
   }
   fs.mkdirSync(path.join(dir, 'node_modules'));
   fs.symlinkSync(ROOT, path.join(dir, 'node_modules', 'node-ksm'), 'dir');
@@ -345,18 +348,31 @@ async function memoryCase(label: 'duplicates' | 'unique', valueOf: (i: number) =
   }
 }
 
-function benchmark(port: number, size: number, pipeline: number, n: number): Promise<{ SET?: number; GET?: number }> {
-  const args = ['-h', '127.0.0.1', '-p', String(port), '-t', 'set,get', '-d', String(size), '-c', '50'];
+/** utime + stime of a process, in microseconds. */
+function cpuMicros(pid: number): number {
+  const fields = fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+  return ((Number(fields[11]) + Number(fields[12])) * 1e6) / CLOCK_TICKS;
+}
+/** USER_HZ, the unit of utime and stime: 100 on every Linux configuration in use. */
+const CLOCK_TICKS = 100;
+
+/** One redis-benchmark run of one operation: requests/s, and the server's CPU time per request. */
+function benchmark(
+  server: Server,
+  op: 'SET' | 'GET',
+  size: number,
+  pipeline: number,
+  n: number,
+): Promise<{ rps: number; cpuUs: number }> {
+  const args = ['-h', '127.0.0.1', '-p', String(server.port), '-t', op.toLowerCase(), '-d', String(size), '-c', '50'];
   args.push('-P', String(pipeline), '-n', String(n), '-r', '1000', '--csv');
+  const cpu0 = cpuMicros(server.pid);
   return new Promise((resolve, reject) =>
     execFile('redis-benchmark', args, { maxBuffer: 16 * MiB }, (e, stdout) => {
       if (e) return reject(new Error(`redis-benchmark failed: ${e.message}`));
-      const out: { SET?: number; GET?: number } = {};
-      for (const line of stdout.split('\n')) {
-        const m = /^"(SET|GET)","([\d.]+)"/.exec(line);
-        if (m) out[m[1] as 'SET' | 'GET'] = Number(m[2]);
-      }
-      resolve(out);
+      const m = new RegExp(`^"${op}","([\\d.]+)"`, 'm').exec(stdout);
+      if (!m) return reject(new Error(`redis-benchmark printed no ${op} figure: ${stdout}`));
+      resolve({ rps: Number(m[1]), cpuUs: (cpuMicros(server.pid) - cpu0) / n });
     }),
   );
 }
@@ -365,8 +381,12 @@ interface ThroughputRow {
   op: 'SET' | 'GET';
   size: number;
   pipeline: number;
+  /** Best requests/s of the measured runs. */
   ours: number;
   redis: number;
+  /** The server's CPU time per request (utime + stime), median of the measured runs, in µs. */
+  oursCpuUs: number;
+  redisCpuUs: number;
 }
 
 async function throughput(): Promise<ThroughputRow[]> {
@@ -380,25 +400,44 @@ async function throughput(): Promise<ThroughputRow[]> {
     [64 * KiB, 16, 16_000],
   ];
   const rows: ThroughputRow[] = [];
+  const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
   try {
     for (const [size, pipeline, n] of cases) {
+      const requests = Math.round(n * q);
       // First one unmeasured run per side: steady state is what a long-running server
       // serves, and this server is JIT-compiled (its first 10,000 SETs of 64 KiB ran ~25 %
-      // slower than later ones). Then ABBA order, best of two per side: drift and bursts
-      // of load on a shared machine hit both sides alike.
+      // slower than later ones). Then ABBA order: drift and bursts of load on a shared
+      // machine hit both sides alike. Requests/s: the best run per side; CPU per request
+      // (which load moves much less): the median.
       for (const s of [ours, redis]) {
         await command(s.port, ['FLUSHALL']);
-        await benchmark(s.port, size, pipeline, Math.round(n * q));
+        for (const op of ['SET', 'GET'] as const) await benchmark(s, op, size, pipeline, requests);
       }
-      const best = { 'node-ksm': { SET: 0, GET: 0 }, redis: { SET: 0, GET: 0 } };
+      const runs = {
+        'node-ksm': {
+          SET: [] as Array<{ rps: number; cpuUs: number }>,
+          GET: [] as Array<{ rps: number; cpuUs: number }>,
+        },
+        redis: { SET: [] as Array<{ rps: number; cpuUs: number }>, GET: [] as Array<{ rps: number; cpuUs: number }> },
+      };
       for (const s of [ours, redis, redis, ours]) {
         await command(s.port, ['FLUSHALL']);
-        const r = await benchmark(s.port, size, pipeline, Math.round(n * q));
-        const side = best[s.name as 'node-ksm' | 'redis'];
-        for (const op of ['SET', 'GET'] as const) side[op] = Math.max(side[op], r[op] ?? 0);
+        for (const op of ['SET', 'GET'] as const)
+          runs[s.name as 'node-ksm' | 'redis'][op].push(await benchmark(s, op, size, pipeline, requests));
       }
-      for (const op of ['SET', 'GET'] as const)
-        rows.push({ op, size, pipeline, ours: best['node-ksm'][op], redis: best.redis[op] });
+      for (const op of ['SET', 'GET'] as const) {
+        const o = runs['node-ksm'][op];
+        const r = runs.redis[op];
+        rows.push({
+          op,
+          size,
+          pipeline,
+          ours: Math.max(...o.map((x) => x.rps)),
+          redis: Math.max(...r.map((x) => x.rps)),
+          oursCpuUs: median(o.map((x) => x.cpuUs)),
+          redisCpuUs: median(r.map((x) => x.cpuUs)),
+        });
+      }
     }
   } finally {
     await stop(ours);
@@ -570,7 +609,19 @@ try {
     print(table);
   }
   if (tput.length > 0) {
-    const table = [['throughput, 50 clients', 'node-ksm cache', 'redis-server', 'ratio', 'goal', '']];
+    const table = [
+      [
+        'throughput, 50 clients',
+        'node-ksm cache',
+        'redis-server',
+        'ratio',
+        'goal',
+        '',
+        'CPU/request: ours',
+        'redis',
+        'ratio',
+      ],
+    ];
     for (const t of tput) {
       const ratio = t.ours / t.redis;
       table.push([
@@ -580,6 +631,9 @@ try {
         `${ratio.toFixed(2)}x`,
         `>= ${THROUGHPUT_GOAL}x`,
         mark(ratio >= THROUGHPUT_GOAL),
+        `${t.oursCpuUs.toFixed(1)} us`,
+        `${t.redisCpuUs.toFixed(1)} us`,
+        `${(t.oursCpuUs / t.redisCpuUs).toFixed(2)}x`,
       ]);
     }
     print(table);
