@@ -16,7 +16,7 @@ const BENCHES: ReadonlyArray<readonly [name: string, script: string, what: strin
   ['merge', 'merge-vs-c', 'waitForMerge(boost) vs a C program, and kernel defaults'],
   ['policies', 'policies', 'node-ksm bench: scanner policies incl. autotune and the advisor'],
   ['shared-dataset', 'shared-dataset', 'N workers x 512 MiB: PSS with and without node-ksm'],
-  ['cache-server', 'cache-server', 'the example cache server vs redis-server'],
+  ['cache-server', 'cache-server', 'the example cache server vs redis-server (and under node-ksm run)'],
 ];
 
 /** The script's file: TypeScript (run through tsx), or a plain .mjs not yet converted. */

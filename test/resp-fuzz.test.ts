@@ -14,7 +14,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { binding } from '../lib/binding';
 
-const SERVER = path.join(__dirname, '..', 'examples', 'cache-server', 'server.mjs');
+const SERVER = path.join(__dirname, '..', 'examples', 'cache-server', 'server.mts');
 const present = fs.existsSync(SERVER);
 
 type Reply = string | number | null | Buffer | Reply[] | { error: string };
@@ -174,7 +174,7 @@ describe.skipIf(!present)('cache server under a RESP fuzzer', () => {
 
   beforeAll(async () => {
     if (binding === null) throw new Error('the native addon is not loaded');
-    proc = spawn(process.execPath, [SERVER, '--port', '0'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    proc = spawn(process.execPath, ['--import', 'tsx', SERVER, '--port', '0'], { stdio: ['ignore', 'pipe', 'pipe'] });
     const line = await new Promise<string>((resolve, reject) => {
       let out = '';
       proc!.stdout!.on('data', (d) => {

@@ -16,12 +16,19 @@ import { startExporter } from './exporter';
 import { watch } from './watch';
 import { AUTOTUNE_OPTIONS, AUTOTUNE_USAGE, autotuneCommand } from './autotune';
 import { BENCH_OPTIONS, BENCH_USAGE, benchCommand } from './bench';
+import { RUN_OPTIONS, RUN_USAGE, runCommandFromCli, splitRunArgs } from './run';
 
 interface Command {
   summary: string;
   usage: string;
   options: Options;
-  run(values: Values): Promise<void> | void;
+  /**
+   * Takes a command line of its own after its flags (`node-ksm run [flags] [--] CMD ...`):
+   * splits the arguments into its flags and that command.
+   */
+  split?(args: string[]): { flags: string[]; command: string[] };
+  /** A number is the exit code (`run` ends with its command's). */
+  run(values: Values, command: string[]): Promise<number | void> | number | void;
 }
 
 const out = process.stdout;
@@ -171,6 +178,15 @@ const COMMANDS: Record<string, Command> = {
       await benchCommand(v, stopSignal());
     },
   },
+  run: {
+    summary: 'run a program with process-wide merging on (PR_SET_MEMORY_MERGE, like MemoryKSM=yes)',
+    usage: RUN_USAGE,
+    options: RUN_OPTIONS,
+    split: splitRunArgs,
+    run(v, command) {
+      return runCommandFromCli(v, command);
+    },
+  },
   autotune: {
     summary: 'boost ksmd while there is work, idle at the kernel default cost otherwise (root; foreground)',
     usage: AUTOTUNE_USAGE,
@@ -221,13 +237,14 @@ async function main(argv: string[]): Promise<number> {
     return 2;
   }
   try {
-    const values = parseFlags(rest, cmd.options);
+    const { flags, command } = cmd.split ? cmd.split(rest) : { flags: rest, command: [] };
+    const values = parseFlags(flags, cmd.options);
     if (values.help) {
       print(`Usage: ${cmd.usage}`);
       return 0;
     }
-    await cmd.run(values);
-    return 0;
+    const code = await cmd.run(values, command);
+    return typeof code === 'number' ? code : 0;
   } catch (err) {
     const e = err as NodeJS.ErrnoException;
     const badInput =
@@ -241,7 +258,9 @@ async function main(argv: string[]): Promise<number> {
     const fix = e?.code !== undefined && FIXES[e.code] && !/root|read-only/.test(message) ? ` (${FIXES[e.code]})` : '';
     process.stderr.write(`node-ksm ${name}: ${message}${fix}\n`);
     if (process.env.NODE_KSM_DEBUG) process.stderr.write(`${e?.stack ?? ''}\n`);
-    return 1;
+    // `run` ends with 125 for its own failures, so they differ from its command's 1.
+    const exitCode = (err as { exitCode?: unknown } | null)?.exitCode;
+    return typeof exitCode === 'number' ? exitCode : 1;
   }
 }
 

@@ -4,12 +4,16 @@
 // computed for an explicit `INFO ksm` (or `INFO all`).
 import os from 'node:os';
 import { bufferStats, pageSize, processStats, systemStats } from 'node-ksm';
+import type { CacheServer } from './server.mjs';
+import type { Store } from './store.mjs';
+
+type Field = [string, string | number | undefined];
 
 const DEFAULT = ['server', 'clients', 'memory', 'stats', 'keyspace', 'ksm'];
 /** Values looked at per `INFO ksm`; beyond this, a random sample stands for all. */
 const MERGE_SAMPLE = 16;
 
-const human = (n) => {
+const human = (n: number): string => {
   const units = ['B', 'K', 'M', 'G', 'T'];
   let i = 0;
   while (n >= 1024 && i < units.length - 1) {
@@ -20,7 +24,7 @@ const human = (n) => {
 };
 
 /** Fields of a section: [name, value] pairs, or undefined values to skip. */
-const SECTIONS = {
+const SECTIONS: Record<string, (srv: CacheServer, detailed: boolean) => Field[]> = {
   server(srv) {
     const up = Math.floor((Date.now() - srv.started) / 1000);
     return [
@@ -67,14 +71,14 @@ const SECTIONS = {
       ['arena_live_buffers', a.liveBuffers],
       ['arena_live_bytes', a.liveBytes],
       ['arena_free_bytes', a.freeBytes],
-      // Released values' buffers kept for reuse (store.mjs, SPARE_MAX): live to the Arena.
+      // Released values' buffers kept for reuse (store.mts, SPARE_MAX): live to the Arena.
       ['arena_spare_bytes', s.spareBytes],
       // Values replies still send by reference (Writer, Store.pin), and those of them whose
       // key is gone: their pages go back once the replies are written.
       ['arena_pinned_buffers', s.pins.size],
       ['arena_pinned_gone', s.freeWhenUnpinned.size],
       ['arena_fragmentation', a.fragmentation.toFixed(3)],
-      // Full GC + trimHeap() after a burst, once quiet (server.mjs, reclaimTick).
+      // Full GC + trimHeap() after a burst, once quiet (server.mts, reclaimTick).
       ['idle_reclaims', srv.reclaims],
     ];
   },
@@ -99,7 +103,7 @@ const SECTIONS = {
   },
   ksm(srv, detailed) {
     const s = srv.store;
-    const out = [
+    const out: Field[] = [
       ['ksm_value_threshold', s.threshold],
       ['ksm_values', s.arenaValues],
       ['ksm_value_bytes', s.arenaBytes],
@@ -112,7 +116,7 @@ const SECTIONS = {
         ['ksm_process_profit_bytes', p.profitBytes],
       );
     } catch (err) {
-      out.push(['ksm_process_error', err.code ?? 'unknown']);
+      out.push(['ksm_process_error', (err as { code?: string }).code ?? 'unknown']);
     }
     try {
       const y = systemStats();
@@ -123,7 +127,7 @@ const SECTIONS = {
         ['ksm_system_saved_bytes', y.savedBytes],
       );
     } catch (err) {
-      out.push(['ksm_system_error', err.code ?? 'unknown']);
+      out.push(['ksm_system_error', (err as { code?: string }).code ?? 'unknown']);
     }
     if (detailed) out.push(...valueMerge(s));
     return out;
@@ -139,13 +143,13 @@ const SECTIONS = {
  * one. Hence an explicit section and at most MERGE_SAMPLE values. The process-wide
  * figures above are exact and cheap (only the Arena is mergeable in this process).
  */
-function valueMerge(s) {
-  const values = [];
-  for (const e of s.order) if (e.value !== null && e.inArena) values.push(e.value);
+function valueMerge(s: Store): Field[] {
+  const values: Buffer[] = [];
+  for (const e of s.order) if (e.value !== null && e.inArena) values.push(e.value as Buffer);
   let sample = values;
   if (values.length > MERGE_SAMPLE) {
     sample = [];
-    for (let i = 0; i < MERGE_SAMPLE; i++) sample.push(values[Math.floor(Math.random() * values.length)]);
+    for (let i = 0; i < MERGE_SAMPLE; i++) sample.push(values[Math.floor(Math.random() * values.length)]!);
   }
   let pages = 0;
   let merged = 0;
@@ -169,16 +173,16 @@ function valueMerge(s) {
 }
 
 /** The INFO reply for the requested section names (lowercase; none = default). */
-export function infoText(srv, names) {
+export function infoText(srv: CacheServer, names: string[]): string {
   let wanted = names.length === 0 || names.includes('default') ? DEFAULT : names;
   const all = names.includes('all') || names.includes('everything');
   if (all) wanted = DEFAULT;
   const detailed = all || names.includes('ksm');
-  const parts = [];
+  const parts: string[] = [];
   for (const name of Object.keys(SECTIONS)) {
     if (!wanted.includes(name)) continue;
-    const title = name === 'ksm' ? 'KSM' : name[0].toUpperCase() + name.slice(1);
-    const lines = SECTIONS[name](srv, detailed)
+    const title = name === 'ksm' ? 'KSM' : name[0]!.toUpperCase() + name.slice(1);
+    const lines = SECTIONS[name]!(srv, detailed)
       .filter(([, v]) => v !== undefined)
       .map(([k, v]) => `${k}:${v}`);
     parts.push([`# ${title}`, ...lines].join('\r\n'));
