@@ -9,9 +9,9 @@ import { fileURLToPath } from 'node:url';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const BENCHES = [
-  ['alloc', 'alloc.mjs', 'alloc+fill+free vs Buffer.allocUnsafeSlow+fill+GC'],
+  ['alloc', 'alloc.mts', 'alloc+fill+free vs Buffer.allocUnsafeSlow+fill+GC, and the C heap after a burst'],
   ['stats', 'stats.mjs', 'bufferStats(1 GiB) and processStats() vs alloc+fill of 1 GiB'],
-  ['arena', 'arena.mjs', 'Arena vs Buffer.allocUnsafeSlow vs one mapping per buffer'],
+  ['arena', 'arena.mts', 'Arena and alloc vs the Buffer baselines, pattern by pattern, on Node 20/24/26'],
   ['merge', 'merge-vs-c.mjs', 'waitForMerge(boost) vs a C program, and kernel defaults'],
   ['policies', 'policies.mjs', 'node-ksm bench: scanner policies incl. autotune and the advisor'],
   ['shared-dataset', 'shared-dataset.mjs', 'N workers x 512 MiB: PSS with and without node-ksm'],
@@ -32,7 +32,9 @@ let failed = 0;
 for (const [name, file, what] of BENCHES) {
   if (wanted.length > 0 && !wanted.includes(name)) continue;
   console.log(`\n=== ${name}: ${what}`);
-  const r = spawnSync(process.execPath, [join(here, file)], { stdio: 'inherit' });
+  // TypeScript benchmarks run through tsx.
+  const tsx = file.endsWith('.mts') ? ['--import', 'tsx'] : [];
+  const r = spawnSync(process.execPath, [...tsx, join(here, file)], { stdio: 'inherit', cwd: join(here, '..') });
   if (r.status !== 0) {
     failed++;
     console.log(`=== ${name} failed (${r.signal ?? `exit ${r.status}`})`);
