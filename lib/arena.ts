@@ -677,17 +677,24 @@ export class Arena {
     }
   }
 
+  /**
+   * The timer holds the arena only weakly: an arena dropped without close() is collected
+   * as before (its chunks unmapped by their finalizers), whatever its delay.
+   */
   #arm(): void {
-    const timer = setTimeout(() => this.#onTick(), Math.max(1, Math.ceil(this.purgeDelayMs / TICKS)));
+    const timer = setTimeout(Arena.#onTimer, Math.max(1, Math.ceil(this.purgeDelayMs / TICKS)), new WeakRef(this));
     timer.unref();
     this.#timer = timer;
+  }
+
+  static #onTimer(this: void, ref: WeakRef<Arena>): void {
+    const arena = ref.deref();
+    if (arena !== undefined) arena.#onTick();
   }
 
   /**
    * Every quarter of the delay while pages are dirty: returns those released more than
    * TICKS ticks ago (so unused for at least the delay), then any chunk they leave empty.
-   * The timer holds the arena, for as long as it has dirty pages: at most 1.25 times the
-   * delay after its last release, an arena dropped without close() can be collected.
    */
   #onTick(): void {
     this.#timer = undefined;

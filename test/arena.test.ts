@@ -402,6 +402,18 @@ describe('Arena purging', () => {
     expect(await pollUntil(() => (globalThis.gc!(), b.counters().views === before.views), 10_000)).toBe(true);
   });
 
+  it('lets the GC have an arena dropped with dirty pages: its timer holds it only weakly', async () => {
+    await collect();
+    const before = b.counters().mappings;
+    (() => {
+      const a = new Arena({ chunkSize: MiB, purgeDelayMs: 600_000 });
+      for (let i = 0; i < 10; i++) a.release(a.alloc(10_000).fill(i));
+      expect(a.stats().dirtyBytes).toBeGreaterThan(0);
+    })();
+    expect(b.counters().mappings).toBe(before + 1);
+    expect(await pollUntil(() => (globalThis.gc!(), b.counters().mappings === before), 20_000)).toBe(true);
+  });
+
   it('never keeps the process alive with its timer', () => {
     expect(ensureDist()).toBe(true);
     const started = Date.now();
