@@ -18,7 +18,10 @@
 // how much of 1 GiB released at once an arena still holds after 10 s idle.
 //
 //   npm run build:ts && node --import tsx bench/arena.mts [--nodes 20,24,26] [--rounds 5]
-//     [--ops 100000] [--patterns request,batch-64] [--sides ...] [--no-memory] [--json FILE]
+//     [--ops 100000] [--patterns request,batch-64] [--sides ...] [--metric wall|cpu]
+//     [--no-memory | --no-speed] [--json FILE]
+// --metric cpu compares the CPU time of each side's process (all its threads) instead of
+// wall time: on a machine other work is loading, it moves less.
 // A Node version other than this process's comes from scripts/node-dist.sh (the official
 // build, from the npm registry); the addon is Node-API, so one build serves them all.
 import { execFileSync } from 'node:child_process';
@@ -41,7 +44,9 @@ const { values } = parseArgs({
     ops: { type: 'string', default: '100000' },
     patterns: { type: 'string', default: PATTERNS.join(',') },
     sides: { type: 'string', default: SIDES.join(',') },
+    metric: { type: 'string', default: 'wall' },
     'no-memory': { type: 'boolean', default: false },
+    'no-speed': { type: 'boolean', default: false },
     'idle-mib': { type: 'string', default: '1024' },
     json: { type: 'string' },
   },
@@ -52,6 +57,8 @@ const patterns = values.patterns.split(',') as Pattern[];
 const sides = values.sides.split(',') as Side[];
 for (const p of patterns) if (!PATTERNS.includes(p)) throw new Error(`unknown pattern ${p}: ${PATTERNS.join(', ')}`);
 for (const s of sides) if (!SIDES.includes(s)) throw new Error(`unknown side ${s}: ${SIDES.join(', ')}`);
+if (values.metric !== 'wall' && values.metric !== 'cpu') throw new Error('--metric is wall or cpu');
+const metric = values.metric === 'cpu' ? 'cpuNsPerOp' : 'nsPerOp';
 
 /** The node binary of a major version: this one, or the official build. */
 function nodeBinary(major: string): string {
@@ -98,7 +105,7 @@ const LABEL: Record<Pattern, string> = {
 type Samples = Record<string, Partial<Record<Side, number[]>>>;
 const results: Record<string, { version: string; ns: Samples }> = {};
 const started = Date.now();
-for (const major of values.nodes.split(',')) {
+for (const major of values['no-speed'] ? [] : values.nodes.split(',')) {
   const node = nodeBinary(major);
   const version = execFileSync(node, ['--version'], { encoding: 'utf8' }).trim();
   const ns: Samples = {};
@@ -108,7 +115,7 @@ for (const major of values.nodes.split(',')) {
       for (let k = 0; k < sides.length; k++) {
         const side = sides[(k + r) % sides.length]!;
         const res = child(node, 'speed', pattern, side, opsFor(pattern, side));
-        (samples[side] ??= []).push(res.nsPerOp as number);
+        (samples[side] ??= []).push(res[metric] as number);
       }
     }
     ns[pattern] = samples;
@@ -119,13 +126,15 @@ for (const major of values.nodes.split(',')) {
 
 const majors = Object.keys(results);
 const us = (x: number): string => (x / 1000).toFixed(x < 10_000 ? 2 : 1);
-console.log(
-  `\nEach side in a fresh process, ${rounds} rounds, sides rotating; every buffer written whole. ` +
-    `Cells: median of the per-round ratios (median µs per operation, this side / baseline).`,
-);
+if (majors.length > 0)
+  console.log(
+    `\nEach side in a fresh process, ${rounds} rounds, sides rotating; every buffer written whole. ` +
+      `Cells: median of the per-round ratios (median µs per operation, this side / baseline), ` +
+      `${metric === 'cpuNsPerOp' ? 'CPU time of each process' : 'wall time'}.`,
+  );
 const ratioTable: Record<string, Record<string, Record<string, number>>> = {};
 for (const [title, a, b] of PAIRS) {
-  if (!sides.includes(a) || !sides.includes(b)) continue;
+  if (majors.length === 0 || !sides.includes(a) || !sides.includes(b)) continue;
   console.log(`\n${title}`);
   console.log(`| pattern | ${majors.map((m) => `Node ${results[m]!.version.slice(1)}`).join(' | ')} |`);
   console.log(`|---|${majors.map(() => '---|').join('')}`);
@@ -168,5 +177,5 @@ if (!values['no-memory']) {
 }
 
 if (values.json) {
-  writeFileSync(values.json, JSON.stringify({ rounds, results, ratios: ratioTable, memory }, null, 2));
+  writeFileSync(values.json, JSON.stringify({ rounds, metric, results, ratios: ratioTable, memory }, null, 2));
 }
