@@ -106,10 +106,15 @@ async function speed(pattern: Pattern, side: Side, ops: number): Promise<object>
   await run(pattern, m, warm, 0);
   await turn();
   const start = process.hrtime.bigint();
+  const cpu = process.cpuUsage();
   await run(pattern, m, ops, warm);
   await turn(); // the last turn's finalizers count too
   const ns = Number(process.hrtime.bigint() - start);
-  return { pattern, side, ops, nsPerOp: ns / ops, node: process.version };
+  // CPU time of the whole process (GC threads included), which other processes on a busy
+  // machine move less than wall time.
+  const used = process.cpuUsage(cpu);
+  const cpuNs = (used.user + used.system) * 1000;
+  return { pattern, side, ops, nsPerOp: ns / ops, cpuNsPerOp: cpuNs / ops, node: process.version };
 }
 
 const rssAnon = (): number => Number(/RssAnon:\s+(\d+) kB/.exec(readFileSync('/proc/self/status', 'utf8'))![1]) * KiB;
