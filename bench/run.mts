@@ -10,9 +10,9 @@ import { fileURLToPath } from 'node:url';
 const here = dirname(fileURLToPath(import.meta.url));
 /** [name, script (bench/<script>.mts, or .mjs), what it compares]. */
 const BENCHES: ReadonlyArray<readonly [name: string, script: string, what: string]> = [
-  ['alloc', 'alloc', 'alloc+fill+free vs Buffer.allocUnsafeSlow+fill+GC'],
+  ['alloc', 'alloc', 'alloc+fill+free vs Buffer.allocUnsafeSlow+fill+GC, and the C heap after a burst'],
   ['stats', 'stats', 'bufferStats(1 GiB) and processStats() vs alloc+fill of 1 GiB'],
-  ['arena', 'arena', 'Arena vs Buffer.allocUnsafeSlow vs one mapping per buffer'],
+  ['arena', 'arena', 'Arena and alloc vs the Buffer baselines, pattern by pattern, on Node 20/24/26'],
   ['merge', 'merge-vs-c', 'waitForMerge(boost) vs a C program, and kernel defaults'],
   ['policies', 'policies', 'node-ksm bench: scanner policies incl. autotune and the advisor'],
   ['shared-dataset', 'shared-dataset', 'N workers x 512 MiB: PSS with and without node-ksm'],

@@ -293,6 +293,13 @@ function detachedEverywhere(ab: ArrayBufferLike, what: string): void {
   for (const v of sameBuffer(ab)) check(lenOf(v) === 0, `${what}: a view of it still reads ${lenOf(v)} bytes`);
 }
 
+let memFd = -1;
+/** /proc/self/mem, to read bytes no view reaches (an arena buffer's padding). */
+function mem(): number {
+  if (memFd < 0) memFd = fs.openSync('/proc/self/mem', 'r');
+  return memFd;
+}
+
 function verifyFill(buf: ArrayBufferView, fill: Fill, what: string): void {
   if (fill === null || buf.byteLength === 0) return;
   const n = buf.byteLength;
@@ -524,8 +531,18 @@ const OPS: Op[] = [
             chunkSize: pick([undefined, PAGE, 4 * PAGE, 64 * 1024, 1024 * 1024, 2 ** 20 + 1]),
             mergeable: pick([undefined, true, false]),
             maxDirtyBytes: pick([undefined, 0, PAGE, 1 << 20]),
+            // Released pages kept for reuse and returned by a timer: 0 (at once), ticks that
+            // fire during the run, and never.
+            purgeDelayMs: pick([undefined, 0, 1, 20, 600_000]),
           }
-        : pick([null, 1, { chunkSize: pick(WEIRD()) }, { maxDirtyBytes: pick(WEIRD()) }, { mergeable: 1 }]);
+        : pick([
+            null,
+            1,
+            { chunkSize: pick(WEIRD()) },
+            { maxDirtyBytes: pick(WEIRD()) },
+            { purgeDelayMs: pick(WEIRD()) },
+            { mergeable: 1 },
+          ]);
       const shown =
         options && typeof options === 'object'
           ? Object.entries(options)
@@ -562,6 +579,52 @@ const OPS: Op[] = [
       a.live++;
       a.liveBytes += size;
       if (a.bufs.length > 400) release(a, 0);
+    },
+  ],
+  [
+    4,
+    'arena.allocUnsafe',
+    () => {
+      const a = pick(arenas);
+      if (!a) return;
+      const size = chance(0.9) ? int(3 * PAGE) : sizeArg();
+      opName = `arena.allocUnsafe(${describe(size)})${a.arena.closed ? ' [closed]' : ''}`;
+      const r = call(() => a.arena.allocUnsafe(size as number));
+      if (!r.ok) return;
+      const buf = r.value;
+      check(!a.arena.closed, 'allocUnsafe on a closed arena succeeded');
+      check(buf.length === size, `arena.allocUnsafe(${String(size)}) gave ${buf.length}`);
+      if (typeof size !== 'number') return;
+      // Its bytes may be a released buffer's; its padding never (equal blobs, equal pages).
+      const pad = (PAGE - (size % PAGE)) % PAGE;
+      if (size > 0 && pad > 0) {
+        const tail = Buffer.alloc(pad);
+        fs.readSync(mem(), tail, 0, pad, binding.addressOf(buf) + BigInt(size));
+        check(
+          tail.every((x) => x === 0),
+          'arena.allocUnsafe: padding not zero',
+        );
+      }
+      a.bufs.push({ buf, size, fill: null });
+      a.live++;
+      a.liveBytes += size;
+      if (a.bufs.length > 400) release(a, 0);
+    },
+  ],
+  [
+    1,
+    'wait',
+    async () => {
+      // Lets purge timers fire between operations (they return and unmap what was released).
+      const ms = pick([0, 1, 5, 30]);
+      opName = `wait(${ms} ms)`;
+      await sleep(ms);
+      for (const a of arenas) {
+        if (a.arena.closed) continue;
+        const s = a.arena.stats();
+        check(s.liveBuffers === a.live && s.liveBytes === a.liveBytes, 'arena stats moved while waiting');
+        check(s.dirtyBytes <= s.freeBytes, 'more dirty bytes than free ones');
+      }
     },
   ],
   [
@@ -828,7 +891,8 @@ async function runOps(): Promise<void> {
       if (disabled.has(name)) continue;
       if (trace) fs.writeSync(2, `#${opIndex} ${name}\n`);
       const t0 = profile ? performance.now() : 0;
-      fn();
+      const pending = fn();
+      if (pending instanceof Promise) await pending;
       if (profile) profile[name] = (profile[name] ?? 0) + performance.now() - t0;
       if (trace && opName !== name) fs.writeSync(2, `   ${opName}\n`);
       // Keep touched memory bounded; most large buffers are never written.

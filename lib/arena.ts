@@ -27,17 +27,32 @@
  *   Runs are whole pages because KSM merges whole pages: a blob must start on a page
  *   and its padding must be zero for two equal blobs to become equal pages.
  *
- * - Released pages are returned with MADV_DONTNEED, which also makes them read as zero
- *   again, but in batches: up to `maxDirtyBytes` of released pages stay resident, and a
- *   buffer allocated on them gets them zeroed with memset. Refaulting a page costs far
+ * - Released pages are returned by time, not by emptiness (the model of jemalloc's
+ *   dirty_decay_ms and mimalloc's purge delay): a released run stays resident ("dirty")
+ *   and is reused first, zeroed with memset where a buffer must read as zero; pages unused
+ *   for `purgeDelayMs` are returned with MADV_DONTNEED by an unref'd timer, and all of
+ *   them at once when more than `maxDirtyBytes` are waiting. Refaulting a page costs far
  *   more than zeroing it (measured here: DONTNEED + refault of 16 KiB ~14 us, memset
- *   ~1 us), and churn reuses the last-released run first. The default keeps at most
- *   1/64 of the live bytes (at least 64 pages) resident that way.
+ *   ~1 us), and a live set that empties (one request at a time, batches released
+ *   together) used to pay that on every cycle when emptiness was the trigger. The timer
+ *   ticks every quarter of the delay while pages are dirty and stops when none are; each
+ *   page carries the tick it was released in, so a page is returned once unused for at
+ *   least the delay and at most 1.25 times it.
+ *   MADV_DONTNEED, not MADV_FREE: a lazily freed page stays in RSS (and in the cgroup's
+ *   charge) until the kernel is short of memory, so nothing an operator reads would go
+ *   down; the kernel skips pages mapped more than once, so a merged page (KSM) would stay
+ *   mapped and keep its stable page alive; and it leaves the contents undefined (old
+ *   bytes or zeros), where DONTNEED makes a returned page read as zero again, which is
+ *   what keeps fresh runs and padding zero without a memset. A dirty page that ksmd
+ *   merges in the meantime costs no more than any dirty page: it is counted in
+ *   `maxDirtyBytes`, returned on the same schedule, and its reuse breaks the sharing with
+ *   a copy-on-write fault instead of a memset.
  *
- * - One empty chunk is kept (its pages returned), so a live set that oscillates around a
- *   chunk boundary does not mmap/munmap a whole chunk on each crossing; it costs address
- *   space and one VMA, no memory. Any further chunk that empties is unmapped at once.
- *   Allocations larger than a chunk get a mapping of their own (an `alloc` buffer).
+ * - An emptied chunk keeps its dirty pages like any other; once they are returned, one
+ *   empty chunk is kept (it costs address space and one VMA, no memory), so a live set
+ *   that oscillates around a chunk boundary does not mmap/munmap a whole chunk on each
+ *   crossing, and any further empty chunk is unmapped. Allocations larger than a chunk
+ *   get a mapping of their own (an `alloc` buffer).
  *
  * - Bookkeeping per buffer is one property on its ArrayBuffer (`arenaMark` in memory.ts:
  *   a small number naming the chunk and first page); the run's length and padding live in per-chunk typed arrays
@@ -65,11 +80,19 @@ export interface ArenaOptions {
   /** Mark chunks MADV_MERGEABLE (default true). */
   mergeable?: boolean;
   /**
-   * Released bytes that may stay resident, to be zeroed and reused, before they are all
-   * returned with MADV_DONTNEED. 0 returns every release at once. Default: 1/64 of the
-   * live bytes, at least 64 pages.
+   * Released bytes that may stay resident ("dirty": kept for reuse, zeroed when a buffer
+   * that must read as zero gets them) while they wait for `purgeDelayMs`. Past it, every
+   * dirty page is returned with MADV_DONTNEED at once. 0 returns every release at once.
+   * Default 64 MiB.
    */
   maxDirtyBytes?: number;
+  /**
+   * How long released pages stay resident for reuse, in milliseconds: a background timer
+   * (unref'd: it never keeps the process alive) returns the pages unused for that long
+   * with MADV_DONTNEED, at most a quarter of the delay later, and an emptied chunk after
+   * them. 0 returns every release at once, as `maxDirtyBytes: 0` does. Default 1000.
+   */
+  purgeDelayMs?: number;
 }
 
 /** What an {@link Arena} holds ({@link Arena.stats}). */
@@ -90,7 +113,10 @@ export interface ArenaStats {
    * small holes between live buffers).
    */
   fragmentation: number;
-  /** Released pages still resident, waiting to be zeroed for reuse or returned. */
+  /**
+   * Released pages still resident, waiting to be reused or returned (within
+   * `purgeDelayMs`, and never more than `maxDirtyBytes`).
+   */
   dirtyBytes: number;
 }
 
@@ -101,6 +127,18 @@ const EXACT = 16;
 const CLASSES = EXACT + 27 * 4;
 /** Runs looked at in the request's own (inexact) list before moving to a larger one. */
 const LIST_SCAN = 8;
+const DEFAULT_MAX_DIRTY = 64 * 1024 * 1024;
+const DEFAULT_PURGE_DELAY_MS = 1000;
+/** setTimeout's longest delay. */
+const MAX_DELAY_MS = 2 ** 31 - 1;
+/**
+ * The purge timer ticks every 1/TICKS of the delay; a page released during tick t is
+ * returned on tick t + TICKS + 1, after at least the delay and at most (TICKS + 1)/TICKS
+ * of it. Ticks are counted modulo STAMPS, and a page's stamp is its tick + 1 (0: clean),
+ * so one byte per page holds it: no dirty page outlives TICKS + 1 ticks.
+ */
+const TICKS = 4;
+const STAMPS = 255;
 
 type Marked = ArrayBuffer & { [arenaMark]?: number };
 
@@ -139,6 +177,9 @@ interface Chunk {
   usedPages: number;
   freePages: number;
   dirtyPages: number;
+  /** Bounds of the dirty pages: none lies outside [dirtyLo, dirtyHi). */
+  dirtyLo: number;
+  dirtyHi: number;
   u8: Uint8Array;
   /** At each run's first page: +pages if allocated, -pages if free. */
   len: Int32Array;
@@ -149,13 +190,31 @@ interface Chunk {
   prev: Int32Array;
   bins: Int32Array;
   bitmap: Uint32Array;
-  /** Per page: released and not yet zeroed or returned. */
+  /**
+   * Per page: 0 if clean (allocated, or free and not resident), else the stamp of the
+   * tick it was released in (free, resident, holding a released buffer's bytes).
+   */
   dirty: Uint8Array;
-  /** Released runs (first page, pages) pending a flush; some may be reused since. */
-  dirtyRuns: number[];
   /** The live buffer of each allocated run, by first page (detached by close()). */
   views: (ArrayBuffer | undefined)[];
+  /**
+   * Kept views: by first page of a released run whose pages are still dirty, the
+   * ArrayBuffer its buffer was transferred to, still attached over those pages and held
+   * only here, to be handed out again to an allocation of the same run and length.
+   */
+  kept: (ArrayBuffer | undefined)[];
+  keptCount: number;
 }
+
+/**
+ * `ArrayBuffer.prototype.transfer` (Node 21+): moves a backing store to a new ArrayBuffer
+ * object without copying, and detaches the old one. Where it exists a released buffer is
+ * transferred rather than detached, and the new ArrayBuffer kept for the next allocation of
+ * the same run: creating and detaching an external ArrayBuffer goes through Node's
+ * finalizer machinery (a record per buffer, a cross-thread wake-up of the event loop per
+ * batch of detached buffers), a transfer does not.
+ */
+const canTransfer = typeof (ArrayBuffer.prototype as { transfer?: unknown }).transfer === 'function';
 
 /**
  * Many page-aligned buffers carved out of a few large mergeable mappings, so a service
@@ -174,22 +233,30 @@ export class Arena {
   readonly chunkSize: number;
   /** Whether the chunks are marked MADV_MERGEABLE. */
   readonly mergeable: boolean;
+  /** The `maxDirtyBytes` in force (the option, or its default). */
+  readonly maxDirtyBytes: number;
+  /** The `purgeDelayMs` in force (the option, or its default). */
+  readonly purgeDelayMs: number;
   readonly #b: NativeBinding;
   readonly #page: number;
   readonly #chunkPages: number;
-  readonly #maxDirty: number | undefined;
+  readonly #maxDirtyPages: number;
+  /** Releases go back at once (a delay or cap of 0): no page is ever left dirty. */
+  readonly #eager: boolean;
   /** Every chunk by slot; regular chunks also in #chunks, in slot order. */
   readonly #slots: (Chunk | Dedicated | undefined)[] = [];
   #chunks: Chunk[] = [];
   /** Live zero-length buffers (they have no pages, so no place in a chunk). */
   readonly #empty = new Set<ArrayBuffer>();
+  /** The one empty, clean chunk kept mapped. */
   #spare: Chunk | null = null;
   #closed = false;
   #liveBuffers = 0;
   #liveBytes = 0;
-  #livePages = 0;
   #dirtyPages = 0;
-  #dirtyRunCount = 0;
+  /** The purge timer's tick count, modulo STAMPS. */
+  #tick = 0;
+  #timer: ReturnType<typeof setTimeout> | undefined;
 
   constructor(options: ArenaOptions = {}) {
     if (options === null || typeof options !== 'object') throw invalidArgType('options', 'of type object', options);
@@ -203,8 +270,16 @@ export class Arena {
     this.#chunkPages = Math.ceil(chunkSize / this.#page);
     this.chunkSize = this.#chunkPages * this.#page;
     this.mergeable = options.mergeable === undefined ? true : validateBoolean(options.mergeable, 'options.mergeable');
-    this.#maxDirty =
-      options.maxDirtyBytes === undefined ? undefined : validateInteger(options.maxDirtyBytes, 'options.maxDirtyBytes');
+    this.maxDirtyBytes =
+      options.maxDirtyBytes === undefined
+        ? DEFAULT_MAX_DIRTY
+        : validateInteger(options.maxDirtyBytes, 'options.maxDirtyBytes');
+    this.purgeDelayMs =
+      options.purgeDelayMs === undefined
+        ? DEFAULT_PURGE_DELAY_MS
+        : validateInteger(options.purgeDelayMs, 'options.purgeDelayMs', 0, MAX_DELAY_MS);
+    this.#maxDirtyPages = Math.floor(this.maxDirtyBytes / this.#page);
+    this.#eager = this.#maxDirtyPages === 0 || this.purgeDelayMs === 0;
   }
 
   /** True once `close()` has run. */
@@ -266,18 +341,24 @@ export class Arena {
     if (chunk.dirtyPages > 0) this.#zeroDirty(chunk, start, pages, zeroFrom);
 
     let buf: Buffer;
-    try {
-      buf = b.view(chunk.ab, start * page, size);
-    } catch (err) {
-      this.#freeRun(chunk, start, pages);
-      throw err;
+    let ab = chunk.keptCount > 0 ? this.#takeKept(chunk, start, start + pages, size) : undefined;
+    if (ab !== undefined) {
+      buf = Buffer.from(ab, 0, size);
+    } else {
+      try {
+        buf = b.view(chunk.ab, start * page, size);
+      } catch (err) {
+        // Its pages are clean now (fresh, or zeroed from `zeroFrom` on): free, not dirty.
+        this.#freeRun(chunk, start, pages);
+        if (chunk.usedPages === 0 && chunk.dirtyPages === 0) this.#retire(chunk);
+        throw err;
+      }
+      ab = buf.buffer as ArrayBuffer;
     }
-    const ab = buf.buffer as ArrayBuffer;
     (ab as Marked)[arenaMark] = chunk.slot + start * SLOT_SPAN;
     chunk.views[start] = ab;
     this.#liveBuffers++;
     this.#liveBytes += size;
-    this.#livePages += pages;
     return buf;
   }
 
@@ -310,11 +391,26 @@ export class Arena {
     if (chunk.dedicated) {
       // It owns its mapping: this unmaps it (false if free() already did).
       this.#b.free(ab);
-    } else {
-      chunk.views[start] = undefined;
-      this.#b.detachView(ab); // false if free() already detached it
+      this.#reclaim(chunk, start, undefined);
+      return;
     }
-    this.#reclaim(chunk, start);
+    chunk.views[start] = undefined;
+    let kept: ArrayBuffer | undefined;
+    if (canTransfer && !this.#eager && !ab.detached) {
+      try {
+        kept = ab.transfer();
+      } catch {
+        // A runtime that refuses to move this backing store: detached below instead.
+      }
+    }
+    if (kept === undefined && !this.#b.detachView(ab) && this.#b.viewAttached(chunk.ab, start * this.#page)) {
+      // Detached before it came back, yet its view is still attached: something moved the
+      // backing store to another ArrayBuffer (`buf.buffer.transfer()`), which still reaches
+      // these pages. They stay allocated, counted as live, until close(), so that nothing
+      // else is ever handed the bytes that ArrayBuffer can read and write.
+      return;
+    }
+    this.#reclaim(chunk, start, kept);
   }
 
   stats(): ArenaStats {
@@ -342,23 +438,28 @@ export class Arena {
   }
 
   /**
-   * Unmaps every chunk now. Every buffer the arena handed out reads as length 0; `alloc`
-   * and `release` throw `ERR_KSM_CLOSED` from now on. Idempotent.
+   * Unmaps every chunk now, dirty pages included. Every buffer the arena handed out reads
+   * as length 0; `alloc` and `release` throw `ERR_KSM_CLOSED` from now on. Idempotent.
    */
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
+    if (this.#timer !== undefined) clearTimeout(this.#timer);
+    this.#timer = undefined;
     for (const c of this.#slots) {
       if (c === undefined) continue;
-      if (!c.dedicated) for (const view of c.views) if (view !== undefined) this.#b.detachView(view);
+      if (!c.dedicated) {
+        for (const view of c.views) if (view !== undefined) this.#b.detachView(view);
+        this.#dropKept(c, 0, c.pages);
+      }
       this.#b.free(c.ab);
     }
     this.#slots.length = 0;
     this.#empty.clear();
     this.#chunks = [];
     this.#spare = null;
-    this.#liveBuffers = this.#liveBytes = this.#livePages = 0;
-    this.#dirtyPages = this.#dirtyRunCount = 0;
+    this.#liveBuffers = this.#liveBytes = 0;
+    this.#dirtyPages = 0;
   }
 
   /**
@@ -380,7 +481,6 @@ export class Arena {
     (ab as Marked)[arenaMark] = slot;
     this.#liveBuffers++;
     this.#liveBytes += size;
-    this.#livePages += pages;
     return Buffer.from(ab, 0, size);
   }
 
@@ -403,6 +503,8 @@ export class Arena {
       usedPages: 0,
       freePages: n,
       dirtyPages: 0,
+      dirtyLo: n,
+      dirtyHi: 0,
       u8: new Uint8Array(ab),
       len: new Int32Array(n),
       startOf: new Int32Array(n),
@@ -411,8 +513,9 @@ export class Arena {
       bins: new Int32Array(CLASSES).fill(-1),
       bitmap: new Uint32Array(Math.ceil(CLASSES / 32)),
       dirty: new Uint8Array(n),
-      dirtyRuns: [],
       views: new Array<ArrayBuffer | undefined>(n),
+      kept: new Array<ArrayBuffer | undefined>(n),
+      keptCount: 0,
     };
     insertFree(chunk, 0, n);
     this.#slots[slot] = chunk;
@@ -421,30 +524,39 @@ export class Arena {
     return chunk;
   }
 
-  /** The run at `start` of `chunk` goes back to the free space (its ArrayBuffer is detached). */
-  #reclaim(chunk: Chunk | Dedicated, start: number): void {
+  /**
+   * The run at `start` of `chunk` goes back to the free space. Its buffer was detached, or
+   * transferred to `kept`, which holds its pages until they are reused or returned.
+   */
+  #reclaim(chunk: Chunk | Dedicated, start: number, kept: ArrayBuffer | undefined): void {
     if (chunk.dedicated) {
       this.#liveBuffers--;
       this.#liveBytes -= chunk.size;
-      this.#livePages -= chunk.pages;
       this.#slots[chunk.slot] = undefined;
       return;
     }
     const pages = chunk.len[start]!;
+    const end = start + pages;
     this.#liveBuffers--;
     this.#liveBytes -= pages * this.#page - chunk.next[start]!;
-    this.#livePages -= pages;
-    for (let p = start; p < start + pages; p++) chunk.dirty[p] = 1;
-    chunk.dirtyPages += pages;
-    this.#dirtyPages += pages;
-    chunk.dirtyRuns.push(start, pages);
-    this.#dirtyRunCount++;
+    if (this.#eager) {
+      this.#b.madvise(chunk.ab, start * this.#page, pages * this.#page, this.#b.advice.DONTNEED);
+    } else {
+      // An allocated run's pages are all clean: each becomes dirty, stamped with this tick.
+      chunk.dirty.fill(this.#tick + 1, start, end);
+      chunk.dirtyPages += pages;
+      if (start < chunk.dirtyLo) chunk.dirtyLo = start;
+      if (end > chunk.dirtyHi) chunk.dirtyHi = end;
+      this.#dirtyPages += pages;
+      if (kept !== undefined) {
+        chunk.kept[start] = kept;
+        chunk.keptCount++;
+      }
+    }
     this.#freeRun(chunk, start, pages);
-    if (chunk.usedPages === 0) this.#retire(chunk);
-    const budget =
-      this.#maxDirty === undefined ? Math.max(64, this.#livePages >>> 6) : Math.floor(this.#maxDirty / this.#page);
-    // The run list is bounded too: runs reused before a flush leave stale entries.
-    if (this.#dirtyPages > budget || this.#dirtyRunCount > Math.max(1024, budget)) this.#flush();
+    if (this.#dirtyPages > this.#maxDirtyPages) this.#purgeAll();
+    else if (chunk.usedPages === 0 && chunk.dirtyPages === 0) this.#retire(chunk);
+    if (this.#timer === undefined && this.#dirtyPages > 0) this.#arm();
   }
 
   /** Marks [start, start+pages) free, merged with free neighbours. */
@@ -468,24 +580,50 @@ export class Arena {
     insertFree(chunk, first, end - first);
   }
 
-  /** An empty chunk: keep it (pages returned) as the one spare, or unmap it. */
+  /**
+   * The kept view at `start` if it has `size` bytes, for an allocation of [start, end);
+   * any other kept view on those pages is detached (the addon allows one attached view per
+   * page, and none may reach a buffer it does not belong to).
+   */
+  #takeKept(chunk: Chunk, start: number, end: number, size: number): ArrayBuffer | undefined {
+    let found: ArrayBuffer | undefined;
+    const kept = chunk.kept;
+    for (let p = start; p < end; p++) {
+      const ab = kept[p];
+      if (ab === undefined) continue;
+      kept[p] = undefined;
+      chunk.keptCount--;
+      if (p === start && ab.byteLength === size) found = ab;
+      else this.#b.detachView(ab);
+    }
+    return found;
+  }
+
+  /** Detaches the kept views on pages [from, to). */
+  #dropKept(chunk: Chunk, from: number, to: number): void {
+    const kept = chunk.kept;
+    for (let p = from; p < to && chunk.keptCount > 0; p++) {
+      const ab = kept[p];
+      if (ab === undefined) continue;
+      kept[p] = undefined;
+      chunk.keptCount--;
+      this.#b.detachView(ab);
+    }
+  }
+
+  /**
+   * An empty chunk with no dirty page (none of its pages is resident, and so no kept
+   * view): kept as the one spare, or unmapped.
+   */
   #retire(chunk: Chunk): void {
-    this.#dirtyRunCount -= chunk.dirtyRuns.length / 2;
-    chunk.dirtyRuns.length = 0;
-    if (this.#spare !== null && this.#spare !== chunk) {
-      this.#dirtyPages -= chunk.dirtyPages;
-      this.#slots[chunk.slot] = undefined;
-      this.#chunks.splice(this.#chunks.indexOf(chunk), 1);
-      this.#b.free(chunk.ab);
+    if (chunk === this.#spare) return;
+    if (this.#spare === null) {
+      this.#spare = chunk;
       return;
     }
-    this.#spare = chunk;
-    if (chunk.dirtyPages > 0) {
-      this.#b.madvise(chunk.ab, 0, chunk.pages * this.#page, this.#b.advice.DONTNEED);
-      chunk.dirty.fill(0);
-      this.#dirtyPages -= chunk.dirtyPages;
-      chunk.dirtyPages = 0;
-    }
+    this.#slots[chunk.slot] = undefined;
+    this.#chunks.splice(this.#chunks.indexOf(chunk), 1);
+    this.#b.free(chunk.ab);
   }
 
   /** Zeroes the dirty pages of a run being handed out (they held a released buffer). */
@@ -493,10 +631,11 @@ export class Arena {
     const page = this.#page;
     const end = start + pages;
     const from = start * page + zeroFrom;
+    const dirty = chunk.dirty;
     for (let p = start; p < end; p++) {
-      if (chunk.dirty[p] === 0) continue;
+      if (dirty[p] === 0) continue;
       let q = p;
-      while (q < end && chunk.dirty[q] === 1) chunk.dirty[q++] = 0;
+      while (q < end && dirty[q] !== 0) dirty[q++] = 0;
       if (q * page > from) chunk.u8.fill(0, Math.max(p * page, from), q * page);
       chunk.dirtyPages -= q - p;
       this.#dirtyPages -= q - p;
@@ -504,45 +643,84 @@ export class Arena {
     }
   }
 
-  /** Returns every dirty page with MADV_DONTNEED, adjacent runs in one call. */
-  #flush(): void {
+  /**
+   * Returns the dirty pages of `chunk` that were released at least `age` ticks ago (0:
+   * all of them) with MADV_DONTNEED, each stretch of neighbouring pages in one call.
+   */
+  #purge(chunk: Chunk, age: number): void {
+    const dirty = chunk.dirty;
     const page = this.#page;
     const dontneed = this.#b.advice.DONTNEED;
-    for (const chunk of this.#chunks) {
-      const runs = chunk.dirtyRuns;
-      if (runs.length === 0) continue;
-      if (chunk.dirtyPages > 0) {
-        // Sorting by first page lets neighbouring released runs go in one madvise.
-        const order: number[] = [];
-        for (let i = 0; i < runs.length; i += 2) order.push(runs[i]! * (chunk.pages + 1) + runs[i + 1]!);
-        order.sort((a, b) => a - b);
-        let from = -1;
-        let to = -1;
-        const emit = (): void => {
-          if (from >= 0) {
-            this.#b.madvise(chunk.ab, from * page, (to - from) * page, dontneed);
-            chunk.dirty.fill(0, from, to);
-          }
-        };
-        for (const key of order) {
-          const s = Math.floor(key / (chunk.pages + 1));
-          const e = s + (key % (chunk.pages + 1));
-          for (let p = s; p < e; p++) {
-            if (chunk.dirty[p] === 0) continue;
-            if (p !== to) {
-              emit();
-              from = p;
-            }
-            to = p + 1;
-          }
-        }
-        emit();
-        this.#dirtyPages -= chunk.dirtyPages;
-        chunk.dirtyPages = 0;
+    const now = this.#tick;
+    let lo = chunk.pages;
+    let hi = 0;
+    let from = -1;
+    let purged = 0;
+    const end = chunk.dirtyHi;
+    for (let p = chunk.dirtyLo; p <= end; p++) {
+      const s = p < end ? dirty[p]! : 0;
+      // Age in ticks of a stamp: ticks count modulo STAMPS, and no stamp gets older than
+      // TICKS + 1, so the difference taken modulo STAMPS is exact.
+      const old = s !== 0 && (now - (s - 1) + STAMPS) % STAMPS >= age;
+      if (old) {
+        if (from < 0) from = p;
+        dirty[p] = 0;
+        continue;
       }
-      runs.length = 0;
+      if (from >= 0) {
+        // A kept view over returned pages would only hold Node's records: it goes too.
+        if (chunk.keptCount > 0) this.#dropKept(chunk, from, p);
+        this.#b.madvise(chunk.ab, from * page, (p - from) * page, dontneed);
+        purged += p - from;
+        from = -1;
+      }
+      if (s !== 0) {
+        if (p < lo) lo = p;
+        hi = p + 1;
+      }
     }
-    this.#dirtyRunCount = 0;
+    chunk.dirtyPages -= purged;
+    this.#dirtyPages -= purged;
+    chunk.dirtyLo = lo;
+    chunk.dirtyHi = hi;
+  }
+
+  /** Past `maxDirtyBytes`: every dirty page goes back now, and emptied chunks with them. */
+  #purgeAll(): void {
+    for (const chunk of [...this.#chunks]) {
+      if (chunk.dirtyPages > 0) this.#purge(chunk, 0);
+      if (chunk.usedPages === 0) this.#retire(chunk);
+    }
+  }
+
+  /**
+   * The timer holds the arena only weakly: an arena dropped without close() is collected
+   * as before (its chunks unmapped by their finalizers), whatever its delay.
+   */
+  #arm(): void {
+    const timer = setTimeout(Arena.#onTimer, Math.max(1, Math.ceil(this.purgeDelayMs / TICKS)), new WeakRef(this));
+    timer.unref();
+    this.#timer = timer;
+  }
+
+  static #onTimer(this: void, ref: WeakRef<Arena>): void {
+    const arena = ref.deref();
+    if (arena !== undefined) arena.#onTick();
+  }
+
+  /**
+   * Every quarter of the delay while pages are dirty: returns those released more than
+   * TICKS ticks ago (so unused for at least the delay), then any chunk they leave empty.
+   */
+  #onTick(): void {
+    this.#timer = undefined;
+    if (this.#closed) return;
+    this.#tick = (this.#tick + 1) % STAMPS;
+    for (const chunk of [...this.#chunks]) {
+      if (chunk.dirtyPages > 0) this.#purge(chunk, TICKS + 1);
+      if (chunk.usedPages === 0 && chunk.dirtyPages === 0) this.#retire(chunk);
+    }
+    if (this.#dirtyPages > 0) this.#arm();
   }
 }
 

@@ -63,6 +63,8 @@ export interface NativeBinding {
   view(buffer: ArrayBuffer, offset: number, length: number): Buffer;
   /** Detaches a light view: false if already detached, ERR_KSM_NOT_OWNED if not one. */
   detachView(buffer: ArrayBuffer): boolean;
+  /** Whether a light view starting `offset` bytes into `buffer`'s mapping is still attached. */
+  viewAttached(buffer: ArrayBuffer, offset: number): boolean;
   free(buffer: ArrayBuffer): boolean;
   madvise(buffer: ArrayBuffer, offset: number, length: number, advice: number): void;
   markMergeable(view: ArrayBufferView | ArrayBuffer, on: boolean): { offset: number; length: number };

@@ -219,6 +219,8 @@ export function processMerging(): boolean {
  * top of the heap, so after a burst of I/O a process can hold many MiB of free heap. Call
  * it when the process goes quiet (after a GC, so that dead Buffers are freed first).
  * Returns false, doing nothing, where the C library has no such call (musl).
+ * node-ksm's own buffers need no call: after a burst of them freed without yielding to the
+ * event loop, the addon trims once their records are finalized.
  */
 export function trimHeap(): boolean {
   return native().trimHeap();

@@ -23,6 +23,11 @@ struct Instance {
   int64_t mappedBytes = 0;  // their total length
   int64_t regions = 0;      // ArrayBuffers over those ranges not yet finalized
   int64_t views = 0;        // light views (arena buffers) not yet finalized
+  // ArrayBuffers this addon detached whose backing-store finalizers have not run yet
+  // (Node runs them on a later turn of the event loop), and the most of them at once
+  // since the C heap was last trimmed (see NoteFinalized in mapping.cc).
+  int64_t finalizePending = 0;
+  int64_t finalizePeak = 0;
   // Our own mmap'd ranges still mapped (window mode has none), by base address: how a
   // light view, which carries no tag, is recognised from the address of its bytes.
   std::map<uintptr_t, Mapping*> live;

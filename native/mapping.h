@@ -52,12 +52,13 @@ struct Mapping {
 struct Region {
   uint32_t magic = kMagic;
   Mapping* mapping = nullptr;
-  size_t offset = 0;      // from mapping->base, always page aligned
-  size_t abOffset = 0;    // where the region starts inside its ArrayBuffer (windows)
-  size_t length = 0;      // bytes visible through the ArrayBuffer
-  size_t extent = 0;      // page-rounded bytes this region owns (>= one page)
-  bool owner = false;     // made by alloc(): freeing it unmaps the mapping
-  bool detached = false;  // detached by us (free, release, or owner unmapped)
+  size_t offset = 0;             // from mapping->base, always page aligned
+  size_t abOffset = 0;           // where the region starts inside its ArrayBuffer (windows)
+  size_t length = 0;             // bytes visible through the ArrayBuffer
+  size_t extent = 0;             // page-rounded bytes this region owns (>= one page)
+  bool owner = false;            // made by alloc(): freeing it unmaps the mapping
+  bool detached = false;         // detached by us (free, release, or owner unmapped)
+  bool finalizePending = false;  // detached by us: counted in Instance::finalizePending
   bool storeLive = true;
   napi_ref weak = nullptr;  // to detach the ArrayBuffer when its mapping goes
   int holds = 2;

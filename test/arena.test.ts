@@ -1,5 +1,6 @@
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
-import { MessageChannel } from 'node:worker_threads';
+import { MessageChannel, Worker } from 'node:worker_threads';
 import { setImmediate as tick } from 'node:timers/promises';
 import { afterEach, describe, expect, it } from 'vitest';
 import { Arena } from '../lib/arena';
@@ -9,6 +10,7 @@ import { alloc, free, isKsmBuffer, pageSize } from '../lib/memory';
 import { parseSmaps } from '../lib/procfs';
 import { bufferStats } from '../lib/buffer-stats';
 import { fillPages, pollUntil, requireKsm, withFastKsm } from './helpers/ksm';
+import { DIST, ensureDist } from './helpers/dist';
 import { expectCode } from './helpers/expect';
 
 const KiB = 1024;
@@ -160,8 +162,9 @@ describe('Arena basics', () => {
     expect(keep.every((x) => x === 7)).toBe(true);
   });
 
-  it('returns released memory in batches bounded by maxDirtyBytes', () => {
-    const a = arena({ maxDirtyBytes: 256 * KiB });
+  it('returns released memory at once past maxDirtyBytes', () => {
+    // A delay far longer than the test: only the cap can return anything here.
+    const a = arena({ maxDirtyBytes: 256 * KiB, purgeDelayMs: 600_000 });
     const bufs = Array.from({ length: 64 }, () => a.alloc(16 * KiB).fill(1));
     const rssLive = mergeableRss();
     expect(rssLive).toBeGreaterThanOrEqual(64 * 16 * KiB);
@@ -175,7 +178,9 @@ describe('Arena basics', () => {
 
   it('coalesces freed neighbours and returns empty chunks, keeping one spare', () => {
     const chunkSize = 32 * pageSize;
-    const a = arena({ chunkSize });
+    // Releases go back at once, so an emptied chunk goes at once too (see "Arena purging"
+    // for the same after the delay).
+    const a = arena({ chunkSize, purgeDelayMs: 0 });
     const mappings = b.counters().mappings;
     const bufs = Array.from({ length: 3 * 32 }, () => a.alloc(pageSize).fill(9));
     expect(a.stats().chunks).toBe(3);
@@ -267,6 +272,339 @@ describe('Arena basics', () => {
     expect(buf.length).toBe(100);
     expect(buf.every((x) => x === 5)).toBe(true);
   });
+});
+
+describe('Arena purging', () => {
+  it('keeps released pages resident for reuse, and returns them once unused for purgeDelayMs', async () => {
+    const delay = 400;
+    const a = arena({ purgeDelayMs: delay });
+    const pin = a.alloc(pageSize).fill(3); // the chunk is not emptied here
+    const bufs = Array.from({ length: 64 }, (_, i) => a.alloc(16 * KiB).fill(i + 1));
+    const first = b.addressOf(bufs[0]!);
+    const rssLive = mergeableRss();
+    const released = Date.now();
+    for (const buf of bufs) a.release(buf);
+    // Still resident (smaps), counted as dirty, and reused first: the next allocation gets
+    // the first released run, zeroed.
+    expect(a.stats().dirtyBytes).toBe(64 * 16 * KiB);
+    expect(mergeableRss()).toBeGreaterThanOrEqual(rssLive);
+    const again = a.alloc(16 * KiB);
+    expect(b.addressOf(again)).toBe(first);
+    expect(again.every((x) => x === 0)).toBe(true);
+    expect(a.stats().dirtyBytes).toBe(63 * 16 * KiB);
+    // The timer gives the rest back: not before the delay (timers never fire early), and
+    // well within a generous bound.
+    expect(await pollUntil(() => a.stats().dirtyBytes === 0, 20_000, 20)).toBe(true);
+    expect(Date.now() - released).toBeGreaterThanOrEqual(delay - 10);
+    expect(mergeableRss()).toBeLessThanOrEqual(rssLive - 63 * 16 * KiB);
+    // Returned pages read as zero without a memset: allocUnsafe does not zero.
+    const unsafe = a.allocUnsafe(16 * KiB);
+    expect(b.addressOf(unsafe)).toBe(first + BigInt(16 * KiB));
+    expect(unsafe.every((x) => x === 0)).toBe(true);
+    expect(pin.every((x) => x === 3)).toBe(true);
+  });
+
+  it('keeps an emptied chunk for the next allocation, and unmaps it after the delay', async () => {
+    const chunkSize = 32 * pageSize;
+    const before = b.counters().mappings;
+    const a = arena({ chunkSize, purgeDelayMs: 200 });
+    const bufs = Array.from({ length: 3 * 32 }, () => a.alloc(pageSize).fill(9));
+    expect(a.stats().chunks).toBe(3);
+    for (const buf of bufs) a.release(buf);
+    // A live set that empties and fills again finds its pages still there: no mapping made.
+    expect(a.stats()).toMatchObject({ chunks: 3, liveBuffers: 0, dirtyBytes: 3 * chunkSize });
+    a.release(a.alloc(pageSize));
+    expect(b.counters().mappings).toBe(before + 3);
+    expect(await pollUntil(() => a.stats().chunks === 1, 20_000, 20)).toBe(true);
+    expect(a.stats()).toMatchObject({ chunks: 1, mappedBytes: chunkSize, freeBytes: chunkSize, dirtyBytes: 0 });
+    expect(b.counters().mappings).toBe(before + 1);
+    expect(mergeableRss()).toBe(0);
+  });
+
+  it('under churn keeps resident memory near the live set plus maxDirtyBytes, and returns it when idle', async () => {
+    const chunkSize = 4 * MiB;
+    const a = arena({ chunkSize, maxDirtyBytes: 16 * MiB });
+    let x = 0x9e3779b9;
+    const rand = (): number => ((x ^= x << 13), (x ^= x >>> 17), (x ^= x << 5), (x >>> 0) / 2 ** 32);
+    const live: Buffer[] = [];
+    let livePages = 0;
+    const pagesOf = (buf: Buffer): number => Math.max(1, Math.ceil(buf.length / pageSize));
+    // 200,000 operations that never yield (the timer cannot run: only the cap returns pages),
+    // the live set swinging between 300 and 3,000 buffers of 1 B to 256 KiB.
+    for (let op = 0; op < 200_000; op++) {
+      const target = Math.floor(op / 20_000) % 2 === 0 ? 3000 : 300;
+      if (live.length < target || rand() < 0.5) {
+        const buf = a.allocUnsafe(1 + Math.floor(Math.exp(rand() * Math.log(256 * KiB))));
+        buf[0] = 1;
+        live.push(buf);
+        livePages += pagesOf(buf);
+      }
+      if (live.length > target || rand() < 0.5) {
+        const i = Math.floor(rand() * live.length);
+        const victim = live[i]!;
+        live[i] = live[live.length - 1]!;
+        live.pop();
+        livePages -= pagesOf(victim);
+        a.release(victim);
+      }
+      if (op % 20_000 === 19_999) {
+        const s = a.stats();
+        expect(s.dirtyBytes).toBeLessThanOrEqual(16 * MiB);
+        expect(mergeableRss() - s.dirtyBytes).toBeLessThanOrEqual(1.1 * livePages * pageSize + chunkSize);
+      }
+    }
+    for (const buf of live) a.release(buf);
+    // Idle: every page goes back within the delay, and every chunk but the spare.
+    expect(await pollUntil(() => a.stats().chunks === 1 && a.stats().dirtyBytes === 0, 20_000, 50)).toBe(true);
+    expect(mergeableRss()).toBe(0);
+  }, 300_000);
+
+  it('returns every dirty page at once past maxDirtyBytes, and stays under it', () => {
+    const a = arena({ maxDirtyBytes: 100 * KiB, purgeDelayMs: 600_000 });
+    const bufs = Array.from({ length: 40 }, (_, i) => a.alloc(16 * KiB).fill(i));
+    const rssLive = mergeableRss();
+    let most = 0;
+    for (const buf of bufs) {
+      a.release(buf);
+      most = Math.max(most, a.stats().dirtyBytes);
+    }
+    expect(most).toBeLessThanOrEqual(100 * KiB);
+    expect(most).toBeGreaterThan(64 * KiB); // it did hold some
+    // At most the cap's worth is still resident.
+    expect(mergeableRss()).toBeLessThanOrEqual(rssLive - 40 * 16 * KiB + 100 * KiB);
+  });
+
+  it('zeroes what it reuses: alloc reads zero, allocUnsafe its own bytes only, padding always', () => {
+    const a = arena({ purgeDelayMs: 600_000 });
+    const keep = a.alloc(pageSize);
+    const size = 2 * pageSize + 5;
+    for (let round = 0; round < 3; round++) {
+      // The same run and length each round: on a Node with ArrayBuffer.prototype.transfer the
+      // released buffer's ArrayBuffer is kept and handed out again.
+      const x = a.allocUnsafe(size);
+      const where = b.addressOf(x);
+      if (round === 0) expect(x.every((v) => v === 0)).toBe(true);
+      else expect(x.every((v) => v === 0xe0 + round - 1)).toBe(true); // not zeroed: the last bytes
+      expect(peek(where + BigInt(size), 3 * pageSize - size).every((v) => v === 0)).toBe(true);
+      const view = new Uint16Array(x.buffer, x.byteOffset, 2);
+      x.fill(0xe0 + round);
+      a.release(x);
+      expect(x.length).toBe(0);
+      expect(view.length).toBe(0);
+      // Dirty padding: write past `size` through the chunk is impossible, so check the
+      // next, shorter allocation of the same pages zeroes its own padding too.
+    }
+    const shorter = a.allocUnsafe(pageSize + 1);
+    expect(shorter[0]).toBe(0xe2);
+    expect(peek(b.addressOf(shorter) + BigInt(pageSize + 1), pageSize - 1).every((v) => v === 0)).toBe(true);
+    a.release(shorter);
+    const zeroed = a.alloc(3 * pageSize);
+    expect(zeroed.every((v) => v === 0)).toBe(true);
+    a.release(zeroed);
+    a.release(keep);
+  });
+
+  it('validates maxDirtyBytes and purgeDelayMs, and reports the values in force', () => {
+    const d = arena();
+    expect(d.maxDirtyBytes).toBe(64 * MiB);
+    expect(d.purgeDelayMs).toBe(1000);
+    expect(arena({ maxDirtyBytes: 0, purgeDelayMs: 2 ** 31 - 1 })).toMatchObject({
+      maxDirtyBytes: 0,
+      purgeDelayMs: 2 ** 31 - 1,
+    });
+    for (const bad of [-1, 1.5, NaN, Infinity, 2 ** 31]) {
+      expectCode(() => new Arena({ purgeDelayMs: bad }), RangeError, 'ERR_OUT_OF_RANGE');
+    }
+    for (const bad of [-1, 1.5, NaN, Infinity, 2 ** 53]) {
+      expectCode(() => new Arena({ maxDirtyBytes: bad }), RangeError, 'ERR_OUT_OF_RANGE');
+    }
+    for (const bad of ['1', null, true, 1n]) {
+      expectCode(() => new Arena({ purgeDelayMs: bad as never }), TypeError, 'ERR_INVALID_ARG_TYPE');
+      expectCode(() => new Arena({ maxDirtyBytes: bad as never }), TypeError, 'ERR_INVALID_ARG_TYPE');
+    }
+  });
+
+  it('close() returns dirty pages too, and what held them', async () => {
+    // Earlier tests' buffers finalized first, so that only this arena's move the count.
+    await collect();
+    const before = b.counters();
+    const a = new Arena({ chunkSize: MiB, purgeDelayMs: 600_000 });
+    const bufs = Array.from({ length: 100 }, (_, i) => a.alloc(16 * KiB + (i % 3)).fill(i));
+    for (const buf of bufs.slice(0, 80)) a.release(buf);
+    expect(a.stats().dirtyBytes).toBeGreaterThan(80 * 16 * KiB);
+    a.close();
+    expect(a.stats()).toMatchObject({ chunks: 0, dirtyBytes: 0, liveBuffers: 0 });
+    for (const buf of bufs) expect(buf.length).toBe(0);
+    expect(b.counters().mappings).toBe(before.mappings);
+    // Every ArrayBuffer over its pages, kept ones included, is finalized.
+    expect(await pollUntil(() => (globalThis.gc!(), b.counters().views === before.views), 10_000)).toBe(true);
+  });
+
+  it('lets the GC have an arena dropped with dirty pages: its timer holds it only weakly', async () => {
+    await collect();
+    const before = b.counters().mappings;
+    (() => {
+      const a = new Arena({ chunkSize: MiB, purgeDelayMs: 600_000 });
+      for (let i = 0; i < 10; i++) a.release(a.alloc(10_000).fill(i));
+      expect(a.stats().dirtyBytes).toBeGreaterThan(0);
+    })();
+    expect(b.counters().mappings).toBe(before + 1);
+    expect(await pollUntil(() => (globalThis.gc!(), b.counters().mappings === before), 20_000)).toBe(true);
+  });
+
+  it('never keeps the process alive with its timer', () => {
+    expect(ensureDist()).toBe(true);
+    const started = Date.now();
+    const r = spawnSync(
+      process.execPath,
+      [
+        '-e',
+        `const { Arena } = require(${JSON.stringify(`${DIST}/arena.js`)});
+         const a = new Arena({ purgeDelayMs: 600000 });
+         a.release(a.alloc(100000));
+         if (a.stats().dirtyBytes === 0) process.exit(2);`,
+      ],
+      // Far less than the delay (a busy machine can take seconds to start Node).
+      { encoding: 'utf8', timeout: 300_000 },
+    );
+    expect(r.status, r.stderr).toBe(0);
+    expect(Date.now() - started).toBeLessThan(300_000);
+  }, 400_000);
+
+  it.skipIf(b.mode === 'window')('purges in a worker thread, and goes with it', async () => {
+    const script = `
+      const { parentPort } = require('node:worker_threads');
+      const { Arena } = require(${JSON.stringify(`${DIST}/arena.js`)});
+      const { native } = require(${JSON.stringify(`${DIST}/binding.js`)});
+      const a = new Arena({ chunkSize: 1024 * 1024, purgeDelayMs: 100 });
+      const bufs = Array.from({ length: 100 }, (_, i) => a.alloc(10000).fill(i));
+      const where = native().addressOf(bufs[0]);
+      for (const b of bufs) a.release(b);
+      const dirty = a.stats().dirtyBytes;
+      const started = Date.now();
+      (function wait() {
+        if (a.stats().dirtyBytes > 0 && Date.now() - started < 20000) return setTimeout(wait, 20);
+        // Dirty pages again, left for the worker's exit.
+        const purged = a.stats().dirtyBytes;
+        for (let i = 0; i < 10; i++) a.release(a.alloc(10000).fill(1));
+        parentPort.postMessage({ dirty, purged, left: a.stats().dirtyBytes, where });
+      })();
+    `;
+    expect(ensureDist()).toBe(true);
+    const result = await new Promise<{ dirty: number; purged: number; left: number; where: bigint }>(
+      (resolve, reject) => {
+        const w = new Worker(script, { eval: true });
+        let msg: unknown;
+        w.on('message', (m: unknown) => (msg = m));
+        w.on('error', reject);
+        w.on('exit', (code) => (code === 0 ? resolve(msg as never) : reject(new Error(`worker exited with ${code}`))));
+      },
+    );
+    expect(result.dirty).toBeGreaterThanOrEqual(100 * 10000);
+    expect(result.purged).toBe(0);
+    expect(result.left).toBeGreaterThan(0);
+    // Its chunk went with it: no mapping of this process holds that address.
+    const maps = fs.readFileSync('/proc/self/maps', 'utf8').split('\n').filter(Boolean);
+    const holds = maps.some((line) => {
+      const [lo, hi] = line
+        .split(' ')[0]!
+        .split('-')
+        .map((h) => BigInt(`0x${h}`)) as [bigint, bigint];
+      return result.where >= lo && result.where < hi;
+    });
+    expect(holds).toBe(false);
+  });
+});
+
+/**
+ * What a released buffer's ArrayBuffer becomes where `ArrayBuffer.prototype.transfer`
+ * exists (Node 21+): moved, not detached, and kept for the next allocation of the same run
+ * and length. Run in a child on such a Node (this one, or the official Node 24).
+ */
+const KEPT_CHILD = `
+const { Arena } = require(${JSON.stringify(`${DIST}/arena.js`)});
+const { native } = require(${JSON.stringify(`${DIST}/binding.js`)});
+const b = native();
+const out = {};
+const tick = () => new Promise((r) => setImmediate(r));
+async function settle() { for (let i = 0; i < 5; i++) { gc(); await tick(); } }
+(async () => {
+  await settle();
+  const views0 = b.counters().views;
+  const a = new Arena({ chunkSize: 1024 * 1024, purgeDelayMs: 1000 });
+  // Reuse: the same run and length get the kept ArrayBuffer back.
+  const x = a.allocUnsafe(10000).fill(7);
+  const ab = x.buffer;
+  const where = b.addressOf(x);
+  a.release(x);
+  const y = a.allocUnsafe(10000);
+  out.reused = { sameAddress: b.addressOf(y) === where, newObject: y.buffer !== ab, oldLength: x.length,
+    oldAbLength: ab.byteLength, bytes: y[0], known: b.info(y.buffer) !== null, views: b.counters().views - views0 };
+  // Another length on the same run: the kept one is let go (no EBUSY), and a fresh one made.
+  a.release(y);
+  const z = a.alloc(9000);
+  out.otherLength = { sameAddress: b.addressOf(z) === where, zero: z.every((v) => v === 0), length: z.length };
+  a.release(z);
+  // Many kept, then purged after the delay: their ArrayBuffers go too.
+  const many = Array.from({ length: 50 }, (_, i) => a.alloc(5000 + i).fill(i));
+  for (const m of many) a.release(m);
+  await settle(); // the finalizers of the ones let go
+  out.keptViews = b.counters().views - views0;
+  for (let i = 0; i < 1000 && a.stats().dirtyBytes > 0; i++) await new Promise((r) => setTimeout(r, 20));
+  await settle();
+  out.afterPurge = { dirty: a.stats().dirtyBytes, views: b.counters().views - views0 };
+  // A buffer whose ArrayBuffer the user moved away: its pages are never handed out again.
+  const s = a.alloc(8192).fill(5);
+  const stolen = new Uint8Array(s.buffer.transfer());
+  a.release(s);
+  const next = Array.from({ length: 20 }, () => a.alloc(8192).fill(6));
+  out.stolen = { intact: stolen.every((v) => v === 5), length: stolen.length,
+    overlaps: next.some((n) => b.addressOf(n) === b.addressOf(stolen)), liveBuffers: a.stats().liveBuffers };
+  a.close();
+  out.closed = { stolenLength: stolen.length, zero: stolen.every((v) => v === 0) };
+  await settle();
+  process.stdout.write(JSON.stringify(out) + '\\n');
+})();
+`;
+
+function nodeWithTransfer(): string | null {
+  if (typeof (ArrayBuffer.prototype as { transfer?: unknown }).transfer === 'function') return process.execPath;
+  const r = spawnSync('bash', [`${DIST}/../scripts/node-dist.sh`, '24'], { encoding: 'utf8', timeout: 300_000 });
+  return r.status === 0 ? r.stdout.trim() : null;
+}
+
+describe('Arena on a Node with ArrayBuffer.prototype.transfer', () => {
+  it.skipIf(b.mode === 'window')(
+    'keeps a released ArrayBuffer for the same run, lets it go when not, and never reuses pages moved away',
+    (ctx) => {
+      expect(ensureDist()).toBe(true);
+      const node = nodeWithTransfer();
+      if (node === null) {
+        if (process.env.KSM_REQUIRE === '1') throw new Error('no Node with ArrayBuffer.prototype.transfer');
+        ctx.skip('no Node with ArrayBuffer.prototype.transfer here, and scripts/node-dist.sh 24 failed');
+        return;
+      }
+      const r = spawnSync(node, ['--expose-gc', '-e', KEPT_CHILD], { encoding: 'utf8', timeout: 120_000 });
+      expect(r.status, r.stderr).toBe(0);
+      const out = JSON.parse(r.stdout.trim().split('\n').pop()!) as Record<string, Record<string, unknown> | number>;
+      expect(out.reused).toEqual({
+        sameAddress: true,
+        newObject: true,
+        oldLength: 0,
+        oldAbLength: 0,
+        bytes: 7, // allocUnsafe: the kept bytes, not zeroed
+        known: true,
+        views: 1, // the one live buffer: nothing else attached
+      });
+      expect(out.otherLength).toEqual({ sameAddress: true, zero: true, length: 9000 });
+      expect(out.keptViews).toBe(50);
+      expect(out.afterPurge).toEqual({ dirty: 0, views: 0 });
+      expect(out.stolen).toEqual({ intact: true, length: 8192, overlaps: false, liveBuffers: 21 });
+      // close() gave the memory back under it; munmap waits for that ArrayBuffer to go.
+      expect(out.closed).toEqual({ stolenLength: 8192, zero: true });
+    },
+    400_000,
+  );
 });
 
 describe('Arena lifetime', () => {
@@ -430,7 +768,11 @@ describe('Arena at scale', () => {
 
   it('keeps liveBytes exact and memory near the live set over a million random alloc/release pairs', () => {
     const chunkSize = 4 * MiB;
-    const a = arena({ chunkSize });
+    // The allocator's own quality under churn (holes, chunks drained and given back), with
+    // released pages returned in small batches by the cap (this loop never yields to the
+    // timer); the default cap under churn is in "Arena purging".
+    const maxDirtyBytes = 512 * KiB;
+    const a = arena({ chunkSize, maxDirtyBytes });
     // A deterministic xorshift stream so a failure can be replayed.
     let x = 0x2545f491;
     const rand = (): number => {
@@ -486,7 +828,8 @@ describe('Arena at scale', () => {
         expect(s.liveBytes).toBe(liveBytes);
         expect(s.liveBuffers).toBe(live.length);
         const rss = mergeableRss();
-        expect(rss).toBeLessThanOrEqual(1.1 * livePages * pageSize + chunkSize);
+        expect(s.dirtyBytes).toBeLessThanOrEqual(maxDirtyBytes);
+        expect(rss).toBeLessThanOrEqual(1.1 * livePages * pageSize + chunkSize + maxDirtyBytes);
         worstRss = Math.max(worstRss, rss / (livePages * pageSize));
         // Beyond the live pages: the partly used last chunk and the spare.
         worstMapped = Math.max(worstMapped, (s.mappedBytes - 2 * chunkSize) / (livePages * pageSize));
@@ -501,7 +844,8 @@ describe('Arena at scale', () => {
     expect(s.liveBytes).toBe(liveBytes);
     expect(worstMapped).toBeLessThan(1.5);
     for (const buf of live) a.release(buf);
-    expect(a.stats()).toMatchObject({ liveBuffers: 0, liveBytes: 0, chunks: 1 });
+    expect(a.stats()).toMatchObject({ liveBuffers: 0, liveBytes: 0 });
+    expect(a.stats().dirtyBytes).toBeLessThanOrEqual(maxDirtyBytes);
   }, 600_000);
 });
 
