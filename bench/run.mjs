@@ -12,8 +12,8 @@ const BENCHES = [
   ['alloc', 'alloc.mjs', 'alloc+fill+free vs Buffer.allocUnsafeSlow+fill+GC'],
   ['stats', 'stats.mjs', 'bufferStats(1 GiB) and processStats() vs alloc+fill of 1 GiB'],
   ['arena', 'arena.mjs', 'Arena vs Buffer.allocUnsafeSlow vs one mapping per buffer'],
-  ['merge', 'merge-vs-c.mjs', 'waitForMerge(boost) vs a C program, and kernel defaults'],
-  ['policies', 'policies.mjs', 'node-ksm bench: scanner policies incl. autotune and the advisor'],
+  ['merge', 'merge-vs-c.mts', 'waitForMerge(boost) vs a C program, and kernel defaults'],
+  ['policies', 'policies.mts', 'node-ksm bench: scanner policies incl. autotune and the advisor'],
   ['shared-dataset', 'shared-dataset.mjs', 'N workers x 512 MiB: PSS with and without node-ksm'],
   ['cache-server', 'cache-server.mjs', 'the example cache server vs redis-server'],
 ];
@@ -32,7 +32,8 @@ let failed = 0;
 for (const [name, file, what] of BENCHES) {
   if (wanted.length > 0 && !wanted.includes(name)) continue;
   console.log(`\n=== ${name}: ${what}`);
-  const r = spawnSync(process.execPath, [join(here, file)], { stdio: 'inherit' });
+  const tsx = file.endsWith('.mts') ? ['--import', 'tsx'] : [];
+  const r = spawnSync(process.execPath, [...tsx, join(here, file)], { stdio: 'inherit' });
   if (r.status !== 0) {
     failed++;
     console.log(`=== ${name} failed (${r.signal ?? `exit ${r.status}`})`);
