@@ -7,10 +7,15 @@
  * changes any more (see WorkDetector).
  *
  * Work is seen in cheap places only: the global counters of /sys/kernel/mm/ksm (ksmd
- * finding new pages, pages settling, merges) and, for new processes with mergeable
- * memory, /proc/<pid>/ksm_stat of pids not seen before. ksmd puts a new mm behind its
- * cursor, so at 100 pages per 20 ms it may reach new memory only after a whole idle scan
- * of everything else; the process check boosts before that.
+ * finding new pages, pages settling, merges), kept open and re-read with pread
+ * (counters.ts: ~4 µs a file), and, for new processes with mergeable memory, the last
+ * pid the kernel handed out (/proc/loadavg) and the ksm_stat of each process started
+ * since, for its first seconds. ksmd puts a new mm behind its cursor, so at 100 pages per
+ * 20 ms it may reach new memory only after a whole idle scan of everything else; the
+ * process check boosts before that, and the boost is not given up before ksmd has been
+ * over that process's memory. What costs while idle is mostly waking up (~200 µs of CPU
+ * a wake-up on a loaded VM, ~20 µs on bare metal): autotune wakes every 200 ms, and
+ * every 25 ms only while there are young processes to watch.
  *
  * The boosted state is a boost() handle (boost.ts), so autotune and other boost holders
  * share one record of the settings, and a crash while boosted is undone by the next
@@ -21,9 +26,10 @@ import fs from 'node:fs';
 import { native } from './binding';
 import { boost, boostState, type BoostHandle } from './boost';
 import { configure, readSettings, type KsmSettings, type KsmSettingName } from './control';
+import { KernelFile, KernelFiles } from './counters';
 import { invalidArgType, validateInteger } from './errors';
-import { parseKsmSysfs, snakeCase } from './procfs';
-import { readKsmSysfsFiles } from './stats';
+import { parseKsmStat, parseKsmSysfs, snakeCase } from './procfs';
+import { KSM_SYSFS } from './stats';
 
 /** Where autotune stands ({@link AutotuneHandle.state}). */
 export type AutotuneState =
@@ -58,17 +64,33 @@ export interface AutotuneOptions {
   idle?: { pagesToScan?: number; sleepMillisecs?: number };
   /** Boosted settings (default pages_to_scan 100000, sleep 0, smart_scan 0). */
   boost?: { pagesToScan?: number; sleepMillisecs?: number };
-  /** How often the counters are read while idle (default 200 ms) ... */
+  /**
+   * How often the counters are read and new processes looked for while idle (default
+   * 200 ms). A look costs a timer wake-up and about a dozen preads of tiny files: ~50 µs of
+   * CPU, ~250 µs on a loaded VM where a wake-up alone costs ~200 µs.
+   */
   idleIntervalMs?: number;
-  /** ... and while boosted (default 50 ms), when quiet scans are worth noticing at once. */
+  /**
+   * How often, at most, while idle, processes started in the last 5 s are checked for
+   * new mergeable memory (default 25 ms: in a process's first 200 ms; after that every
+   * eighth of its age, so memory marked 1 s after the start is noticed ~60 ms after the
+   * madvise on average). Only while there are such processes: on a host that starts none,
+   * autotune wakes at idleIntervalMs.
+   */
+  watchIntervalMs?: number;
+  /** ... and while boosted (default 25 ms), when the end of the work is worth noticing at once. */
   boostedIntervalMs?: number;
   /** Pages of change (new, settled or merged) that count as work (default 256). */
   thresholdPages?: number;
   /** Full scans without work before backing off (default 2). */
   quietScans?: number;
-  /** Or back off sooner: this long without work once the boost has merged what it found (default 150 ms; see WorkDetector). */
+  /** Or back off sooner: this long without work once the boost has merged what it found (default 100 ms; see WorkDetector). */
   quietMs?: number;
-  /** Boost when a new process with mergeable memory appears (default true; needs ksm_stat's ksm_mergeable, Linux 6.14+). */
+  /**
+   * Boost when a process started in the last 5 s gains mergeable memory (default true;
+   * needs ksm_stat's ksm_mergeable, Linux 6.14+), and keep the boost until ksmd has been
+   * over that process's memory.
+   */
   watchProcesses?: boolean;
   /** boost.ts state directory (default /run/node-ksm). */
   stateDir?: string;
@@ -107,6 +129,8 @@ export interface AutotuneCounters {
   pagesUnshared: number;
   pagesVolatile: number;
   zeroPages: number;
+  /** Pages ksmd has looked at since boot (undefined on kernels without pages_scanned, 6.8+). */
+  pagesScanned?: number;
 }
 
 /** ksmd's counters from the parsed sysfs (missing files count as 0). */
@@ -119,10 +143,57 @@ export function countersOf(s: Record<string, unknown>): AutotuneCounters {
     pagesUnshared: n('pagesUnshared'),
     pagesVolatile: n('pagesVolatile'),
     zeroPages: n('ksmZeroPages'),
+    pagesScanned: typeof s.pagesScanned === 'number' ? s.pagesScanned : undefined,
   };
 }
 
-const readCounters = () => countersOf(parseKsmSysfs(readKsmSysfsFiles()) as unknown as Record<string, unknown>);
+/**
+ * The counters autotune decides on and the knobs it watches for other writers, kept open
+ * for the life of the handle (counters.ts): one reading is 11 preads, ~50 µs of CPU,
+ * where reading every file of /sys/kernel/mm/ksm anew cost ~1 ms.
+ */
+const SYSFS_FILES = [
+  'pages_scanned',
+  'pages_shared',
+  'pages_sharing',
+  'pages_unshared',
+  'pages_volatile',
+  'ksm_zero_pages',
+  // After the counters: a change seen in them happened before this full_scans was read,
+  // so during the scan in progress at the latest (see WorkDetector).
+  'full_scans',
+  'run',
+  'advisor_mode',
+  'pages_to_scan',
+  'sleep_millisecs',
+  'smart_scan',
+] as const;
+
+class SysfsReader {
+  private readonly files = new KernelFiles(
+    Object.fromEntries(SYSFS_FILES.map((f) => [f, `${KSM_SYSFS}/${f}`])) as Record<
+      (typeof SYSFS_FILES)[number],
+      string
+    >,
+  );
+
+  read(): { counters: AutotuneCounters; settings: KsmSettings } {
+    const texts: Record<string, string> = {};
+    for (const f of SYSFS_FILES) {
+      const t = this.files.file(f).text();
+      if (t !== undefined) texts[f] = t;
+    }
+    const parsed = parseKsmSysfs(texts);
+    return {
+      counters: countersOf(parsed as unknown as Record<string, unknown>),
+      settings: pick(parsed as KsmSettings),
+    };
+  }
+
+  close(): void {
+    this.files.close();
+  }
+}
 
 /** Every page ksmd tracks has one rmap item, in exactly one of these four counts. */
 const tracked = (c: AutotuneCounters) => c.pagesShared + c.pagesSharing + c.pagesUnshared + c.pagesVolatile;
@@ -144,39 +215,55 @@ export function workBetween(a: AutotuneCounters, b: AutotuneCounters, thresholdP
   return undefined;
 }
 
+/** Pages ksmd must have looked at (pages_scanned) without finding work for quietMs to count. */
+const QUIET_SCANNED_PAGES = 2048;
+
 /**
  * The decision, as a pure state machine over counter readings (tested on made-up
  * sequences). Idle: work since the last full-scan boundary → boost.
  *
- * Boosted, three ways back: a full scan that found nothing at all (a boost on a
- * process that marked only a page or two); `quietScans` full scans in a row without work (the rule that
- * is always right, but a boosted full scan over a GiB of merged pages takes seconds of a
- * whole core); or, sooner, once this boost has seen work, `quietMs` without any, while
- * no page it found is still waiting for ksmd's second look (pages_volatile back within
- * `thresholdPages` of where it stood when the boost began: ksmd merges a page only when
- * its checksum held still since the previous visit, so freshly found pages sit in
- * pages_volatile until the next pass). Without that condition, the time ksmd spends
- * over old memory between its first and second pass over new memory would look quiet.
+ * Boosted, three ways back: a full scan that found nothing at all (a boost on a process
+ * that marked only a page or two); `quietScans` full scans in a row without work (the
+ * rule that is always right, but a boosted full scan over a GiB of merged pages takes
+ * seconds of a whole core); or, sooner, once this boost has seen work, `quietMs` without
+ * any, while no page it found is still waiting for ksmd's second look (pages_volatile
+ * back within `thresholdPages` of where it stood when the boost began, and a full scan
+ * begun since the last new page was found: ksmd merges a page only when its checksum
+ * held still since the previous visit, so freshly found pages sit in pages_volatile
+ * until the next pass). Without that condition, the time ksmd spends over old memory
+ * between its first and second pass over new memory would look quiet.
+ *
+ * The kernel puts a newly registered mm just behind ksmd's cursor: the first full-scan
+ * boundary after the boost closes a scan that did not reach it, and only the second
+ * closes one that went over everything. "Found nothing" waits for that second boundary,
+ * and while the caller knows of memory ksmd has not been over yet (`awaiting`: a new
+ * process whose ksm_rmap_items is still 0), neither early way back is taken.
  */
 export class WorkDetector {
   private base: AutotuneCounters | undefined;
   private start: AutotuneCounters | undefined;
   private prev: AutotuneCounters | undefined;
+  /** The first reading of the scan in progress. */
+  private scanStart: AutotuneCounters | undefined;
   private quiet = 0;
   private sawWork = false;
   private lastWorkAt = 0;
+  private scannedAtWork: number | undefined;
+  private lastFoundScan = -Infinity;
   constructor(
     readonly thresholdPages: number,
     readonly quietScans: number,
-    readonly quietMs = 150,
+    readonly quietMs = 100,
   ) {}
 
   /** Forget the history (on every change of state). */
   reset(c: AutotuneCounters, nowMs = 0): void {
-    this.base = this.start = this.prev = c;
+    this.base = this.start = this.prev = this.scanStart = c;
     this.quiet = 0;
     this.sawWork = false;
     this.lastWorkAt = nowMs;
+    this.scannedAtWork = c.pagesScanned;
+    this.lastFoundScan = -Infinity;
   }
 
   /** Idle: a reason to boost, or undefined. */
@@ -188,25 +275,43 @@ export class WorkDetector {
     return work;
   }
 
-  /** Boosted: a reason to back off, or undefined. */
-  boosted(c: AutotuneCounters, nowMs = 0): string | undefined {
+  /** Boosted: a reason to back off, or undefined. `awaiting`: memory ksmd has not been over yet. */
+  boosted(c: AutotuneCounters, nowMs = 0, awaiting = false): string | undefined {
     if (this.base === undefined) this.reset(c, nowMs);
     // Per reading, a smaller step counts: the merge tail is a trickle.
-    if (workBetween(this.prev!, c, Math.max(1, Math.ceil(this.thresholdPages / 8))) !== undefined) {
+    const step = Math.max(1, Math.ceil(this.thresholdPages / 8));
+    if (workBetween(this.prev!, c, step) !== undefined) {
       this.sawWork = true;
       this.lastWorkAt = nowMs;
+      this.scannedAtWork = c.pagesScanned;
     }
+    // New pages found in this scan, net of those gone (churn and frees are not new
+    // memory); across a boundary, what came since the last reading counts for the new scan.
+    const from = c.fullScans === this.scanStart!.fullScans ? this.scanStart! : this.prev!;
+    if (tracked(c) - tracked(from) >= this.thresholdPages) this.lastFoundScan = c.fullScans;
+    if (c.fullScans !== this.scanStart!.fullScans) this.scanStart = c;
     this.prev = c;
     const waiting = c.pagesVolatile - this.start!.pagesVolatile;
-    if (this.sawWork && nowMs - this.lastWorkAt >= this.quietMs && waiting < this.thresholdPages) {
+    // Quiet means ksmd looked and found nothing, not that it did not run (a loaded
+    // machine can keep ksmd, at nice 5, off the CPU for longer than quietMs).
+    const looked =
+      c.pagesScanned === undefined ||
+      this.scannedAtWork === undefined ||
+      c.pagesScanned - this.scannedAtWork >= QUIET_SCANNED_PAGES;
+    if (
+      !awaiting &&
+      this.sawWork &&
+      nowMs - this.lastWorkAt >= this.quietMs &&
+      looked &&
+      waiting < this.thresholdPages &&
+      c.fullScans > this.lastFoundScan
+    ) {
       return `no change for ${Math.round(nowMs - this.lastWorkAt)} ms and no new page waiting for a second look`;
     }
     const scans = c.fullScans - this.base!.fullScans;
     if (scans <= 0) return undefined;
-    // A new mm goes in behind ksmd's cursor, so one full scan has passed over whatever
-    // the boost was for; if that found nothing (a process that marked a page or two),
-    // the boost was not worth it.
-    if (!this.sawWork && c.fullScans > this.start!.fullScans) return 'a full scan found nothing to do';
+    if (!awaiting && !this.sawWork && c.fullScans >= this.start!.fullScans + 2)
+      return 'a full scan found nothing to do';
     // Several scans inside one reading (little memory): all of them were as quiet as the reading.
     if (workBetween(this.base!, c, this.thresholdPages) === undefined) this.quiet += scans;
     else this.quiet = 0;
@@ -215,67 +320,206 @@ export class WorkDetector {
   }
 }
 
+/** How long a new process is watched for gaining mergeable memory. */
+const YOUNG_MS = 5000;
 /**
- * New processes with mergeable memory: pids not seen before, checked for a few seconds
- * after they appear (a process marks memory mergeable some time after it starts).
+ * A young process is looked at again after an eighth of its age (but at least
+ * watchIntervalMs apart, at most a second): soon after it starts, when most processes
+ * mark their memory, often; later, seldom. Each is read ~35 times over its first 5 s,
+ * so a host that starts processes all the time costs little more than one that does not.
+ */
+const RECHECK_AGE_SHARE = 8;
+/** At most this many young processes are watched at once (a fork storm costs no more). */
+const MAX_YOUNG = 256;
+
+/** The last pid the kernel handed out, from /proc/loadavg ("0.00 0.01 0.05 1/123 4567"). */
+function lastPid(text: string | undefined): number | undefined {
+  const m = text === undefined ? null : / (\d+)\s*$/.exec(text);
+  return m ? Number(m[1]) : undefined;
+}
+
+/** New pids checked one by one (a thread or a process); more than this at once, /proc is listed. */
+const MAX_PROBED = 64;
+
+/** Whether `pid` is a process (a thread group leader), not a thread of one; false when it is gone. */
+function isProcess(pid: number): boolean {
+  try {
+    const m = /^Tgid:\s+(\d+)/m.exec(fs.readFileSync(`/proc/${pid}/status`, 'latin1'));
+    return m !== null && Number(m[1]) === pid;
+  } catch {
+    return false;
+  }
+}
+
+/** Process ids in /proc (thread group leaders only: threads are not listed). */
+function listPids(): number[] {
+  try {
+    return fs
+      .readdirSync('/proc')
+      .filter((e) => e.charCodeAt(0) <= 57)
+      .map(Number)
+      .filter(Number.isInteger);
+  } catch {
+    return [];
+  }
+}
+
+/**
+ * New processes with mergeable memory: processes started since the last look, checked
+ * for a few seconds after they appear (a process marks memory mergeable some time after
+ * it starts). Whether any started at all is one pread of /proc/loadavg (its last pid);
+ * only then is /proc listed, and each young process's ksm_stat is kept open.
  */
 class ProcessWatch {
-  private known = new Set<number>();
-  private young = new Map<number, number>();
-  private constructor() {}
+  private readonly loadavg = new KernelFile('/proc/loadavg');
+  private last: number | undefined;
+  private readonly young = new Map<number, { since: number; next: number; stat: KernelFile }>();
+  private constructor(private readonly minGapMs: number) {
+    this.last = lastPid(this.loadavg.text());
+  }
 
-  static create(): ProcessWatch | undefined {
+  static create(minGapMs: number): ProcessWatch | undefined {
     try {
       if (!/^ksm_mergeable/m.test(fs.readFileSync('/proc/self/ksm_stat', 'utf8'))) return undefined;
     } catch {
       return undefined;
     }
-    const w = new ProcessWatch();
-    for (const pid of w.pids()) w.known.add(pid);
-    return w;
+    return new ProcessWatch(minGapMs);
   }
 
-  private pids(): number[] {
-    try {
-      return fs
-        .readdirSync('/proc')
-        .filter((e) => e.charCodeAt(0) <= 57)
-        .map(Number)
-        .filter(Number.isInteger);
-    } catch {
-      return [];
+  /**
+   * Processes among the pids handed out in (from, to]: the kernel hands pids out in
+   * increasing order (threads take them too) and wraps at pid_max. A few are checked one
+   * by one (each once); a burst or a wrap lists /proc instead.
+   */
+  private started(from: number | undefined, to: number | undefined): number[] {
+    if (from === undefined || to === undefined) return [];
+    if (to > from && to - from <= MAX_PROBED) {
+      const out: number[] = [];
+      for (let pid = from + 1; pid <= to; pid++) if (isProcess(pid)) out.push(pid);
+      return out;
     }
+    return listPids().filter((p) => (from < to ? p > from && p <= to : p > from || p <= to));
   }
 
-  /** A new process that has mergeable memory, or undefined. */
-  poll(now: number): string | undefined {
-    const pids = this.pids();
-    const alive = new Set(pids);
-    for (const pid of pids) {
-      if (this.known.has(pid)) continue;
-      this.known.add(pid);
-      this.young.set(pid, now);
+  /** When a young process is next due for a look (Infinity when none is watched). */
+  nextDue(): number {
+    let due = Infinity;
+    for (const y of this.young.values()) due = Math.min(due, y.next);
+    return due;
+  }
+
+  /** A young process that now has mergeable memory, or undefined. `all`: look at every one, due or not. */
+  poll(now: number, all = false): { pid: number; reason: string } | undefined {
+    const last = lastPid(this.loadavg.text());
+    if (last !== this.last) {
+      for (const pid of this.started(this.last, last)) {
+        if (pid === process.pid || this.young.has(pid)) continue;
+        if (this.young.size >= MAX_YOUNG) this.drop(this.young.keys().next().value!);
+        this.young.set(pid, { since: now, next: now, stat: new KernelFile(`/proc/${pid}/ksm_stat`) });
+      }
+      this.last = last;
     }
-    for (const pid of this.known) if (!alive.has(pid)) this.known.delete(pid);
-    let found: string | undefined;
-    for (const [pid, since] of this.young) {
-      if (now - since > 3000 || !alive.has(pid)) {
-        this.young.delete(pid);
+    let found: { pid: number; reason: string } | undefined;
+    for (const [pid, y] of this.young) {
+      if (now - y.since > YOUNG_MS) {
+        this.drop(pid);
         continue;
       }
-      let text: string;
+      // Timers fire a little early or late: what is due within a millisecond is due now.
+      if (y.next > now + 1 && !all) continue;
+      y.next = now + Math.min(1000, Math.max(this.minGapMs, (now - y.since) / RECHECK_AGE_SHARE));
+      let text: string | undefined;
       try {
-        text = fs.readFileSync(`/proc/${pid}/ksm_stat`, 'utf8');
+        text = y.stat.text();
       } catch {
-        this.young.delete(pid);
+        text = undefined; // another user's process: not ours to watch
+      }
+      if (text === undefined) {
+        this.drop(pid);
         continue;
       }
       if (/^ksm_mergeable:?\s+yes/m.test(text)) {
-        this.young.delete(pid);
-        found ??= `process ${pid} has new mergeable memory`;
+        this.drop(pid);
+        found ??= { pid, reason: `process ${pid} has new mergeable memory` };
       }
     }
     return found;
+  }
+
+  private drop(pid: number): void {
+    this.young.get(pid)?.stat.close();
+    this.young.delete(pid);
+  }
+
+  close(): void {
+    this.loadavg.close();
+    for (const pid of [...this.young.keys()]) this.drop(pid);
+  }
+}
+
+/**
+ * Processes whose new mergeable memory a boost is for. Each is awaited until ksmd has
+ * been over its memory twice: its ksm_rmap_items grew (first visit: ksmd records each
+ * page's checksum) and a whole full scan began and ended after the last growth (second
+ * visit: the pages whose checksum held still are merged or put in the unstable tree).
+ * With F the full_scans value read after the last growth was seen, that growth happened
+ * in scan F + 1 at the latest, the second visit in scan F + 2: done once full_scans
+ * reaches F + 2. Also done when it is gone, or when a whole full scan (and one more
+ * boundary, for the readings' order) passed without ksmd finding a page of it (it marked
+ * memory it never touched).
+ */
+class Awaited {
+  private readonly fullScans = new KernelFile(`${KSM_SYSFS}/full_scans`);
+  private readonly pids = new Map<number, { stat: KernelFile; since: number; items: number; grewAt: number }>();
+
+  add(pid: number, fullScans: number): void {
+    if (!this.pids.has(pid))
+      this.pids.set(pid, { stat: new KernelFile(`/proc/${pid}/ksm_stat`), since: fullScans, items: 0, grewAt: -1 });
+  }
+
+  /** Whether ksmd has yet to go over the memory of any of these processes. */
+  pending(): boolean {
+    if (this.pids.size === 0) return false;
+    const items = new Map<number, number | undefined>();
+    for (const [pid, a] of this.pids) {
+      let n: number | undefined;
+      try {
+        const text = a.stat.text();
+        n = text === undefined || text.trim() === '' ? undefined : (parseKsmStat(text).rmapItems ?? undefined);
+      } catch {
+        n = undefined; // unreadable: do not hold the boost for it
+      }
+      items.set(pid, n);
+    }
+    // Read after the processes' counters (see the class comment).
+    const scans = this.fullScans.number() ?? 0;
+    for (const [pid, a] of this.pids) {
+      const n = items.get(pid);
+      if (n !== undefined && n > a.items) {
+        a.items = n;
+        a.grewAt = scans;
+      }
+      // A process whose memory keeps growing is the detector's to judge (found pages are
+      // work): a few scans are the most it holds the boost by itself.
+      const done =
+        n === undefined || (a.items > 0 ? scans >= a.grewAt + 2 : scans >= a.since + 3) || scans >= a.since + 6;
+      if (done) {
+        a.stat.close();
+        this.pids.delete(pid);
+      }
+    }
+    return this.pids.size > 0;
+  }
+
+  clear(): void {
+    for (const a of this.pids.values()) a.stat.close();
+    this.pids.clear();
+  }
+
+  close(): void {
+    this.clear();
+    this.fullScans.close();
   }
 }
 
@@ -316,6 +560,7 @@ function validateOptions(options: unknown): AutotuneOptions {
   }
   if (o.idleIntervalMs !== undefined) validateInteger(o.idleIntervalMs, 'options.idleIntervalMs', 10, 60_000);
   if (o.boostedIntervalMs !== undefined) validateInteger(o.boostedIntervalMs, 'options.boostedIntervalMs', 10, 60_000);
+  if (o.watchIntervalMs !== undefined) validateInteger(o.watchIntervalMs, 'options.watchIntervalMs', 10, 60_000);
   if (o.thresholdPages !== undefined) validateInteger(o.thresholdPages, 'options.thresholdPages', 1);
   if (o.quietScans !== undefined) validateInteger(o.quietScans, 'options.quietScans', 1, 1000);
   if (o.quietMs !== undefined) validateInteger(o.quietMs, 'options.quietMs', 0, 3_600_000);
@@ -338,6 +583,8 @@ class Autotune extends EventEmitter implements AutotuneHandle {
   private readonly started = performance.now();
   private readonly detector: WorkDetector;
   private readonly procs: ProcessWatch | undefined;
+  private readonly sysfs = new SysfsReader();
+  private readonly awaited = new Awaited();
   private handle: BoostHandle | undefined;
   private timer: NodeJS.Timeout | undefined;
   private ticking: Promise<void> | undefined;
@@ -346,7 +593,7 @@ class Autotune extends EventEmitter implements AutotuneHandle {
 
   constructor(private readonly o: AutotuneOptions) {
     super();
-    this.detector = new WorkDetector(o.thresholdPages ?? 256, o.quietScans ?? 2, o.quietMs ?? 150);
+    this.detector = new WorkDetector(o.thresholdPages ?? 256, o.quietScans ?? 2, o.quietMs ?? 100);
     const current = readSettings();
     // A boost held by someone else is not the operator's setting: its originals are.
     const live = boostState({ stateDir: o.stateDir });
@@ -379,8 +626,8 @@ class Autotune extends EventEmitter implements AutotuneHandle {
     for (const k of Object.keys(write) as KsmSettingName[]) if (current[k] === write[k]) delete write[k];
     if (Object.keys(write).length > 0) configure(write);
     this.idleSettings = pick(readSettings());
-    this.procs = o.watchProcesses === false ? undefined : ProcessWatch.create();
-    this.detector.reset(readCounters());
+    this.procs = o.watchProcesses === false ? undefined : ProcessWatch.create(o.watchIntervalMs ?? 25);
+    this.detector.reset(this.sysfs.read().counters);
     this.change(
       'idle',
       `watching for work at pages_to_scan=${this.idleSettings.pagesToScan} sleep_millisecs=${this.idleSettings.sleepMillisecs}`,
@@ -391,7 +638,7 @@ class Autotune extends EventEmitter implements AutotuneHandle {
   private change(state: AutotuneState, reason: string): void {
     let settings: KsmSettings = {};
     try {
-      settings = pick(readSettings());
+      settings = this.sysfs.read().settings;
     } catch {
       // reported as it is: the event matters more than the snapshot
     }
@@ -415,7 +662,12 @@ class Autotune extends EventEmitter implements AutotuneHandle {
 
   private schedule(): void {
     if (this.state !== 'idle' && this.state !== 'boosted') return;
-    const ms = this.state === 'boosted' ? (this.o.boostedIntervalMs ?? 50) : (this.o.idleIntervalMs ?? 200);
+    const idle = this.o.idleIntervalMs ?? 200;
+    const due = (this.procs?.nextDue() ?? Infinity) - performance.now();
+    const ms =
+      this.state === 'boosted'
+        ? (this.o.boostedIntervalMs ?? 25)
+        : Math.min(idle, Math.max(this.o.watchIntervalMs ?? 25, due));
     this.timer = setTimeout(() => {
       this.ticking = this.tick().finally(() => {
         this.ticking = undefined;
@@ -426,23 +678,36 @@ class Autotune extends EventEmitter implements AutotuneHandle {
 
   private async tick(): Promise<void> {
     try {
-      const sysfs = parseKsmSysfs(readKsmSysfsFiles());
-      const settings = pick(sysfs as KsmSettings);
+      const { counters: c, settings } = this.sysfs.read();
       if (!this.settingsAreOurs(settings)) {
         // boost.ts keeps the knobs the operator changed and puts the rest back to the idle settings.
         if (this.state === 'overridden') await this.releaseBoost();
         return;
       }
-      const c = countersOf(sysfs as unknown as Record<string, unknown>);
+      const now = performance.now();
       if (this.state === 'idle') {
-        const work = this.detector.idle(c) ?? this.procs?.poll(performance.now());
+        let work = this.detector.idle(c);
+        if (work === undefined) {
+          const found = this.procs?.poll(now);
+          if (found) {
+            this.awaited.add(found.pid, c.fullScans);
+            work = found.reason;
+          }
+        }
         if (work !== undefined) await this.enterBoost(work);
       } else {
-        // The fast scan covers processes that appear meanwhile; their flags are used up
-        // here so they do not trigger a second boost right after this one ends.
-        this.procs?.poll(performance.now());
-        const quiet = this.detector.boosted(c, performance.now());
-        if (quiet !== undefined) await this.leaveBoost(quiet);
+        // The fast scan covers processes that appear meanwhile (a new mm goes behind
+        // ksmd's cursor: the boost lasts until ksmd has been over it); their flags are
+        // used up here so they do not trigger a second boost right after this one ends.
+        const found = this.procs?.poll(now);
+        if (found) this.awaited.add(found.pid, c.fullScans);
+        const quiet = this.detector.boosted(c, now, this.awaited.pending());
+        if (quiet === undefined) return;
+        // A process that marked memory since its last look would find the scanner slow
+        // again: look at all of them before letting go.
+        const late = this.procs?.poll(now, true);
+        if (late) this.awaited.add(late.pid, c.fullScans);
+        else await this.leaveBoost(quiet);
       }
     } catch (err) {
       this.error = err instanceof Error ? err : new Error(String(err));
@@ -492,13 +757,14 @@ class Autotune extends EventEmitter implements AutotuneHandle {
       stateDir: this.o.stateDir,
     });
     if (this.stopping) return; // stop() releases it
-    this.detector.reset(readCounters(), performance.now());
+    this.detector.reset(this.sysfs.read().counters, performance.now());
     this.change('boosted', reason);
   }
 
   private async leaveBoost(reason: string): Promise<void> {
     await this.releaseBoost();
-    this.detector.reset(readCounters());
+    this.awaited.clear();
+    this.detector.reset(this.sysfs.read().counters);
     this.change('idle', reason);
   }
 
@@ -506,18 +772,24 @@ class Autotune extends EventEmitter implements AutotuneHandle {
     this.stopping ??= (async () => {
       clearTimeout(this.timer);
       await this.ticking;
-      await this.releaseBoost();
-      if (this.state !== 'advisor') {
-        // Put back what autotune set, except knobs someone changed since (theirs to keep).
-        const current = readSettings();
-        const back: KsmSettings = {};
-        for (const k of Object.keys(this.originals) as KsmSettingName[]) {
-          if (current[k] === this.idleSettings[k] && current[k] !== this.originals[k])
-            (back as Record<string, unknown>)[k] = this.originals[k];
+      try {
+        await this.releaseBoost();
+        if (this.state !== 'advisor') {
+          // Put back what autotune set, except knobs someone changed since (theirs to keep).
+          const current = readSettings();
+          const back: KsmSettings = {};
+          for (const k of Object.keys(this.originals) as KsmSettingName[]) {
+            if (current[k] === this.idleSettings[k] && current[k] !== this.originals[k])
+              (back as Record<string, unknown>)[k] = this.originals[k];
+          }
+          if (Object.keys(back).length > 0) configure(back);
         }
-        if (Object.keys(back).length > 0) configure(back);
+        this.change('stopped', 'stopped; original settings restored');
+      } finally {
+        this.sysfs.close();
+        this.procs?.close();
+        this.awaited.close();
       }
-      this.change('stopped', 'stopped; original settings restored');
     })();
     return this.stopping;
   }

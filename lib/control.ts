@@ -187,7 +187,22 @@ function writeOrder(entries: Map<KsmSettingName, number | string>, current: KsmS
 export function configure(partial: Partial<KsmSettings>): KsmSettings {
   const entries = new Map(validate(partial));
   native();
-  const current = readSettings();
+  return configureFrom(entries, readSettings());
+}
+
+/**
+ * configure() for a caller that has just read the knobs it changes (boost.ts, on its
+ * hot path: reading every file of /sys/kernel/mm/ksm costs ~1 ms, the five knobs a
+ * boost writes a tenth of that). `current` must hold at least the knobs in `partial`,
+ * and the advisor's mode and min/max when those are written. Not part of the public API.
+ */
+export function configureKnown(partial: Partial<KsmSettings>, current: KsmSettings): KsmSettings {
+  const entries = new Map(validate(partial));
+  native();
+  return configureFrom(entries, current);
+}
+
+function configureFrom(entries: Map<KsmSettingName, number | string>, current: KsmSettings): KsmSettings {
   for (const name of entries.keys()) {
     if (current[name] === undefined) {
       throw new KsmError(

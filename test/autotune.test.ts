@@ -1,6 +1,8 @@
+import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import readline from 'node:readline';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import {
   WorkDetector,
@@ -12,6 +14,8 @@ import {
 } from '../lib/autotune';
 import { startWorkers, type Workers } from '../lib/benchmark';
 import { readSettings } from '../lib/control';
+import { pageSize } from '../lib/memory';
+import { DIST, ensureDist } from './helpers/dist';
 import { lockKsm, pollUntil, requireKsm } from './helpers/ksm';
 import { KSM, restore, snapshot, type Snapshot } from './helpers/sysfs';
 
@@ -73,10 +77,13 @@ describe('autotune: the decision', () => {
 
   it('backs off sooner once what it found is merged and nothing changes, but not while found pages wait', () => {
     const d = new WorkDetector(256, 2, 250);
-    // A boost on a process that marked a page or two: one full scan finds nothing.
+    // A boost on a process that marked a page or two: a whole full scan finds nothing.
     d.reset(c({ fullScans: 5, pagesShared: 10, pagesSharing: 10 }), 0);
     expect(d.boosted(c({ fullScans: 5, pagesShared: 10, pagesSharing: 10, pagesVolatile: 2 }), 50)).toBeUndefined();
-    expect(d.boosted(c({ fullScans: 6, pagesShared: 10, pagesSharing: 10, pagesVolatile: 2 }), 100)).toMatch(
+    // The first boundary closes the scan that was in progress at the boost, which had not
+    // reached a new mm (the kernel puts it behind ksmd's cursor): not yet "nothing".
+    expect(d.boosted(c({ fullScans: 6, pagesShared: 10, pagesSharing: 10, pagesVolatile: 2 }), 100)).toBeUndefined();
+    expect(d.boosted(c({ fullScans: 7, pagesShared: 10, pagesSharing: 10, pagesVolatile: 2 }), 150)).toMatch(
       /found nothing/,
     );
     d.reset(c({ fullScans: 1, pagesVolatile: 100 }), 0); // 100 volatile pages from before: churn elsewhere
@@ -86,11 +93,37 @@ describe('autotune: the decision', () => {
     expect(d.boosted(c({ fullScans: 1, pagesVolatile: 8100 }), 1050)).toBeUndefined();
     // Crossing old memory again: quiet, but the found pages still wait.
     expect(d.boosted(c({ fullScans: 1, pagesVolatile: 8100 }), 2000)).toBeUndefined();
-    // Second pass: they merge.
-    const merged = c({ fullScans: 1, pagesVolatile: 100, pagesShared: 4000, pagesSharing: 4000 });
+    // Second pass (the next full scan): they merge.
+    const merged = c({ fullScans: 2, pagesVolatile: 100, pagesShared: 4000, pagesSharing: 4000 });
     expect(d.boosted(merged, 2050)).toBeUndefined();
     expect(d.boosted(merged, 2200)).toBeUndefined();
     expect(d.boosted(merged, 2300)).toMatch(/no change for 250 ms/);
+  });
+
+  it('does not back off early while memory it was boosted for has not been reached', () => {
+    const d = new WorkDetector(256, 5, 100);
+    d.reset(c({ fullScans: 1, pagesVolatile: 100 }), 0);
+    // Churn elsewhere counts as work, then all is quiet; but the new process's memory is
+    // behind ksmd's cursor (awaiting): neither early way back is taken.
+    expect(d.boosted(c({ fullScans: 1, pagesVolatile: 100, pagesShared: 50, pagesSharing: 50 }), 50, true)).toBe(
+      undefined,
+    );
+    const settled = c({ fullScans: 1, pagesVolatile: 100, pagesShared: 50, pagesSharing: 50 });
+    expect(d.boosted(settled, 500, true)).toBeUndefined();
+    expect(d.boosted({ ...settled, fullScans: 3 }, 600, true)).toBeUndefined();
+    // Reached (awaiting cleared): quiet for quietMs with nothing waiting is enough.
+    expect(d.boosted({ ...settled, fullScans: 3 }, 700, false)).toMatch(/no change for/);
+  });
+
+  it('waits for a full scan to begin after the last new pages were found', () => {
+    const d = new WorkDetector(256, 5, 100);
+    d.reset(c({ fullScans: 1 }), 0);
+    // ksmd finds 1000 new pages and they settle at once (their volatile count is gone
+    // again), in the same scan: their second look is still to come.
+    expect(d.boosted(c({ fullScans: 1, pagesUnshared: 1000 }), 50)).toBeUndefined();
+    expect(d.boosted(c({ fullScans: 1, pagesUnshared: 1000 }), 400)).toBeUndefined();
+    // The next scan has begun: now quiet is quiet.
+    expect(d.boosted(c({ fullScans: 2, pagesUnshared: 1000 }), 450)).toMatch(/no change for/);
   });
 });
 
@@ -184,6 +217,67 @@ describe('autotune: with the real scanner', { timeout: 300_000 }, () => {
       } finally {
         await tuner?.stop();
         await workers?.kill();
+      }
+    }));
+
+  it('holds the boost for a new process until ksmd has merged what it marked mergeable after filling it', ({ skip }) =>
+    from({ run: '1', pages_to_scan: '100', sleep_millisecs: '20', smart_scan: '1' }, async () => {
+      if (!/^ksm_mergeable/m.test(fs.readFileSync('/proc/self/ksm_stat', 'utf8')))
+        return skip('this kernel has no ksm_stat ksm_mergeable (6.14+): new processes are not watched');
+      expect(ensureDist()).toBe(true);
+      // 32 MiB whose second half repeats the first, filled first and marked mergeable
+      // after, as a C program or a loader that madvises its data once built would.
+      const pages = (32 * 1024 * 1024) / pageSize;
+      const script = `
+        const ksm = require(${JSON.stringify(path.join(DIST, 'index.js'))});
+        const buf = ksm.alloc(${pages} * ksm.pageSize, { mergeable: false });
+        const w = new Uint32Array(buf.buffer, buf.byteOffset, buf.length / 4), per = ksm.pageSize / 4;
+        for (let p = 0; p < ${pages}; p++) {
+          let x = (Math.imul(77, 0x9e3779b1) ^ Math.imul((p % ${pages / 2}) + 1, 0x85ebca6b)) >>> 0 || 1;
+          for (let i = p * per; i < (p + 1) * per; i++) { x ^= x << 13; x ^= x >>> 17; x ^= x << 5; w[i] = x >>> 0; }
+        }
+        ksm.setMergeable(buf, true);
+        process.stdout.write('marked\\n');
+        process.stdin.on('end', () => process.exit(0));
+        process.stdin.resume();`;
+      const seen: { pid?: number } = {};
+      const merged = () => {
+        try {
+          return seen.pid === undefined ? 0 : Number(fs.readFileSync(`/proc/${seen.pid}/ksm_merging_pages`, 'utf8'));
+        } catch {
+          return 0;
+        }
+      };
+      const events: Array<{ state: string; reason: string; at: number; merged: number }> = [];
+      const tuner = startAutotune({
+        stateDir,
+        onChange: (e) => events.push({ state: e.state, reason: e.reason, at: performance.now(), merged: merged() }),
+      });
+      // Started after autotune: it watches processes it sees start.
+      const child = spawn(process.execPath, ['-e', script], { stdio: ['pipe', 'pipe', 'inherit'] });
+      seen.pid = child.pid;
+      try {
+        await new Promise<void>((resolve, reject) => {
+          readline.createInterface({ input: child.stdout }).once('line', () => resolve());
+          child.once('exit', (code) => reject(new Error(`child exited (${code}) before marking its memory`)));
+        });
+        const marked = performance.now();
+        const boostedThen = tuner.state === 'boosted';
+        // Liveness bound, not a timing: at the kernel's default pace this takes ~10 s.
+        const done = await pollUntil(
+          () => merged() >= 0.95 * pages && events.some((e) => e.at > marked && e.state === 'idle'),
+          120_000,
+        );
+        expect(done, JSON.stringify(events)).toBe(true);
+        expect(boostedThen || events.some((e) => e.at > marked && e.state === 'boosted'), JSON.stringify(events)).toBe(
+          true,
+        );
+        // Not back to idle before ksmd had been over the new memory twice: merged by then.
+        const back = events.find((e) => e.at > marked && e.state === 'idle')!;
+        expect(back.merged, JSON.stringify(events)).toBeGreaterThanOrEqual(0.95 * pages);
+      } finally {
+        await tuner.stop();
+        child.kill('SIGKILL');
       }
     }));
 

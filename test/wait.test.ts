@@ -1,10 +1,35 @@
-import { beforeEach, describe, expect, it } from 'vitest';
+import { beforeEach, describe, expect, it, vi } from 'vitest';
 import { boostState } from '../lib/boost';
 import { configure } from '../lib/control';
 import { alloc, free, pageSize } from '../lib/memory';
+import { processStats } from '../lib/stats';
 import { waitForMerge } from '../lib/wait';
 import { lockedAndReleased, matching } from './helpers/expect';
 import { fillPages, requireKsm } from './helpers/ksm';
+
+// What waitForMerge does, in order: the real boost() and bufferStats(), observed.
+const calls: string[] = [];
+vi.mock('../lib/boost', async (original) => {
+  const m = await original<typeof import('../lib/boost')>();
+  return {
+    ...m,
+    boost: async (...args: Parameters<typeof m.boost>) => {
+      const h = await m.boost(...args);
+      calls.push('boosted');
+      return h;
+    },
+  };
+});
+vi.mock('../lib/buffer-stats', async (original) => {
+  const m = await original<typeof import('../lib/buffer-stats')>();
+  return {
+    ...m,
+    bufferStats: (...args: Parameters<typeof m.bufferStats>) => {
+      calls.push('measured');
+      return m.bufferStats(...args);
+    },
+  };
+});
 
 const MiB = 1024 * 1024;
 
@@ -76,6 +101,27 @@ describe('waitForMerge: with the kernel', { timeout: 900_000 }, () => {
         expect(progress).toBe(0);
       } finally {
         configure(prev);
+        free(a);
+        free(b);
+      }
+    }));
+
+  it('boost: true boosts before it measures when nothing is merged yet, and not at all when the target already is', () =>
+    lockedAndReleased(async () => {
+      // This test file runs in a process of its own, and nothing merged before this test.
+      expect(processStats().mergingPages ?? 0).toBe(0);
+      const [a, b] = duplicates(4 * MiB, 9);
+      try {
+        calls.length = 0;
+        const r = await waitForMerge(a, { boost: true, timeoutMs: 300_000 });
+        expect(r.reason).toBe('ratio');
+        // ksmd was on its way while the buffer was first measured.
+        expect(calls.slice(0, 2)).toEqual(['boosted', 'measured']);
+        calls.length = 0;
+        const again = await waitForMerge(b, { boost: true, ratio: 0.9 });
+        expect(again).toMatchObject({ reason: 'ratio', fullScans: 0 });
+        expect(calls).toEqual(['measured']);
+      } finally {
         free(a);
         free(b);
       }

@@ -9,7 +9,9 @@ import { parseCount, parseDuration, str, type Options, type Values } from './arg
 
 export const AUTOTUNE_USAGE =
   'node-ksm autotune [--idle-pages-to-scan N] [--idle-sleep-ms N] [--pages-to-scan 100000] [--sleep-ms 0]\n' +
-  '                  [--interval 200ms] [--threshold PAGES] [--quiet-scans 2] [--json]\n' +
+  '                  [--interval 200ms] [--watch-interval 25ms] [--threshold PAGES] [--quiet-scans 2] [--json]\n' +
+  '  --interval: how often the counters are read while idle; --watch-interval: how often, at most, processes\n' +
+  '  started in the last 5 s are checked for new mergeable memory (only while there are such processes).\n' +
   '  Runs until Ctrl-C/SIGTERM, then restores the settings it found. Idle settings default to the\n' +
   "  current ones when they cost no more than the kernel's defaults (100 pages every 20 ms), else those.\n" +
   '  With advisor_mode=scan-time set it leaves the scanner to the kernel advisor and exits; if someone\n' +
@@ -21,6 +23,7 @@ export const AUTOTUNE_OPTIONS: Options = {
   'pages-to-scan': { type: 'string' },
   'sleep-ms': { type: 'string' },
   interval: { type: 'string' },
+  'watch-interval': { type: 'string' },
   threshold: { type: 'string' },
   'quiet-scans': { type: 'string' },
 };
@@ -33,6 +36,7 @@ export function autotuneOptions(v: Values): AutotuneOptions {
   const idlePages = num('idle-pages-to-scan', 1);
   const idleSleep = num('idle-sleep-ms');
   const interval = str(v, 'interval');
+  const watch = str(v, 'watch-interval');
   return {
     idle:
       idlePages === undefined && idleSleep === undefined
@@ -40,6 +44,7 @@ export function autotuneOptions(v: Values): AutotuneOptions {
         : { pagesToScan: idlePages, sleepMillisecs: idleSleep },
     boost: { pagesToScan: num('pages-to-scan', 1), sleepMillisecs: num('sleep-ms') },
     idleIntervalMs: interval === undefined ? undefined : Math.max(10, parseDuration(interval, 'interval')),
+    watchIntervalMs: watch === undefined ? undefined : Math.max(10, parseDuration(watch, 'watch-interval')),
     thresholdPages: num('threshold', 1),
     quietScans: num('quiet-scans', 1),
   };
