@@ -86,7 +86,9 @@ export default defineConfig(
  *   sources; it may use an example's modules (it benchmarks the examples).
  * - fuzz/ uses the public entry, plus dist/binding.js: it calls the addon itself, with
  *   arguments the TypeScript layer would refuse, to prove the addon checks them too.
- * - test/ may import anything; nothing imports test/ (nor fuzz/ nor bench/).
+ * - test/ may import anything; nothing imports test/ (nor fuzz/ nor bench/), except that
+ *   bench/ takes the tests' machine-wide KSM lock and sysfs snapshot (test/helpers/ksm.ts,
+ *   sysfs.ts), so a benchmark and a test never change the settings at once.
  *
  * Paths are matched after resolution, so `../dist/x.js`, `node-ksm` and `./y.mjs`
  * (for y.mts) are all seen for what they are. Imports whose path is computed at run time
@@ -117,7 +119,15 @@ function layers(): Linter.Config {
               { target, from: ['./lib', './bench', './fuzz', './test'], message: 'use the public entry points' },
               { target, from: './dist', except: PUBLIC, message: 'use the public entry points (node-ksm...)' },
             ]),
-            { target: './bench', from: ['./lib', './fuzz', './test'], message: 'bench/ uses the compiled library' },
+            // The machine-wide KSM lock and the sysfs snapshot are the tests' own, shared so that a
+            // benchmark and a test never change /sys/kernel/mm/ksm at the same time.
+            {
+              target: './bench',
+              from: './test',
+              except: ['./helpers/ksm.ts', './helpers/sysfs.ts'],
+              message: 'bench/ may use only the KSM lock and sysfs snapshot of test/helpers',
+            },
+            { target: './bench', from: ['./lib', './fuzz'], message: 'bench/ uses the compiled library' },
             { target: './fuzz', from: ['./lib', './bench', './examples', './test'], message: 'fuzz/ uses dist/' },
             {
               target: './fuzz',

@@ -23,13 +23,13 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { configure, readSettings, type KsmSettings } from '../lib/control.js';
-import { policySettings } from '../lib/benchmark.js';
-import { startAutotune, type AutotuneHandle } from '../lib/autotune.js';
-import { ksmdCpuSeconds } from '../lib/ksmd.js';
-import { pageSize } from '../lib/memory.js';
-import { parseSmaps } from '../lib/procfs.js';
-import { processStats, systemStats } from '../lib/stats.js';
+import { configure, readSettings, type KsmSettings } from '../dist/control.js';
+import { policySettings } from '../dist/benchmark.js';
+import { startAutotune, type AutotuneHandle } from '../dist/autotune.js';
+import { ksmdCpuSeconds } from '../dist/ksmd.js';
+import { pageSize } from '../dist/memory.js';
+import { parseSmaps } from '../dist/procfs.js';
+import { processStats, systemStats } from '../dist/stats.js';
 import { lockKsm } from '../test/helpers/ksm.js';
 import {
   bootGuest,

@@ -345,7 +345,7 @@ function validate(options: unknown) {
   return {
     workers,
     mib,
-    policies: [...((o.policies as readonly BenchPolicy[] | undefined) ?? DEFAULT_POLICIES)],
+    policies: [...(o.policies ?? DEFAULT_POLICIES)],
     ratio,
     runs: o.runs === undefined ? 1 : validateInteger(o.runs, 'options.runs', 1, 100),
     limitMs: o.limitMs === undefined ? 180_000 : validateInteger(o.limitMs, 'options.limitMs', 100, 2 ** 31 - 1),

@@ -115,7 +115,7 @@ function jobScript(o: { node: string; out: string; label: string; guest: boolean
   ];
   if (values.capture) {
     lines.push(
-      `node --import tsx scripts/test-kernels-capture.mts '${o.out}/fixture' '${o.label}' ${o.guest ? 'exclusive' : ''} || rc=$((rc ? rc : 3))`,
+      `node --import tsx test/helpers/kernel-capture.mts '${o.out}/fixture' '${o.label}' ${o.guest ? 'exclusive' : ''} || rc=$((rc ? rc : 3))`,
     );
   }
   lines.push('exit $rc');

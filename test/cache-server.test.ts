@@ -54,7 +54,7 @@ async function startServer(args: string[] = [], env: Record<string, string> = {}
       const nl = out.indexOf('\n');
       if (nl >= 0) resolve(out.slice(0, nl));
     });
-    exited.then((code) => reject(new Error(`cache-server exited (${code}) before listening: ${err}`)));
+    void exited.then((code) => reject(new Error(`cache-server exited (${code}) before listening: ${err}`)));
   });
   const m = /listening on \S+:(\d+) pid=(\d+)(?:.*worker_pids=([\d,]+))?/.exec(line);
   if (m === null) throw new Error(`unexpected first line from cache-server: ${line}`);
@@ -877,7 +877,7 @@ describe('cache-server: redis-cli', () => {
       execFile(
         'redis-benchmark',
         ['-p', String(srv.port), '-t', 'set,get,incr,ping', '-n', '2000', '-c', '5', '-P', '4', '-q', '--csv'],
-        (e, so) => (e ? reject(e) : resolve(so)),
+        (e, so) => (e ? reject(new Error(e.message)) : resolve(so)),
       ),
     );
     expect(out).toMatch(/"SET"/);

@@ -340,7 +340,7 @@ describe('every kernel directory says where its text came from', () => {
 });
 
 /**
- * Text captured from real kernels by scripts/test-kernels-capture.mts: two identical 8 MiB
+ * Text captured from real kernels by test/helpers/kernel-capture.mts: two identical 8 MiB
  * buffers a and b merged, a unique unmergeable c between them. Every expectation follows
  * from the kernel's version and the capture's own metadata, never from numbers typed here.
  */

@@ -5,21 +5,21 @@
  * that each is a mapping of its own; then /sys/kernel/mm/ksm/*, this process's ksm_stat
  * and ksm_merging_pages, the smaps entries of the node binary and of the buffers, a few
  * maps lines and ksmd's stat are copied, with kernel.json saying where they came from.
- * Run as root: `node --import tsx scripts/test-kernels-capture.mts OUTDIR LABEL [exclusive]`
+ * Run as root: `node --import tsx test/helpers/kernel-capture.mts OUTDIR LABEL [exclusive]`
  * (scripts/test-kernels.mts --capture runs it in each guest, where nothing else merges:
  * `exclusive`, and on the host).
  */
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { native } from '../lib/binding.js';
-import { ksmdPid } from '../lib/ksmd.js';
-import { alloc, bufferStats, processStats, waitForMerge } from '../lib/index.js';
-import { pageSize } from '../lib/memory.js';
+import { native } from '../../lib/binding.js';
+import { ksmdPid } from '../../lib/ksmd.js';
+import { alloc, bufferStats, processStats, waitForMerge } from '../../lib/index.js';
+import { pageSize } from '../../lib/memory.js';
 
 const [out, label, exclusive] = process.argv.slice(2);
 if (!out || !label) {
-  console.error('usage: test-kernels-capture.mts OUTDIR LABEL [exclusive]');
+  console.error('usage: kernel-capture.mts OUTDIR LABEL [exclusive]');
   process.exit(2);
 }
 const MiB = 1024 * 1024;
@@ -83,7 +83,7 @@ const meta = {
   release: os.release(),
   source: 'captured',
   capturedAt: new Date().toISOString().slice(0, 10),
-  by: 'scripts/test-kernels-capture.mts',
+  by: 'test/helpers/kernel-capture.mts',
   node: process.version,
   nodeBinary: process.execPath,
   pageSize,
