@@ -24,8 +24,8 @@
 import { EventEmitter } from 'node:events';
 import fs from 'node:fs';
 import { native } from './binding';
-import { boost, boostState, type BoostHandle } from './boost';
-import { configure, readSettings, type KsmSettings, type KsmSettingName } from './control';
+import { boost, boostState, holdSync, type BoostHandle } from './boost';
+import { readSettings, type KsmSettings, type KsmSettingName } from './control';
 import { KernelFile, KernelFiles } from './counters';
 import { invalidArgType, validateInteger } from './errors';
 import { parseKsmStat, parseKsmSysfs, snakeCase } from './procfs';
@@ -590,6 +590,8 @@ class Autotune extends EventEmitter implements AutotuneHandle {
   private ticking: Promise<void> | undefined;
   private stopping: Promise<void> | undefined;
   private mismatches = 0;
+  /** The hold on the idle settings (see the constructor). */
+  private idleHold: BoostHandle | undefined;
 
   constructor(private readonly o: AutotuneOptions) {
     super();
@@ -622,9 +624,16 @@ class Autotune extends EventEmitter implements AutotuneHandle {
       pagesToScan: scan.pagesToScan ?? (o.idle ? KERNEL_DEFAULT_SCAN.pagesToScan : base.pagesToScan),
       sleepMillisecs: scan.sleepMillisecs ?? (o.idle ? KERNEL_DEFAULT_SCAN.sleepMillisecs : base.sleepMillisecs),
     };
-    const write = pick(idle);
-    for (const k of Object.keys(write) as KsmSettingName[]) if (current[k] === write[k]) delete write[k];
-    if (Object.keys(write).length > 0) configure(write);
+    // Held like a boost (run=1 and the idle pace), so that an autotune killed without
+    // stopping is undone by the next restore(), `run` included.
+    this.idleHold = holdSync(
+      {
+        pagesToScan: idle.pagesToScan,
+        sleepMillisecs: idle.sleepMillisecs,
+        ...(current.smartScan !== undefined ? { smartScan: current.smartScan } : {}),
+      },
+      o.stateDir,
+    );
     this.idleSettings = pick(readSettings());
     this.procs = o.watchProcesses === false ? undefined : ProcessWatch.create(o.watchIntervalMs ?? 25);
     this.detector.reset(this.sysfs.read().counters);
@@ -774,16 +783,11 @@ class Autotune extends EventEmitter implements AutotuneHandle {
       await this.ticking;
       try {
         await this.releaseBoost();
-        if (this.state !== 'advisor') {
-          // Put back what autotune set, except knobs someone changed since (theirs to keep).
-          const current = readSettings();
-          const back: KsmSettings = {};
-          for (const k of Object.keys(this.originals) as KsmSettingName[]) {
-            if (current[k] === this.idleSettings[k] && current[k] !== this.originals[k])
-              (back as Record<string, unknown>)[k] = this.originals[k];
-          }
-          if (Object.keys(back).length > 0) configure(back);
-        }
+        // The last holder puts back what it found, except knobs someone changed since
+        // (theirs to keep); with other holders alive, their settings stay.
+        const idle = this.idleHold;
+        this.idleHold = undefined;
+        await idle?.release();
         this.change('stopped', 'stopped; original settings restored');
       } finally {
         this.sysfs.close();

@@ -60,6 +60,8 @@ export interface BoostHolder {
   since: string;
   /** What this holder asked for. */
   requested: KsmSettings;
+  /** `'autotune'` for autotune's hold on its idle settings; absent for a boost. */
+  purpose?: 'autotune';
 }
 
 /** The machine-wide boost record ({@link boostState}): the originals and who holds a boost. */
@@ -468,6 +470,40 @@ export async function boost(options?: BoostOptions): Promise<BoostHandle> {
     held.delete(holder.id);
     throw err;
   }
+  return handleOf(dir, holder, settings);
+}
+
+/**
+ * A hold taken synchronously, for autotune's idle settings (`run=1` and a slow scan): kept
+ * in the same machine-wide record as boosts, so that when autotune dies without stopping
+ * (SIGKILL, OOM), the next `restore()` or `boost()` release, or `node-ksm restore`, puts
+ * back what it found, `run` included. While a boost is also held, the most aggressive
+ * request wins, as between boosts.
+ */
+export function holdSync(requested: KsmSettings, stateDir: string | undefined): BoostHandle {
+  const dir = stateDirOf(stateDir === undefined ? undefined : { stateDir });
+  native();
+  const holder: BoostHolder = {
+    ...self(),
+    id: randomUUID(),
+    since: new Date().toISOString(),
+    requested,
+    purpose: 'autotune',
+  };
+  held.set(holder.id, dir);
+  install();
+  let settings: KsmSettings;
+  try {
+    settings = withLockSync(dir, () => acquireLocked(dir, holder));
+  } catch (err) {
+    held.delete(holder.id);
+    throw err;
+  }
+  return handleOf(dir, holder, settings);
+}
+
+/** The handle of a hold that `boost` or `holdSync` took. */
+function handleOf(dir: string, holder: BoostHolder, settings: KsmSettings): BoostHandle {
   let releasing: Promise<void> | undefined;
   const release = (): Promise<void> => {
     releasing ??= (async () => {

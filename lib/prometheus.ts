@@ -197,7 +197,10 @@ export interface KsmMetrics {
 
 const registered = new WeakMap<Registry, KsmMetrics>();
 
-type SnapshotReader = (metric?: string) => Snapshot;
+type SnapshotReader = ((metric?: string) => Snapshot) & {
+  /** Drops the current snapshot, so the next call reads the kernel again. */
+  forget(): void;
+};
 
 /**
  * One read of the kernel per scrape, so that the figures of one scrape agree with each
@@ -227,7 +230,7 @@ function snapshotReader(options: KsmMetricsOptions, pid: number): SnapshotReader
     s.ksmdCpuSeconds = ksmdCpuSeconds();
     return s;
   };
-  return (metric) => {
+  const reader = (metric?: string): Snapshot => {
     if (current && (metric === undefined || !served.has(metric))) {
       if (metric !== undefined) served.add(metric);
       return current;
@@ -243,6 +246,12 @@ function snapshotReader(options: KsmMetricsOptions, pid: number): SnapshotReader
     if (metric !== undefined) served.add(metric);
     return current;
   };
+  return Object.assign(reader, {
+    forget() {
+      current = undefined;
+      served.clear();
+    },
+  });
 }
 
 /** One unlabelled figure as a gauge, or as a counter copied from the kernel's running total. */
@@ -345,6 +354,9 @@ export function collectKsmMetrics(registry: Registry = defaultRegistry, options:
   // prom-client reports an unlabelled metric as 0 until it is set, so a figure this
   // kernel does not have (checked once: sysfs files do not come and go) is not registered.
   const first = snapshot();
+  // A scrape in the same tick as this call (say, right after an await that did not yield)
+  // must read the kernel afresh, not get figures from before it was called.
+  snapshot.forget();
   const defs = [...SYSTEM, ...(options.process === false ? [] : PROCESS)].filter((def) => def.exists(first));
   for (const def of defs) registerFigure(registry, def, snapshot);
   const names = defs.map((d) => d.name);

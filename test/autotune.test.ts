@@ -13,6 +13,7 @@ import {
   type AutotuneHandle,
 } from '../lib/autotune';
 import { startWorkers, type Workers } from '../lib/benchmark';
+import { restore as restoreBoost } from '../lib/boost';
 import { readSettings } from '../lib/control';
 import { pageSize } from '../lib/memory';
 import { DIST, ensureDist } from './helpers/dist';
@@ -292,6 +293,39 @@ describe('autotune: with the real scanner', { timeout: 300_000 }, () => {
         await tuner.stop();
       }
       expect(watched()).toEqual(original);
+    }));
+
+  it('killed with SIGKILL while idle, is undone by restore(): run=0 comes back', () =>
+    from({ run: '0', pages_to_scan: '50', sleep_millisecs: '40' }, async () => {
+      expect(ensureDist()).toBe(true);
+      const original = watched();
+      const child = spawn(
+        process.execPath,
+        [
+          '-e',
+          `const ksm = require(${JSON.stringify(path.join(DIST, 'index.js'))});
+           ksm.startAutotune({ stateDir: ${JSON.stringify(stateDir)} });
+           console.log('idle');`,
+        ],
+        { stdio: ['ignore', 'pipe', 'inherit'] },
+      );
+      const exited = new Promise((resolve) => child.once('exit', resolve));
+      try {
+        await new Promise((resolve, reject) => {
+          child.stdout.once('data', resolve);
+          child.once('exit', (code) => reject(new Error(`autotune child exited (${code}) before idling`)));
+        });
+        expect(watched()).toEqual({ ...original, run: 1 });
+        // No handler sees SIGKILL: the record in the state directory is all that is left.
+        child.kill('SIGKILL');
+        await exited;
+        expect(watched().run).toBe(1);
+        const back = await restoreBoost({ stateDir });
+        expect(back.restored).toBe(true);
+        expect(watched()).toEqual(original);
+      } finally {
+        child.kill('SIGKILL');
+      }
     }));
 
   it('replaces a costly setting found at start by the kernel defaults while idle', () =>

@@ -574,8 +574,11 @@ describe('cache-server: the wire protocol', () => {
     // 100 GETs (25 MiB of replies) from a client that reads nothing yet: the server sends
     // until the socket is full and stops reading at its output limit (4 MiB queued), so
     // dozens of replies wait in the socket, each referring to the value's pages.
+    const hits = async () => Number(parseInfo(await other.info('stats')).keyspace_hits);
+    const before = await hits();
     const s = await stalledReader(srv.port, 'slow', 100);
-    await sleep(500);
+    // Until the server has answered (and queued) at least 16 of the GETs.
+    expect(await pollAsync(async () => (await hits()) - before >= 16, 10_000)).toBe(true);
     // Meanwhile the value goes, and its pages would be the first to be reused.
     await other.del('slow');
     for (let i = 0; i < 20; i++) await other.set(`reuse:${i}`, crypto.randomBytes(size));
@@ -619,7 +622,8 @@ describe('cache-server: the wire protocol', () => {
     const other = client(srv.port);
     await other.set('gone', crypto.randomBytes(size));
     const s = await stalledReader(srv.port, 'gone', 100);
-    await sleep(300);
+    const pinned = async () => Number(parseInfo(await other.info('memory')).arena_pinned_buffers) > 0;
+    expect(await pollAsync(pinned, 10_000)).toBe(true);
     await other.del('gone');
     expect(Number(parseInfo(await other.info('memory')).arena_pinned_gone)).toBe(1);
     // Reset with megabytes of replies unsent: the socket calls back every queued write.

@@ -301,8 +301,10 @@ describe('maps and stat', () => {
     const ksmd = parseProcStat(fixture('6.18', 'ksmd-stat')!);
     // Fields 14, 15 and 22 of the fixture: a kernel thread's CPU time is all system time.
     expect(ksmd).toEqual({ pid: 39, comm: 'ksmd', state: 'R', utime: 0, stime: 34285, starttime: 19 });
-    const odd = parseProcStat(fixture('malformed', 'stat-odd-comm')!);
-    expect(odd).toEqual({ ...ksmd, comm: 'a) b (c' });
+    const text = fixture('malformed', 'stat-odd-comm')!;
+    const odd = parseProcStat(text);
+    expect(odd.comm).toBe('a) b (c');
+    expect(odd).toEqual({ ...parseProcStat(text.replace('(a) b (c)', '(ksmd)')), comm: 'a) b (c' });
     expect(parseError(() => parseProcStat(fixture('malformed', 'stat-truncated')!)).code).toBe('ERR_KSM_PARSE');
     expect(parseError(() => parseProcStat('')).code).toBe('ERR_KSM_PARSE');
   });

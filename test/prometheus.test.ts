@@ -16,6 +16,7 @@ import { ksmdCpuSeconds } from '../lib/ksmd';
 import { collectKsmMetrics } from '../lib/prometheus';
 import { processStats, systemStats } from '../lib/stats';
 import { ensureDist } from './helpers/dist';
+import { restore as writeSysfs } from './helpers/sysfs';
 import { fillPages, pollUntil, requireKsm, withFastKsm } from './helpers/ksm';
 
 // Other test runs on this machine may hold the KSM test lock for minutes.
@@ -147,6 +148,20 @@ describe('collectKsmMetrics', () => {
       free(a);
       free(b);
     }
+  });
+
+  test('a scrape in the same tick as registering reads the kernel, not what registering read', async (ctx) => {
+    requireKsm(ctx);
+    await withFastKsm(async () => {
+      const registry = new Registry();
+      const metrics = collectKsmMetrics(registry);
+      const next = systemStats().pagesToScan! + 17;
+      writeSysfs({ pages_to_scan: String(next) });
+      // No await between the two: registering's read must not be served to this scrape.
+      const f = parseExposition(await registry.metrics());
+      expect(value(f, 'ksm_pages_to_scan')).toBe(next);
+      metrics.unregister();
+    });
   });
 
   test('registering twice on one registry is harmless; the default registry works', async (ctx) => {
