@@ -346,9 +346,14 @@ class ScanClock {
 }
 
 /**
- * The wait itself: cheap counters every POLL_MS, an exact count of the target only when
+ * The wait itself: cheap counters, polled adaptively (see nextPeriod), an exact count of the target only when
  * they say it may be done, has gone quiet, or has not been looked at for a while.
+ *
+ * One loop over a dozen variables that each iteration reads and moves together (the last
+ * exact count and the counter it was based on, the merge rate, the scan clock): split into
+ * functions, they would travel as one mutable record, which reads worse than this.
  */
+// eslint-disable-next-line max-lines-per-function -- one loop's shared state: see above
 async function poll(
   exact: () => Exact,
   first: Exact,

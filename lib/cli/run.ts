@@ -221,7 +221,12 @@ export interface RunReport {
  * Runs the command and resolves with the exit code for node-ksm to end with (after the
  * command has ended). When the command died of a signal that can be mirrored, this
  * process raises it on itself instead and never resolves.
+ *
+ * Long because the child's lifetime is one scope: the signal handlers it installs, the
+ * sampling timer and the exit handling all close over the same child and must be undone
+ * together on every path out.
  */
+// eslint-disable-next-line max-lines-per-function -- the child's lifetime is one scope: see above
 export async function runCommand(
   command: readonly string[],
   options: { json?: boolean; report?: (r: RunReport) => void } = {},
