@@ -20,7 +20,14 @@ export {
   type AllocOptions,
   type BinaryLike,
 } from './memory';
-export { processStats, systemStats, type ProcessStats, type SystemStats } from './stats';
+export {
+  processStats,
+  systemStats,
+  type ProcessStats,
+  type ProcessStatsMethod,
+  type ProcessStatsOptions,
+  type SystemStats,
+} from './stats';
 export { bufferStats, type BufferStats, type BufferStatsMethod, type BufferStatsOptions } from './buffer-stats';
 export { support, type Support } from './support';
 export type { KsmSysfs, KsmStatFields } from './procfs';
