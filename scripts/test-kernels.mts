@@ -12,9 +12,9 @@
  *   npm run test:kernels -- --capture         also rewrite test/fixtures/kernels/<label>/ from each
  *   npm run test:kernels -- --node 22         another Node line (default 24)
  *
- * Node 24 by default: the Active LTS line, and the newest one every supported kernel can run
- * (Node 26's official build still runs on 5.10, but 24 is what a server on Debian 11/12 is
- * most likely to be given). Any line: `--node N`.
+ * Node 24 by default (maintenance LTS; the integration step of CI runs Node 26, the Active
+ * LTS, on the host): Node 26's official build still runs on 5.10, but 24 is what a server
+ * on Debian 11/12 is most likely to be given. Any line: `--node N`.
  */
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -155,12 +155,15 @@ async function runGuest(label: string, node: string): Promise<Outcome> {
   const guest = bootGuest({
     kernel,
     initramfs,
-    append: `node_ksm.out=${out}`,
+    append: `node_ksm.out=${out} node_ksm.tree=${ROOT}`,
     memoryMiB: Number(values.memory),
     cpus: 2,
     shares: [
       { tag: 'host', path: '/', readonly: true },
       { tag: 'out', path: out, readonly: false },
+      // The work tree again on its own, mounted after the guest's tmpfs: a clone under
+      // /tmp (as CI's is) would otherwise be hidden by the guest's empty /tmp.
+      { tag: 'tree', path: ROOT, readonly: true },
     ],
     timeoutMs,
     onLine: (line) => {
