@@ -14,8 +14,9 @@
  * 20 ms it may reach new memory only after a whole idle scan of everything else; the
  * process check boosts before that, and the boost is not given up before ksmd has been
  * over that process's memory. What costs while idle is mostly waking up (~200 µs of CPU
- * a wake-up on a loaded VM, ~20 µs on bare metal): autotune wakes every 200 ms, and
- * every 25 ms only while there are young processes to watch.
+ * a wake-up on a loaded VM, ~20 µs on bare metal): autotune reads the counters every
+ * 200 ms, the last pid (one pread) every 50 ms, and young processes' ksm_stat as often
+ * as every 25 ms only while there are such processes to watch.
  *
  * The boosted state is a boost() handle (boost.ts), so autotune and other boost holders
  * share one record of the settings, and a crash while boosted is undone by the next
@@ -75,7 +76,8 @@ export interface AutotuneOptions {
    * new mergeable memory (default 25 ms: in a process's first 200 ms; after that every
    * eighth of its age, so memory marked 1 s after the start is noticed ~60 ms after the
    * madvise on average). Only while there are such processes: on a host that starts none,
-   * autotune wakes at idleIntervalMs.
+   * autotune reads the counters every idleIntervalMs and, in between, every 50 ms, only the
+   * last pid the kernel handed out (one pread of /proc/loadavg).
    */
   watchIntervalMs?: number;
   /** ... and while boosted (default 25 ms), when the end of the work is worth noticing at once. */
@@ -329,6 +331,11 @@ const YOUNG_MS = 5000;
  * so a host that starts processes all the time costs little more than one that does not.
  */
 const RECHECK_AGE_SHARE = 8;
+/**
+ * While idle, how often the last pid handed out is read to find new processes (one pread
+ * of /proc/loadavg; the counters are read only every idleIntervalMs).
+ */
+const SPAWN_CHECK_MS = 50;
 /** At most this many young processes are watched at once (a fork storm costs no more). */
 const MAX_YOUNG = 256;
 
@@ -400,6 +407,14 @@ class ProcessWatch {
       return out;
     }
     return listPids().filter((p) => (from < to ? p > from && p <= to : p > from || p <= to));
+  }
+
+  /**
+   * Whether a full look is due: the kernel handed out a pid since the last look, or a
+   * young process is due. One pread of /proc/loadavg when neither.
+   */
+  pending(now: number): boolean {
+    return lastPid(this.loadavg.text()) !== this.last || this.nextDue() <= now + 1;
   }
 
   /** When a young process is next due for a look (Infinity when none is watched). */
@@ -587,6 +602,8 @@ class Autotune extends EventEmitter implements AutotuneHandle {
   private readonly awaited = new Awaited();
   private handle: BoostHandle | undefined;
   private timer: NodeJS.Timeout | undefined;
+  /** When the counters were last read (performance.now()). */
+  private lastTick = performance.now();
   private ticking: Promise<void> | undefined;
   private stopping: Promise<void> | undefined;
   private mismatches = 0;
@@ -671,13 +688,29 @@ class Autotune extends EventEmitter implements AutotuneHandle {
 
   private schedule(): void {
     if (this.state !== 'idle' && this.state !== 'boosted') return;
-    const idle = this.o.idleIntervalMs ?? 200;
-    const due = (this.procs?.nextDue() ?? Infinity) - performance.now();
-    const ms =
-      this.state === 'boosted'
-        ? (this.o.boostedIntervalMs ?? 25)
-        : Math.min(idle, Math.max(this.o.watchIntervalMs ?? 25, due));
+    const now = performance.now();
+    const watch = this.o.watchIntervalMs ?? 25;
+    let ms = this.o.boostedIntervalMs ?? 25;
+    if (this.state === 'idle') {
+      const full = this.lastTick + (this.o.idleIntervalMs ?? 200) - now;
+      const due = (this.procs?.nextDue() ?? Infinity) - now;
+      // New pids are looked for more often than the counters (a pread, no sysfs), so a
+      // process that marks memory right after it starts is not left for a whole interval.
+      const spawn = this.procs ? Math.max(watch, SPAWN_CHECK_MS) : Infinity;
+      ms = Math.max(0, Math.min(full, Math.max(watch, due), spawn));
+    }
     this.timer = setTimeout(() => {
+      const at = performance.now();
+      const light =
+        this.state === 'idle' &&
+        this.procs !== undefined &&
+        at < this.lastTick + (this.o.idleIntervalMs ?? 200) - 1 &&
+        !this.procs.pending(at);
+      if (light) {
+        if (!this.stopping) this.schedule();
+        return;
+      }
+      this.lastTick = at;
       this.ticking = this.tick().finally(() => {
         this.ticking = undefined;
         if (!this.stopping) this.schedule();

@@ -221,6 +221,39 @@ describe('autotune: with the real scanner', { timeout: 300_000 }, () => {
       }
     }));
 
+  it('finds a new process with mergeable memory between two reads of the counters (the last pid is read more often)', ({
+    skip,
+  }) =>
+    from({ run: '1', pages_to_scan: '100', sleep_millisecs: '20', smart_scan: '1' }, async () => {
+      if (!/^ksm_mergeable/m.test(fs.readFileSync('/proc/self/ksm_stat', 'utf8')))
+        return skip('this kernel has no ksm_stat ksm_mergeable (6.14+): new processes are not watched');
+      expect(ensureDist()).toBe(true);
+      const script = `
+        const ksm = require(${JSON.stringify(path.join(DIST, 'index.js'))});
+        const buf = ksm.alloc(16 * ksm.pageSize);
+        buf.fill(7);
+        process.stdout.write('marked\\n');
+        process.stdin.on('end', () => process.exit(0));
+        process.stdin.resume();`;
+      const events: Array<{ state: string; reason: string }> = [];
+      // The counters are read once a minute: only the pid check can see the child in time.
+      const tuner = startAutotune({ stateDir, idleIntervalMs: 60_000, onChange: (e) => events.push(e) });
+      const child = spawn(process.execPath, ['-e', script], { stdio: ['pipe', 'pipe', 'inherit'] });
+      try {
+        await new Promise<void>((resolve, reject) => {
+          readline.createInterface({ input: child.stdout }).once('line', () => resolve());
+          child.once('exit', (code) => reject(new Error(`child exited (${code}) before marking its memory`)));
+        });
+        // Liveness bound, not a timing: the pid is read every 50 ms.
+        const found = await pollUntil(() => events.some((e) => e.state === 'boosted'), 20_000);
+        expect(found, JSON.stringify(events)).toBe(true);
+        expect(events.find((e) => e.state === 'boosted')!.reason).toBe(`process ${child.pid} has new mergeable memory`);
+      } finally {
+        await tuner.stop();
+        child.kill('SIGKILL');
+      }
+    }));
+
   it('holds the boost for a new process until ksmd has merged what it marked mergeable after filling it', ({ skip }) =>
     from({ run: '1', pages_to_scan: '100', sleep_millisecs: '20', smart_scan: '1' }, async () => {
       if (!/^ksm_mergeable/m.test(fs.readFileSync('/proc/self/ksm_stat', 'utf8')))
