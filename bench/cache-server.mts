@@ -10,9 +10,9 @@
 //   throughput  redis-benchmark GET and SET, 1 KiB and 64 KiB values, 50 clients,
 //               pipeline 1 and 16: goal >= 0.75x redis-server's requests/s in each case.
 //   keys        KEYS over 1M keys (200k with --quick) while another client PINGs every
-//               millisecond: how long KEYS takes and the longest a PING waits (KEYS runs
-//               to the end before anything else, in both servers). Goal: no longer than
-//               redis-server.
+//               millisecond: how long KEYS takes and the longest a PING waits (redis-server
+//               answers nobody until KEYS is done; this server runs it in slices of a few
+//               ms with other clients served in between). Goal: no longer than redis-server.
 //
 //   node --import tsx bench/cache-server.mts [--json FILE] [--quick] [--only memory|throughput|keys]
 //     [--server-args="--idle-reclaim 0 ..."]   (extra options for this project's server)
