@@ -176,7 +176,11 @@ function run(mode: string, n: number): LeakReport {
   return JSON.parse(r.stdout.trim().split('\n').pop()!) as LeakReport;
 }
 
-function expectBack(rep: LeakReport, ctx: { annotate: (m: string) => void }, rssFraction = 0.01): void {
+function expectBack(
+  rep: LeakReport,
+  ctx: { annotate: (m: string) => void },
+  { rssFraction = 0.01, rssFloor = 2 * 2 ** 20, mapsFloor = 2 } = {},
+): void {
   const { before, after } = rep;
   ctx.annotate(
     `maps ${before.maps} -> ${after.maps}, RSS ${(before.rss / 2 ** 20).toFixed(1)} -> ${(after.rss / 2 ** 20).toFixed(1)} MiB, ${rep.ms} ms`,
@@ -186,9 +190,9 @@ function expectBack(rep: LeakReport, ctx: { annotate: (m: string) => void }, rss
   // themselves between identical rounds of the same workload (measured: repeated rounds of
   // 300,000 arena operations stay flat within 0.3 MiB, with an occasional 1.7 MiB step of
   // V8's heap that does not recur), which is malloc's and V8's noise, not a leak.
-  expect(Math.abs(after.maps - before.maps)).toBeLessThanOrEqual(Math.max(2, before.maps * 0.01));
+  expect(Math.abs(after.maps - before.maps)).toBeLessThanOrEqual(Math.max(mapsFloor, before.maps * 0.01));
   expect(after.rss - before.rss, `RSS ${before.rss} -> ${after.rss}`).toBeLessThanOrEqual(
-    Math.max(2 * 2 ** 20, before.rss * rssFraction),
+    Math.max(rssFloor, before.rss * rssFraction),
   );
 }
 
@@ -212,8 +216,11 @@ describe('leaks', () => {
     // Each freed buffer's bookkeeping waits for the next event-loop turn, so the C heap
     // peaks at ~600 bytes per pair during the loop; a second loop of the same length must
     // not grow RSS again. A leak would be the whole peak again (~100 MiB); malloc's
-    // placement of the second peak moves RSS by 1.9-2.1 MiB (measured), so 3 % here.
-    expectBack(run('sync', 200_000), ctx, 0.03);
+    // placement of the second peak moves RSS by 1.9-2.4 MiB and the process's map lines
+    // by up to 4, in mappings that are not the addon's (both seen in repeated runs):
+    // 4 MiB and 8 lines here. The addon's own mappings are counted exactly
+    // (after.counters).
+    expectBack(run('sync', 200_000), ctx, { rssFraction: 0.03, rssFloor: 4 * 2 ** 20, mapsFloor: 8 });
   }, 300_000);
 
   it('a burst of 200,000 alloc(64 KiB)/free pairs and one GC leave RSS within 16 MiB, untrimmed by the caller', (ctx) => {
