@@ -695,6 +695,76 @@ describe('cache-server: the wire protocol', () => {
     expect(Number(info1.keyspace_misses) - Number(info0.keyspace_misses)).toBe(1);
   });
 
+  it.each([
+    ["1000 bytes (a slice of Node's pool)", 1000, []],
+    ['8000 bytes outside the Arena (a buffer of its own, which COPY may share)', 8000, ['--ksm-threshold', '65536']],
+  ])(
+    'a plain SET of the same length rewrites a value in place only where nothing else can see it: %s',
+    async (_, size, args) => {
+      // store.mts setBytes: same length over a value only this key holds. A reply queued
+      // earlier in the batch, a COPY, a TTL and a WATCH must all see what Redis shows.
+      const own = args.length > 0 ? await startServer(args) : null;
+      const port = own?.port ?? srv.port;
+      const a = crypto.randomBytes(size);
+      const b = crypto.randomBytes(size);
+      const c = crypto.randomBytes(size);
+      const bulk = (x: Buffer | string) =>
+        Buffer.concat([Buffer.from(`$${x.length}\r\n`), Buffer.from(x as Buffer), Buffer.from('\r\n')]);
+      const frames = [
+        resp('SET', 'ip1', a),
+        resp('GET', 'ip1'), // queued, not yet sent, when the next SET rewrites the value
+        resp('SET', 'ip1', b),
+        resp('GET', 'ip1'),
+        resp('COPY', 'ip1', 'ip2'),
+        resp('SET', 'ip1', c), // must not show through ip2
+        resp('GET', 'ip2'),
+        resp('GET', 'ip1'),
+        resp('SET', 'ip2', a), // nor the other way round
+        resp('GET', 'ip1'),
+        resp('SET', 'ip3', 'dddd'),
+        resp('EXPIRE', 'ip3', '100'),
+        resp('SET', 'ip3', 'eeee'), // a plain SET drops the TTL
+        resp('TTL', 'ip3'),
+        resp('GET', 'ip3'),
+        resp('WATCH', 'ip3'),
+        resp('SET', 'ip3', 'ffff'),
+        resp('MULTI'),
+        resp('GET', 'ip3'),
+        resp('EXEC'), // the watched key was written
+        resp('GET', 'ip3'),
+        resp('SET', 'ip4', '12345'),
+        resp('OBJECT', 'ENCODING', 'ip4'),
+        resp('SET', 'ip4', 'abcde'),
+        resp('OBJECT', 'ENCODING', 'ip4'),
+      ];
+      const want = Buffer.concat([
+        Buffer.from('+OK\r\n'),
+        bulk(a),
+        Buffer.from('+OK\r\n'),
+        bulk(b),
+        Buffer.from(':1\r\n+OK\r\n'),
+        bulk(b),
+        bulk(c),
+        Buffer.from('+OK\r\n'),
+        bulk(c),
+        Buffer.from('+OK\r\n:1\r\n+OK\r\n:-1\r\n'),
+        bulk('eeee'),
+        Buffer.from('+OK\r\n+OK\r\n+OK\r\n+QUEUED\r\n*-1\r\n'),
+        bulk('ffff'),
+        Buffer.from('+OK\r\n'),
+        bulk('int'),
+        Buffer.from('+OK\r\n'),
+        bulk('embstr'),
+      ]);
+      try {
+        const { data } = await raw(port, [Buffer.concat(frames)], (g) => g.length >= want.length);
+        expect(data.toString('latin1')).toBe(want.toString('latin1'));
+      } finally {
+        await own?.stop();
+      }
+    },
+  );
+
   it('a replaced or deleted value never shows through a value that reuses its Arena buffer', async () => {
     // Released Arena buffers are kept for the next value of the same length (store.mts);
     // replies are copies, so a reply already queued keeps the old bytes.

@@ -435,8 +435,12 @@ export function splitArgs(line: string): string[] | null {
 }
 
 const CHUNK = 64 * 1024;
-/** Replies larger than this get a buffer of their own instead of a copy into the shared one. */
-const OWN_BUFFER = 16 * 1024;
+/**
+ * Replies larger than this are sent by reference instead of copied into the shared buffer.
+ * Smaller ones are copied before the command returns, so no reply refers to them later
+ * (what lets the store overwrite such a value in place: Entry.exclusive).
+ */
+export const OWN_BUFFER = 16 * 1024;
 
 /**
  * Reply writer. Replies are appended to a 64 KiB buffer and sent once per batch of

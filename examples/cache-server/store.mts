@@ -6,6 +6,7 @@
 // are Buffers that are never written after they are stored (APPEND and INCR store a new
 // one), so replies may queue plain ones by reference.
 import { Arena, pageSize } from 'node-ksm';
+import { OWN_BUFFER } from './resp.mjs';
 
 /**
  * Estimated bytes per key besides its name and value: the Map slot, the Entry object,
@@ -167,6 +168,12 @@ export interface Entry {
   slot: number;
   /** bytes counted against maxmemory */
   cost: number;
+  /**
+   * The string value is this entry's alone (allocated for it by setBytes, shared with no
+   * other key, below OWN_BUFFER so replies copy it): a SET of the same length may
+   * overwrite it in place instead of allocating. Whatever shares it clears this first.
+   */
+  exclusive: boolean;
 }
 
 /** A live entry: what get() and lookupRead() return. */
@@ -416,6 +423,7 @@ export class Store {
       seq: this.seq++,
       slot: this.order.length,
       cost: ENTRY_OVERHEAD + key.length,
+      exclusive: false,
     };
     this.map.set(key, e);
     this.order.push(e);
@@ -461,6 +469,8 @@ export class Store {
   copy(e: Entry, to: string): void {
     const v = e.value!;
     if (e.type === T_STRING) {
+      // The copy may keep the same buffer (#own): neither key overwrites it in place now.
+      e.exclusive = false;
       this.set(to, v as Buffer, e.expireAt);
       (this.map.get(to) as Entry).enc = e.enc;
       return;
@@ -635,16 +645,26 @@ export class Store {
    */
   setBytes(key: string, src: Buffer, start: number, end: number): void {
     const len = end - start;
-    const inArena = len >= this.threshold;
-    const value = inArena ? this.#arenaAlloc(len) : Buffer.allocUnsafe(len);
-    src.copy(value, 0, start, end);
     let e = this.map.get(key);
     if (e !== undefined && e.expireAt !== 0 && e.expireAt <= Date.now()) {
       this.delete(key);
       this.stats.expiredKeys++;
       e = undefined;
     }
-    this.#put(e, key, value, inArena, 0);
+    if (e !== undefined && e.exclusive && (e.value as Buffer).length === len) {
+      // The same length over a value nothing else refers to: no allocation, and no
+      // garbage (a cache rewriting fixed-size records, counters, sessions).
+      src.copy(e.value as Buffer, 0, start, end);
+      if (this.watchers.size !== 0) this.touch(key);
+      if (e.expireAt !== 0) this.setExpire(e, 0);
+      e.enc = ENC_AUTO;
+      e.lru = ++this.clock;
+      return;
+    }
+    const inArena = len >= this.threshold;
+    const value = inArena ? this.#arenaAlloc(len) : Buffer.allocUnsafe(len);
+    src.copy(value, 0, start, end);
+    this.#put(e, key, value, inArena, 0).exclusive = !inArena && len < OWN_BUFFER;
   }
 
   /** `expireAt` as for set(). */
@@ -652,8 +672,8 @@ export class Store {
     this.#put(this.map.get(key), key, value, inArena, expireAt);
   }
 
-  /** Stores value under key, in e (the key's entry) or a new entry when e is undefined. */
-  #put(e: Entry | undefined, key: string, value: Buffer, inArena: boolean, expireAt: number | undefined): void {
+  /** Stores value under key, in e (the key's entry) or a new entry when e is undefined; returns the entry. */
+  #put(e: Entry | undefined, key: string, value: Buffer, inArena: boolean, expireAt: number | undefined): Entry {
     if (e === undefined) {
       e = {
         key,
@@ -666,6 +686,7 @@ export class Store {
         seq: this.seq++,
         slot: this.order.length,
         cost: 0,
+        exclusive: false,
       };
       this.map.set(key, e);
       this.order.push(e);
@@ -676,6 +697,7 @@ export class Store {
       e.value = value;
       e.inArena = inArena;
       e.enc = ENC_AUTO;
+      e.exclusive = false;
     }
     if (this.watchers.size !== 0) this.touch(key);
     if (inArena) {
@@ -686,6 +708,7 @@ export class Store {
     e.lru = ++this.clock;
     e.cost = this.#cost(key, value, inArena);
     this.used += e.cost;
+    return e;
   }
 
   setExpire(e: Entry, expireAt: number): void {
