@@ -220,14 +220,17 @@ function flushPending(): void {
 /**
  * The one buffer every client's socket reads land in, except the rest of a large value
  * once its header has been parsed, which lands in the value's own buffer
- * (RespParser.readTarget). 64 KiB, the size Node reads: with 16 KiB (redis-server's read
- * size) more of a 64 KiB value is read in place, but those SETs ran no faster and
- * pipelined 1 KiB SETs ran at 230-290k req/s against 370-390k. Reads are handled one at a
+ * (RespParser.readTarget). 256 KiB: libuv reads again at once whenever a read fills the
+ * buffer, so a 64 KiB SET (65.6 KiB with its header) took two reads into 64 KiB, and
+ * three when its header was read apart from its value into 4 KiB; into 256 KiB it takes
+ * one, as into redis-server's query buffer once it has grown. redis-benchmark SET 64 KiB,
+ * pipeline 1, 50 clients, against redis-server in the same runs: 0.56-0.63x with 64 KiB,
+ * 0.85-0.96x with 256 KiB; pipelined 1 KiB SETs no different. Reads are handled one at a
  * time, and nothing outlives its read: keys become strings, values are copied into the
  * store and replies into the writer's buffers (arguments this small are never sent by
  * reference), and the parser copies what it holds of it before the next read (unshare).
  */
-const READ_BUFFER = Buffer.allocUnsafeSlow(64 * 1024);
+const READ_BUFFER = Buffer.allocUnsafeSlow(256 * 1024);
 /** Read with 'data' events anyway (see adopt()). */
 const DATA_READS = process.env.CACHE_SERVER_READS === 'data';
 
