@@ -398,6 +398,9 @@ export class Client implements Watcher {
     );
     this.srv.stats.queryBufferClosed++;
     this.closing = true;
+    // The replies of commands already run go first (the kernel takes them now), so that
+    // where the limit falls does not depend on how the input was split into reads.
+    this.flush();
     this.socket.destroy();
   }
 
@@ -528,10 +531,12 @@ export class Client implements Watcher {
     // Queueing takes memory too: under maxmemory, Redis refuses any command to queue.
     if ((cmd.denyoom || queue) && this.store.maxmemory !== 0 && !this.store.evict()) return this.reject(E.oom);
     if (queue) {
+      for (const a of argv) this.multiBytes += a.length;
+      // Each command as it is queued, not only each read: one read may bring several.
+      if (this.multiBytes > srv.config.queryBufferLimit) return this.overLimit();
       // Copies: the arguments are views of a read buffer that the next read reuses, or
       // inbound Arena buffers that go back once this command returns.
       this.multi!.push(argv.map((a) => Buffer.from(a)));
-      for (const a of argv) this.multiBytes += a.length;
       this.w.simple('QUEUED');
       return;
     }
