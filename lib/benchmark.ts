@@ -219,12 +219,19 @@ export async function startWorkers(count: number, mib: number, seed: number, sig
       procs.push(w.proc);
       ready.push(w.address);
     }
+    // The signal's own reason, as every AbortSignal user rejects with. The listener goes
+    // once the workers are ready: one signal serves every run of a benchmark.
+    let onAbort = (): void => {};
     const aborted = new Promise<never>((_, reject) => {
-      // The signal's own reason, as every AbortSignal user rejects with.
-      if (signal?.aborted) reject(signal.reason as Error);
-      signal?.addEventListener('abort', () => reject(signal.reason as Error), { once: true });
+      onAbort = () => reject(signal!.reason as Error);
+      if (signal?.aborted) onAbort();
+      signal?.addEventListener('abort', onAbort, { once: true });
     });
-    addresses = await Promise.race([Promise.all(ready), aborted]);
+    try {
+      addresses = await Promise.race([Promise.all(ready), aborted]);
+    } finally {
+      signal?.removeEventListener('abort', onAbort);
+    }
   } catch (err) {
     await kill();
     throw err;
