@@ -7,6 +7,8 @@
  */
 process.env.TZ = 'UTC';
 
+import fs from 'node:fs';
+import path from 'node:path';
 import { describe, expect, test } from 'vitest';
 import { benchChart, WatchHistory, watchChart, type BenchChartSeries } from '../lib/charts';
 import { byteTicks, clockTicks, decimate, linearTicks, logTicks, niceStep, type Point } from '../lib/svg';
@@ -298,6 +300,20 @@ describe('watch chart', () => {
   test('an empty history (a watch stopped at once) draws a valid chart', (ctx) => {
     requireRsvg(ctx);
     expect(labelProblems(watchChart(new WatchHistory(), { intervalMs: 1000 }))).toEqual([]);
+  });
+});
+
+describe("the README's charts, as committed", () => {
+  // Drawn from real runs (scripts/readme-charts.mts, bench/vm-host.mts --svg); a layout
+  // change that breaks them shows here before a reader sees it.
+  test.for([
+    ['bench', 'log'],
+    ['watch', 'clock'],
+    ['vm-host', 'log'],
+  ] as const)('docs/img/%s.svg: readable labels, round ticks', ([name, xKind], ctx) => {
+    requireRsvg(ctx);
+    const svg = fs.readFileSync(path.join(__dirname, '..', 'docs', 'img', `${name}.svg`), 'utf8');
+    expectReadable(svg, xKind);
   });
 });
 
