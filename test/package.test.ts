@@ -152,6 +152,19 @@ describe(RELEASE ? `the release tarball ${path.basename(RELEASE)}` : 'npm pack o
     for (const bin of Object.values(pkg.bin)) expect(packed).toContain(path.normalize(bin));
   });
 
+  it.runIf(RELEASE)('matches what the README says it holds (file count exactly, sizes within 5 %)', () => {
+    // The README's "What the package holds" line: "(0.1.0: 418 kB packed, 1.5 MB unpacked, 187 files;".
+    const readme = fs.readFileSync(path.join(root, 'README.md'), 'utf8');
+    const m = /\(\d+\.\d+\.\d+: (\d+) kB packed, ([\d.]+) MB unpacked, (\d+) files;/.exec(readme);
+    expect(m, 'the README states the package size').not.toBeNull();
+    const [, kB, MB, files] = m!;
+    const unpacked = execFileSync('tar', ['-xzOf', tarball], { maxBuffer: 64 * 2 ** 20 }).length;
+    const sizes = { files: packed.length, packedKB: fs.statSync(tarball).size / 1000, unpackedMB: unpacked / 1e6 };
+    expect(Number(files), `README files, actual ${JSON.stringify(sizes)}`).toBe(sizes.files);
+    expect(Math.abs(Number(kB) / sizes.packedKB - 1), `README ${kB} kB packed`).toBeLessThan(0.05);
+    expect(Math.abs(Number(MB) / sizes.unpackedMB - 1), `README ${MB} MB unpacked`).toBeLessThan(0.05);
+  });
+
   it('gives TypeScript the same types for every subpath under every module resolution', () => {
     // typesVersions is for moduleResolution node10 (TypeScript's default for module
     // commonjs), which ignores "exports": each subpath must name the same .d.ts there.
