@@ -379,12 +379,7 @@ console.log(
 );
 console.log('|---|---|---|---|---|---|');
 for (const r of results) {
-  const name =
-    r.policy === 'default'
-      ? 'kernel default (100 pages / 20 ms)'
-      : /^\d+$/.test(r.policy)
-        ? `pages_to_scan ${r.policy}, sleep 0`
-        : r.policy;
+  const name = describePolicy(r.policy, r.settings);
   console.log(
     `| ${name} | ${fmt(r.savedAt60s)} | ${fmt(r.savedAtEnd)} | ${r.mergeSeconds === null ? `> ${seconds} s` : `${r.mergeSeconds.toFixed(0)} s`} | ${r.cpuPercent.toFixed(1)} % | ${r.cpuPercentLast30s.toFixed(1)} % |`,
   );
