@@ -28,6 +28,9 @@ struct Instance {
   // since the C heap was last trimmed (see NoteFinalized in mapping.cc).
   int64_t finalizePending = 0;
   int64_t finalizePeak = 0;
+  // A burst's trim has run and its last records are still to come: trim once more when
+  // they are all finalized.
+  bool trimAtEnd = false;
   // Our own mmap'd ranges still mapped (window mode has none), by base address: how a
   // light view, which carries no tag, is recognised from the address of its bytes.
   std::map<uintptr_t, Mapping*> live;
