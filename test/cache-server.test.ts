@@ -1204,11 +1204,15 @@ describe('cache-server: memory after a burst', () => {
 });
 
 describe('cache-server: duplicate values share pages (KSM)', () => {
-  it('500 keys x 256 KiB from 5 blobs: >= 90 % of value bytes merged, PSS far below 125 MiB', async (ctx) => {
+  it('500 keys x 256 KiB from 5 blobs: >= 90 % of value bytes merged, the values then cost <= 10 % of 125 MiB', async (ctx) => {
     requireKsm(ctx);
     const srv = await startServer();
     try {
       const r = client(srv.port);
+      // The server's own PSS before it holds any value (Node, tsx and the server's code:
+      // 48-54 MiB here, and lower while other Node processes share the binary's pages).
+      await r.ping();
+      const pssEmpty = rollup(srv.pid, 'Pss');
       const size = 256 * KiB;
       const keys = 500;
       const logical = keys * size;
@@ -1247,9 +1251,16 @@ describe('cache-server: duplicate values share pages (KSM)', () => {
       expect(pssBefore - pssAfter, `PSS before ${pssBefore >> 20} MiB, after ${pssAfter >> 20} MiB`).toBeGreaterThan(
         0.8 * logical,
       );
-      expect(pssAfter).toBeLessThan(0.5 * logical);
+      // What the values still cost over the empty server: the 5 blobs (1.25 MiB) and what
+      // is not merged yet, at most the 10 % the wait above allows (measured: 1.2-7.2 MiB).
+      // Not an absolute PSS: the empty server's own 48-54 MiB moves with what else runs.
+      const values = pssAfter - pssEmpty;
+      expect(
+        values,
+        `PSS empty ${(pssEmpty / MiB).toFixed(1)} MiB, after ${(pssAfter / MiB).toFixed(1)} MiB`,
+      ).toBeLessThanOrEqual(0.1 * logical);
       console.log(
-        `cache-server KSM: PSS ${(pssBefore / MiB).toFixed(1)} MiB -> ${(pssAfter / MiB).toFixed(1)} MiB for ${logical / MiB} MiB of values`,
+        `cache-server KSM: PSS ${(pssEmpty / MiB).toFixed(1)} MiB empty, ${(pssBefore / MiB).toFixed(1)} MiB loaded, ${(pssAfter / MiB).toFixed(1)} MiB merged, for ${logical / MiB} MiB of values`,
       );
 
       // Merged values read back intact, and a write gets its own copy.
